@@ -1,0 +1,3 @@
+from moonprop.cli import main
+
+main()

@@ -1,0 +1,45 @@
+"""The `moonprop` command: a Hydra app, with the config checked before Hydra creates anything.
+
+    moonprop                                     # the seed experiment
+    moonprop model.hidden=[32,32] schedule=cosine data.num_batches=300
+    moonprop -m seed=0,1,2 schedule=linear,cosine  # a sweep
+
+Hydra makes the run folder before it calls the task, so bad input is caught here first, in one
+line, before any folder, store or run exists. Torch, Lightning and MLflow are imported only once a
+run starts: `moonprop --help` and `--cfg job` stay quick.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from moonprop.config import ConfigError, register, validate
+
+CONF_DIR = Path(__file__).parent / "conf"
+EXIT_BAD_INPUT = 2
+
+register()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def app(cfg: DictConfig) -> float:
+    config = validate(cfg)  # again: a Python caller or a search sampler may get here directly
+    from moonprop.train import train
+
+    return train(config, list(HydraConfig.get().overrides.task))
+
+
+def main() -> None:
+    from moonprop import preflight
+
+    try:
+        preflight.check(sys.argv[1:])
+    except ConfigError as e:
+        print(f"moonprop: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    app()

@@ -1,0 +1,181 @@
+"""The typed configuration: Hydra's schema and the range checks that types cannot express.
+
+The dataclasses are registered in Hydra's ConfigStore, so a wrong type or an unknown key fails at
+composition. `validate` adds what a type cannot say (a batch size of 0, a negative noise) and turns
+the composed config into these dataclasses. This module imports neither torch nor Lightning:
+`moonprop --help` and `--cfg job` stay fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value outside what is allowed; its message is one line: key, value, what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        super().__init__(f"invalid config: {key}={value!r}: {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+@dataclass
+class DataConfig:
+    num_batches: int = 150  # training epochs; every epoch is one freshly drawn batch
+    batch_size: int = 50
+    test_size: int = 1000  # one fixed test set, evaluated after every epoch
+    noise: float = 0.1  # std of the Gaussian noise in sklearn's make_moons
+
+
+@dataclass
+class ModelConfig:
+    hidden: list[int] = field(default_factory=lambda: [16, 16])  # input is 2, output is 1
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 1e-4  # weight of the L2 term, sum(p^2) over all parameters
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning rate for step k of N; `name` picks the formula (see schedule.py)."""
+
+    name: str = MISSING
+
+
+@dataclass
+class LinearSchedule(ScheduleConfig):
+    name: str = "linear"
+    start: float = 1.0
+    end: float = 0.1
+
+
+@dataclass
+class ConstantSchedule(ScheduleConfig):
+    name: str = "constant"
+    lr: float = 0.5
+
+
+@dataclass
+class CosineSchedule(ScheduleConfig):
+    name: str = "cosine"
+    start: float = 1.0
+    end: float = 0.1
+
+
+@dataclass
+class StepSchedule(ScheduleConfig):
+    name: str = "step"
+    start: float = 1.0
+    gamma: float = 0.5  # factor applied every `every` steps
+    every: int = 50
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # auto | cpu | gpu
+    threads: int = 1  # torch threads per job; the model is far too small to share across threads
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # None: the embedded SQLite store under outputs/
+    experiment: str = "moonprop"
+    run_name: str | None = None
+
+
+@dataclass
+class PlotConfig:
+    every_n_epochs: int = 1  # boundary image every n epochs (step 0 and the last always)
+    resolution: int = 160  # side of the square boundary image, in pixels
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    schedule: Any = MISSING  # a ScheduleConfig, chosen by the `schedule` config group
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    plot: PlotConfig = field(default_factory=PlotConfig)
+    seed: int = 0
+
+
+SCHEDULES: dict[str, type[ScheduleConfig]] = {
+    "linear": LinearSchedule,
+    "constant": ConstantSchedule,
+    "cosine": CosineSchedule,
+    "step": StepSchedule,
+}
+ACCELERATORS = ("auto", "cpu", "gpu")
+
+
+def register() -> None:
+    """Register the schemas that conf/*.yaml extend (`defaults: [<name>_schema]`)."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for name, node in SCHEDULES.items():
+        cs.store(group="schedule", name=f"{name}_schema", node=node)
+
+
+def _positive_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def validate(cfg: DictConfig) -> Config:
+    """Check what the types cannot and return the config as dataclasses; raise ConfigError."""
+    schedule_name = OmegaConf.select(cfg, "schedule.name")
+    _check(schedule_name in SCHEDULES, "schedule", schedule_name, f"one of {', '.join(SCHEDULES)}")
+    # Merging into the schema catches keys added with `+key=value`, which Hydra lets past the
+    # struct flag; to_object then builds the dataclasses.
+    schema = OmegaConf.structured(Config(schedule=SCHEDULES[schedule_name]()))
+    try:
+        typed = OmegaConf.merge(schema, cfg)
+    except Exception as e:  # omegaconf's errors carry the full key on many lines
+        key = getattr(e, "full_key", "") or "?"
+        raise ConfigError(key, OmegaConf.select(cfg, key, default=None), _first_line(e)) from None
+    c: Config = OmegaConf.to_object(typed)  # type: ignore[assignment]
+
+    d, s = c.data, c.schedule
+    for key in ("num_batches", "batch_size", "test_size"):
+        _check(_positive_int(getattr(d, key)), f"data.{key}", getattr(d, key), "a positive integer")
+    _check(_finite(d.noise) and d.noise >= 0, "data.noise", d.noise, "a finite number >= 0")
+    for i, h in enumerate(c.model.hidden):
+        _check(_positive_int(h), f"model.hidden[{i}]", h, "a positive integer")
+    _check(_finite(c.loss.alpha) and c.loss.alpha >= 0, "loss.alpha", c.loss.alpha, "a finite number >= 0")
+    for key in ("start", "end", "lr"):
+        if hasattr(s, key):
+            v = getattr(s, key)
+            _check(_finite(v) and v > 0, f"schedule.{key}", v, "a finite learning rate > 0")
+    if isinstance(s, StepSchedule):
+        _check(_finite(s.gamma) and s.gamma > 0, "schedule.gamma", s.gamma, "a finite number > 0")
+        _check(_positive_int(s.every), "schedule.every", s.every, "a positive integer")
+    _check(c.trainer.accelerator in ACCELERATORS, "trainer.accelerator", c.trainer.accelerator,
+           f"one of {', '.join(ACCELERATORS)}")
+    _check(_positive_int(c.trainer.threads), "trainer.threads", c.trainer.threads, "a positive integer")
+    _check(bool(c.tracking.experiment), "tracking.experiment", c.tracking.experiment, "a non-empty name")
+    _check(_positive_int(c.plot.every_n_epochs), "plot.every_n_epochs", c.plot.every_n_epochs,
+           "a positive integer")
+    _check(_positive_int(c.plot.resolution) and 16 <= c.plot.resolution <= 2048, "plot.resolution",
+           c.plot.resolution, "an integer from 16 to 2048 (pixels)")
+    return c
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,0 +1,56 @@
+"""The moons: a fresh training batch every epoch and one fixed test set, each from its own seed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from sklearn.datasets import make_moons
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from moonprop.config import DataConfig
+
+Batch = tuple[Tensor, Tensor]
+_TRAIN, _TEST = 0, 1  # seed streams: batches and test set never share random numbers
+
+
+def moons(n: int, noise: float, seed: int, stream: int, index: int = 0) -> Batch:
+    """n points of sklearn's two moons, labelled -1 (upper moon) and +1 (lower moon)."""
+    state = np.random.SeedSequence(seed, spawn_key=(stream, index)).generate_state(1)[0]
+    x, y = make_moons(n_samples=n, noise=noise, random_state=int(state))
+    return torch.from_numpy(x).float(), torch.from_numpy(2.0 * y - 1.0).float()
+
+
+class _OneBatchPerEpoch:
+    """The training "loader": epoch k yields batch k, drawn from its own seed, so that a resumed
+    run sees the same data as an uninterrupted one."""
+
+    def __init__(self, dm: MoonsDataModule) -> None:
+        self.dm = dm
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[Batch]:
+        yield self.dm.train_batch(self.dm.trainer.current_epoch)
+
+
+class MoonsDataModule(pl.LightningDataModule):
+    def __init__(self, cfg: DataConfig, seed: int) -> None:
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+        self.test = moons(cfg.test_size, cfg.noise, seed, _TEST)
+
+    def train_batch(self, epoch: int) -> Batch:
+        return moons(self.cfg.batch_size, self.cfg.noise, self.seed, _TRAIN, epoch)
+
+    def train_dataloader(self) -> _OneBatchPerEpoch:
+        return _OneBatchPerEpoch(self)
+
+    def val_dataloader(self) -> DataLoader:
+        # The whole test set is one batch (1000 points x 337 weights is tiny); batch_size=None
+        # hands it over as it is, without collating 1000 samples every epoch.
+        return DataLoader([self.test], batch_size=None)

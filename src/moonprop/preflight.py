@@ -1,0 +1,132 @@
+"""Checks made before Hydra starts: every job's config, the output folders, the tracking store.
+
+Hydra creates a run folder before it calls the task, and a sweep creates jobs before any of them
+validates, so bad input would leave folders, runs or half a sweep behind. Here each value of a
+sweep is composed and validated once (the base job, then one swept value at a time: the sum of the
+values, not their product), and the errors of Hydra's own composition become one line.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+
+from moonprop.config import Config, ConfigError, validate
+
+CONF_DIR = Path(__file__).parent / "conf"
+SERVER_TIMEOUT_S = 5
+
+
+def job_overrides(overrides: list[str]) -> list[list[str]]:
+    """The override lists to check: the first value of every swept key, then each other value."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+               for o in parsed]
+    keys = [o.get_key_element() for o in parsed]
+    deletes = {i for i, o in enumerate(parsed) if o.is_delete()}
+
+    def line(i: int, value: str) -> str:
+        return keys[i] if i in deletes else f"{keys[i]}={value}"
+
+    base = [line(i, c[0]) for i, c in enumerate(choices)]
+    jobs = [base]
+    for i, values in enumerate(choices):
+        for value in values[1:]:
+            jobs.append(base[:i] + [line(i, value)] + base[i + 1:])
+    return jobs
+
+
+def compose_job(overrides: list[str], config_name: str = "config") -> DictConfig:
+    """Compose like Hydra does, turning its multi-line composition errors into one line."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name, overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as e:
+        group, _, name = (e.missing_cfg_file or "").rpartition("/")
+        if e.options:
+            raise ConfigError(group, name, f"one of {', '.join(e.options)}") from None
+        raise ConfigError("config", e.missing_cfg_file, str(e).splitlines()[0]) from None
+    except HydraException as e:
+        cause = e.__cause__ or e
+        key = getattr(cause, "full_key", None) or getattr(e, "full_key", None)
+        value = next((o.split("=", 1)[1] for o in overrides
+                      if key and o.lstrip("+~").split("=", 1)[0] == key and "=" in o), None)
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if key:
+            raise ConfigError(key, value, message) from None
+        raise ConfigError("overrides", " ".join(overrides), message) from None
+
+
+def writable(path: Path) -> bool:
+    """Whether `path` (a folder, existing or not) could be created and written, creating nothing.
+
+    os.access alone says yes to root on a read-only file system, so a temporary file is tried.
+    """
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            return True
+    except OSError:
+        return False
+
+
+def check_server(uri: str) -> None:
+    """Fail fast on an unreachable tracking server: MLflow's own retries take about 4 minutes."""
+    from moonprop.tracking import redact
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S):
+            pass
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError("tracking.uri", redact(uri), f"a reachable MLflow server ({reason})") from None
+
+
+def check_environment(job: DictConfig, config: Config, multirun: bool) -> None:
+    """What the schema cannot know: folders, the GPU, the tracking server."""
+    run_dir = OmegaConf.select(job, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    if not writable(Path(str(run_dir))):
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        raise ConfigError(key, str(run_dir), "a folder that can be created and written")
+    uri = config.tracking.uri
+    if uri is None or uri.startswith("sqlite:"):
+        from moonprop.tracking import resolve_uri
+
+        db = Path(resolve_uri(uri).removeprefix("sqlite:///"))
+        if not writable(db.parent):
+            raise ConfigError("tracking.uri", uri, f"a store in a writable folder ({db.parent} is not)")
+    elif uri.startswith(("http://", "https://")):
+        check_server(uri)
+    if config.trainer.accelerator == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.accelerator", "gpu", "auto or cpu: this machine has no GPU")
+
+
+def check(argv: list[str]) -> list[Config]:
+    """Validate every job the command line describes; raise ConfigError. Returns their configs."""
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
+        return []  # Hydra only prints: nothing is created
+    config_name = args.config_name or "config"
+    jobs = [compose_job(overrides, config_name) for overrides in job_overrides(args.overrides)]
+    configs = [validate(OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])) for job in jobs]
+    checked = set()
+    for job, config in zip(jobs, configs, strict=False):
+        if (key := (config.tracking.uri, config.trainer.accelerator)) not in checked:
+            checked.add(key)
+            check_environment(job, config, args.multirun)
+    return configs
