@@ -12,18 +12,14 @@ run starts: `moonprop --help` and `--cfg job` stay quick.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from moonprop.config import ConfigError, register, validate
+from moonprop.config import ConfigError, validate
 
-CONF_DIR = Path(__file__).parent / "conf"
 EXIT_BAD_INPUT = 2
-
-register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -9,6 +9,7 @@ the composed config into these dataclasses. This module imports neither torch no
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ class ConfigError(ValueError):
     """A config value outside what is allowed; its message is one line: key, value, what is allowed."""
 
     def __init__(self, key: str, value: Any, allowed: str) -> None:
-        super().__init__(f"invalid config: {key}={value!r}: {allowed}")
+        super().__init__(f"invalid config: {key}={value}: {allowed}")
         self.key, self.value, self.allowed = key, value, allowed
 
 
@@ -117,14 +118,6 @@ SCHEDULES: dict[str, type[ScheduleConfig]] = {
 ACCELERATORS = ("auto", "cpu", "gpu")
 
 
-def register() -> None:
-    """Register the schemas that conf/*.yaml extend (`defaults: [<name>_schema]`)."""
-    cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=Config)
-    for name, node in SCHEDULES.items():
-        cs.store(group="schedule", name=f"{name}_schema", node=node)
-
-
 def _positive_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x > 0
 
@@ -142,14 +135,14 @@ def validate(cfg: DictConfig) -> Config:
     """Check what the types cannot and return the config as dataclasses; raise ConfigError."""
     schedule_name = OmegaConf.select(cfg, "schedule.name")
     _check(schedule_name in SCHEDULES, "schedule", schedule_name, f"one of {', '.join(SCHEDULES)}")
-    # Merging into the schema catches keys added with `+key=value`, which Hydra lets past the
-    # struct flag; to_object then builds the dataclasses.
     schema = OmegaConf.structured(Config(schedule=SCHEDULES[schedule_name]()))
+    _check_known_keys(cfg, schema)  # `+key=value` gets past Hydra's struct flag, not past this
     try:
         typed = OmegaConf.merge(schema, cfg)
     except Exception as e:  # omegaconf's errors carry the full key on many lines
         key = getattr(e, "full_key", "") or "?"
-        raise ConfigError(key, OmegaConf.select(cfg, key, default=None), _first_line(e)) from None
+        value = OmegaConf.select(cfg, re.sub(r"\[(\d+)\]", r".\1", key), default=None)
+        raise ConfigError(key, value, _first_line(e)) from None
     c: Config = OmegaConf.to_object(typed)  # type: ignore[assignment]
 
     d, s = c.data, c.schedule
@@ -177,5 +170,24 @@ def validate(cfg: DictConfig) -> Config:
     return c
 
 
+def _check_known_keys(cfg: DictConfig, schema: DictConfig, prefix: str = "") -> None:
+    for key in cfg:
+        if key not in schema:
+            raise ConfigError(f"{prefix}{key}", cfg[key], unknown_key_message(schema))
+        if isinstance(cfg[key], DictConfig) and isinstance(schema[key], DictConfig):
+            _check_known_keys(cfg[key], schema[key], f"{prefix}{key}.")
+
+
+def unknown_key_message(parent: DictConfig) -> str:
+    return f"unknown key; the keys here are {', '.join(str(k) for k in parent)}"
+
+
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+# The schemas that conf/*.yaml extend (`defaults: [<name>_schema]`), registered on import.
+_cs = ConfigStore.instance()
+_cs.store(name="config_schema", node=Config)
+for _name, _node in SCHEDULES.items():
+    _cs.store(group="schedule", name=f"{_name}_schema", node=_node)

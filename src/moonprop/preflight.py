@@ -18,8 +18,9 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from moonprop.config import Config, ConfigError, validate
+from moonprop.config import Config, ConfigError, unknown_key_message, validate
 
 CONF_DIR = Path(__file__).parent / "conf"
 SERVER_TIMEOUT_S = 5
@@ -52,7 +53,8 @@ def compose_job(overrides: list[str], config_name: str = "config") -> DictConfig
     except MissingConfigException as e:
         group, _, name = (e.missing_cfg_file or "").rpartition("/")
         if e.options:
-            raise ConfigError(group, name, f"one of {', '.join(e.options)}") from None
+            options = [o for o in e.options if not o.endswith("_schema")]
+            raise ConfigError(group, name, f"one of {', '.join(options)}") from None
         raise ConfigError("config", e.missing_cfg_file, str(e).splitlines()[0]) from None
     except HydraException as e:
         cause = e.__cause__ or e
@@ -60,9 +62,18 @@ def compose_job(overrides: list[str], config_name: str = "config") -> DictConfig
         value = next((o.split("=", 1)[1] for o in overrides
                       if key and o.lstrip("+~").split("=", 1)[0] == key and "=" in o), None)
         message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
+            parent = OmegaConf.select(compose_job([], config_name), key.rpartition(".")[0] or "")
+            if isinstance(parent, DictConfig):
+                message = unknown_key_message(parent if "." in key else without_hydra(parent))
         if key:
             raise ConfigError(key, value, message) from None
         raise ConfigError("overrides", " ".join(overrides), message) from None
+
+
+def without_hydra(job: DictConfig) -> DictConfig:
+    """The task's part of a composed config, as Hydra hands it to the app."""
+    return OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
 
 
 def writable(path: Path) -> bool:
@@ -123,7 +134,7 @@ def check(argv: list[str]) -> list[Config]:
         return []  # Hydra only prints: nothing is created
     config_name = args.config_name or "config"
     jobs = [compose_job(overrides, config_name) for overrides in job_overrides(args.overrides)]
-    configs = [validate(OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])) for job in jobs]
+    configs = [validate(without_hydra(job)) for job in jobs]
     checked = set()
     for job, config in zip(jobs, configs, strict=False):
         if (key := (config.tracking.uri, config.trainer.accelerator)) not in checked:

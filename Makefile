@@ -1,0 +1,27 @@
+# The two commands of the README: `make setup` (install, then run the default experiment) and
+# `make test`. Everything lives in .venv, so nothing is installed system-wide.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: setup install test bench ui
+
+setup: install
+	$(BIN)/moonprop
+
+# torch is pinned here, not in pyproject.toml: 2.13.0 is the CPU build this project is tested with,
+# and an open range would pull a multi-GB CUDA build onto machines without a GPU.
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+
+test:
+	$(BIN)/python -m pytest
+
+bench:
+	$(BIN)/python benchmarks/bench.py
+
+ui:
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000 --workers 1

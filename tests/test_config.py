@@ -1,0 +1,100 @@
+from dataclasses import asdict
+
+import pytest
+
+from moonprop.config import SCHEDULES, Config, ConfigError, LinearSchedule
+from moonprop.data import MoonsDataModule
+from moonprop.module import MoonsClassifier
+from moonprop.preflight import job_overrides
+from moonprop.schedule import learning_rate
+
+from .conftest import make_config
+
+
+def test_default_config_is_the_seed_experiment():
+    assert asdict(make_config()) == asdict(Config(schedule=LinearSchedule()))
+    assert asdict(make_config()) == {
+        "data": {"num_batches": 150, "batch_size": 50, "test_size": 1000, "noise": 0.1},
+        "model": {"hidden": [16, 16]},
+        "loss": {"alpha": 1e-4},
+        "schedule": {"name": "linear", "start": 1.0, "end": 0.1},
+        "trainer": {"accelerator": "auto", "threads": 1},
+        "tracking": {"uri": None, "experiment": "moonprop", "run_name": None},
+        "plot": {"every_n_epochs": 1, "resolution": 160},
+        "seed": 0,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_every_schedule_composes_and_instantiates(name):
+    cfg = make_config(f"schedule={name}", "data.num_batches=10")
+    assert type(cfg.schedule) is SCHEDULES[name]
+    assert learning_rate(cfg.schedule, 0, 10) > 0
+    module = MoonsClassifier(cfg.model, cfg.loss, cfg.schedule, cfg.data.num_batches, cfg.seed)
+    assert module.configure_optimizers()["optimizer"].param_groups[0]["lr"] == pytest.approx(
+        learning_rate(cfg.schedule, 0, 10))
+    assert MoonsDataModule(cfg.data, cfg.seed).test[0].shape == (1000, 2)
+
+
+def test_documented_overrides_work_as_written():
+    cfg = make_config("model.hidden=[8,4]", "data.num_batches=7", "data.batch_size=9", "data.test_size=11",
+                      "data.noise=0.2", "schedule=step", "schedule.gamma=0.3", "loss.alpha=1e-3", "seed=5",
+                      "trainer.accelerator=cpu", "tracking.uri=sqlite:///x.db", "tracking.experiment=e",
+                      "tracking.run_name=r", "plot.every_n_epochs=3", "plot.resolution=64")
+    assert cfg.model.hidden == [8, 4] and cfg.data.num_batches == 7 and cfg.data.noise == 0.2
+    assert cfg.schedule.gamma == 0.3 and cfg.loss.alpha == 1e-3 and cfg.seed == 5
+    assert (cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name) == ("sqlite:///x.db", "e", "r")
+    assert (cfg.plot.every_n_epochs, cfg.plot.resolution) == (3, 64)
+
+
+def test_empty_hidden_is_a_linear_classifier():
+    assert make_config("model.hidden=[]").model.hidden == []
+
+
+@pytest.mark.parametrize("override, key, shown", [
+    ("model.hidden=[16,0]", "model.hidden[1]", "=0"),
+    ("model.hidden=[-3]", "model.hidden[0]", "=-3"),
+    ("model.hidden=[1.5]", "model.hidden[0]", "1.5"),
+    ("model.hidden=16", "model.hidden", "16"),
+    ("data.num_batches=0", "data.num_batches", "=0"),
+    ("data.batch_size=-1", "data.batch_size", "=-1"),
+    ("data.test_size=0", "data.test_size", "=0"),
+    ("data.noise=-0.1", "data.noise", "=-0.1"),
+    ("data.noise=nan", "data.noise", "nan"),
+    ("data.noise=inf", "data.noise", "inf"),
+    ("data.batch_size=abc", "data.batch_size", "abc"),
+    ("schedule.start=0", "schedule.start", "=0"),
+    ("schedule.end=-1", "schedule.end", "=-1"),
+    ("schedule.start=inf", "schedule.start", "inf"),
+    ("loss.alpha=-1e-4", "loss.alpha", "=-0.0001"),
+    ("loss.alpha=nan", "loss.alpha", "nan"),
+    ("plot.every_n_epochs=0", "plot.every_n_epochs", "=0"),
+    ("schedule=exponential", "schedule", "exponential"),
+    ("data.foo=1", "data.foo", "=1"),
+    ("+data.foo=1", "data.foo", "=1"),
+    ("+foo=1", "foo", "=1"),
+    ("trainer.accelerator=tpu", "trainer.accelerator", "tpu"),
+])
+def test_bad_values_are_one_line_errors_naming_key_value_and_what_is_allowed(override, key, shown):
+    with pytest.raises(ConfigError) as err:
+        make_config(override)
+    message = str(err.value)
+    assert "\n" not in message
+    assert err.value.key == key, message
+    assert f"{key}=" in message and shown in message, message
+    assert len(message.split(": ", 2)[-1]) > 5, message  # says what is allowed
+
+
+def test_unknown_schedule_lists_the_choices():
+    with pytest.raises(ConfigError, match="constant, cosine, linear, step"):
+        make_config("schedule=exponential")
+
+
+def test_sweep_checks_each_value_once():
+    jobs = job_overrides(["seed=0,1,2", "schedule=linear,cosine", "data.noise=0.1"])
+    assert jobs == [
+        ["seed=0", "schedule=linear", "data.noise=0.1"],
+        ["seed=1", "schedule=linear", "data.noise=0.1"],
+        ["seed=2", "schedule=linear", "data.noise=0.1"],
+        ["seed=0", "schedule=cosine", "data.noise=0.1"],
+    ]

@@ -1,0 +1,44 @@
+import torch
+
+from moonprop.config import DataConfig
+from moonprop.data import MoonsDataModule, moons
+
+
+def test_shapes_dtypes_and_labels():
+    x, y = moons(50, 0.1, seed=0, stream=0)
+    assert x.shape == (50, 2) and y.shape == (50,)
+    assert x.dtype == torch.float32 and y.dtype == torch.float32
+    assert set(y.tolist()) == {-1.0, 1.0}
+    assert (y == 1).sum() == 25  # make_moons balances the two moons
+
+
+def test_upper_moon_is_minus_one():
+    x, y = moons(1000, 0.0, seed=0, stream=0)
+    upper, lower = x[y == -1], x[y == 1]
+    assert upper[:, 1].min() >= -1e-6 and upper[:, 0].max() <= 1 + 1e-6  # x=cos t, y=sin t
+    assert lower[:, 1].max() <= 0.5 + 1e-6 and lower[:, 0].min() >= -1e-6  # x=1-cos t, y=.5-sin t
+
+
+def test_seeding_is_reproducible_and_streams_are_independent():
+    a, b = moons(50, 0.1, seed=3, stream=0, index=4), moons(50, 0.1, seed=3, stream=0, index=4)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], moons(50, 0.1, seed=3, stream=0, index=5)[0])  # next epoch
+    assert not torch.equal(a[0], moons(50, 0.1, seed=4, stream=0, index=4)[0])  # other seed
+    assert not torch.equal(a[0], moons(50, 0.1, seed=3, stream=1, index=4)[0])  # test stream
+
+
+def test_datamodule_fixed_test_set_and_one_fresh_batch_per_epoch():
+    dm = MoonsDataModule(DataConfig(batch_size=20, test_size=300), seed=1)
+    assert dm.test[0].shape == (300, 2)
+    (tx, ty), = list(dm.val_dataloader())
+    assert torch.equal(tx, dm.test[0]) and torch.equal(ty, dm.test[1])
+    assert dm.train_batch(0)[0].shape == (20, 2)
+    assert not torch.equal(dm.train_batch(0)[0], dm.train_batch(1)[0])
+    assert torch.equal(MoonsDataModule(DataConfig(), seed=1).test[1][:5],
+                       MoonsDataModule(DataConfig(), seed=1).test[1][:5])
+
+
+def test_noise_moves_points_off_the_curves():
+    x0, _ = moons(200, 0.0, seed=0, stream=0)
+    x1, _ = moons(200, 0.3, seed=0, stream=0)
+    assert (x0 - x1).abs().mean() > 0.1

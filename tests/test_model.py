@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from moonprop.model import MLP, accuracy, hinge_l2_loss, load_weights, save_weights
+
+
+def test_seed_network_has_337_parameters():
+    net = MLP([16, 16])
+    assert sum(p.numel() for p in net.parameters()) == 337  # 16*2+16 + 16*16+16 + 16+1
+
+
+@pytest.mark.parametrize("hidden, expected", [([], 3), ([8], 8 * 2 + 8 + 8 + 1), ([4, 3, 2], (2 * 4 + 4) + (4 * 3 + 3) + (3 * 2 + 2) + (2 + 1))])
+def test_parameter_count_follows_hidden_sizes(hidden, expected):
+    assert sum(p.numel() for p in MLP(hidden).parameters()) == expected
+
+
+def test_init_is_uniform_weights_and_zero_biases():
+    net = MLP([16, 16], torch.Generator().manual_seed(0))
+    weights = torch.cat([p.flatten() for n, p in net.named_parameters() if n.endswith("weight")])
+    biases = torch.cat([p.flatten() for n, p in net.named_parameters() if n.endswith("bias")])
+    assert weights.min() >= -1 and weights.max() <= 1
+    assert weights.min() < -0.9 and weights.max() > 0.9  # spans the range, not a narrower init
+    assert abs(weights.mean()) < 0.15
+    assert torch.all(biases == 0)
+
+
+def test_relu_between_layers_none_on_output():
+    net = MLP([4])
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["Linear", "ReLU", "Linear"]
+    with torch.no_grad():  # an output layer that can go negative proves there is no ReLU after it
+        net[2].weight.fill_(-1.0)
+        net[2].bias.fill_(-1.0)
+    assert net(torch.ones(3, 2)).max() < 0
+
+
+def test_same_generator_seed_same_network():
+    a, b = (MLP([16, 16], torch.Generator().manual_seed(7)) for _ in range(2))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_loss_against_hand_computed_values():
+    scores = torch.tensor([2.0, -0.5, 0.3])
+    y = torch.tensor([1.0, 1.0, -1.0])
+    params = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
+    # hinge: relu(1-2)=0, relu(1+0.5)=1.5, relu(1+0.3)=1.3 -> mean 2.8/3; L2: 1+4+9 = 14
+    assert hinge_l2_loss(scores, y, params, alpha=0.0).item() == pytest.approx(2.8 / 3)
+    assert hinge_l2_loss(scores, y, params, alpha=1e-2).item() == pytest.approx(2.8 / 3 + 0.14)
+
+
+def test_loss_gradient_matches_numpy_reference():
+    """The gradient of the L2 term is 2*alpha*p (weight_decay would give alpha*p)."""
+    net = MLP([3], torch.Generator().manual_seed(1))
+    x, y = torch.randn(5, 2, generator=torch.Generator().manual_seed(2)), torch.tensor([1.0, -1, 1, -1, 1])
+    alpha = 0.5
+    loss = hinge_l2_loss(net(x), y, list(net.parameters()), alpha)
+    loss.backward()
+    # numpy reference of the same function, differentiated by finite differences
+    params = [p.detach().numpy().astype(np.float64).copy() for p in net.parameters()]
+
+    def f(ps):
+        w1, b1, w2, b2 = ps
+        h = np.maximum(x.numpy() @ w1.T + b1, 0)
+        s = (h @ w2.T + b2).ravel()
+        return np.maximum(1 - y.numpy() * s, 0).mean() + alpha * sum((p * p).sum() for p in ps)
+
+    for i, p in enumerate(net.parameters()):
+        numeric = np.zeros_like(params[i])
+        for idx in np.ndindex(params[i].shape):
+            plus = [q.copy() for q in params]
+            minus = [q.copy() for q in params]
+            plus[i][idx] += 1e-6
+            minus[i][idx] -= 1e-6
+            numeric[idx] = (f(plus) - f(minus)) / 2e-6
+        np.testing.assert_allclose(p.grad.numpy(), numeric, atol=1e-4)
+
+
+def test_accuracy_counts_sign_agreement():
+    assert accuracy(torch.tensor([0.5, -2.0, 1.0, -0.1]), torch.tensor([1.0, -1.0, -1.0, 1.0])).item() == 0.5
+
+
+def test_weights_round_trip(tmp_path):
+    net = MLP([5, 3], torch.Generator().manual_seed(3))
+    save_weights(net, tmp_path / "w.pt")
+    loaded = load_weights(tmp_path / "w.pt")
+    x = torch.randn(10, 2)
+    assert torch.equal(net(x), loaded(x))
