@@ -10,7 +10,11 @@ def test_seed_network_has_337_parameters():
     assert sum(p.numel() for p in net.parameters()) == 337  # 16*2+16 + 16*16+16 + 16+1
 
 
-@pytest.mark.parametrize("hidden, expected", [([], 3), ([8], 8 * 2 + 8 + 8 + 1), ([4, 3, 2], (2 * 4 + 4) + (4 * 3 + 3) + (3 * 2 + 2) + (2 + 1))])
+@pytest.mark.parametrize("hidden, expected", [
+    ([], 3),
+    ([8], 8 * 2 + 8 + 8 + 1),
+    ([4, 3, 2], (2 * 4 + 4) + (4 * 3 + 3) + (3 * 2 + 2) + (2 + 1)),
+])
 def test_parameter_count_follows_hidden_sizes(hidden, expected):
     assert sum(p.numel() for p in MLP(hidden).parameters()) == expected
 

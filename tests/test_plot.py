@@ -12,7 +12,9 @@ def test_grid_matches_frame_size_and_spans_the_plane():
     assert g[0, 1] > g[-1, 1]  # row 0 is the top of the picture
 
 
-def _render(scores, points=np.zeros((0, 2)), labels=np.zeros(0)):
+def _render(scores, points=None, labels=None):
+    points = np.zeros((0, 2)) if points is None else points
+    labels = np.zeros(0) if labels is None else labels
     return np.array(plot.boundary(scores, points, labels, 160, ""))
 
 

@@ -31,5 +31,5 @@ def test_seed_schedule_step_by_step():
 
 def test_cosine_is_between_its_ends_and_decreasing():
     values = [learning_rate(CosineSchedule(), k, N) for k in range(N + 1)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
     assert values[N // 3] == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi / 3)) / 2)

@@ -11,6 +11,8 @@ run starts: `moonprop --help` and `--cfg job` stay quick.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import hydra
@@ -18,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from moonprop.config import ConfigError, validate
+from moonprop.recorder import close_shared, shared
 
 EXIT_BAD_INPUT = 2
 
@@ -25,9 +28,10 @@ EXIT_BAD_INPUT = 2
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def app(cfg: DictConfig) -> float:
     config = validate(cfg)  # again: a Python caller or a search sampler may get here directly
+    recorder = shared()  # started first: it imports MLflow on the other core while we import Lightning
     from moonprop.train import train
 
-    return train(config, list(HydraConfig.get().overrides.task))
+    return train(config, recorder, list(HydraConfig.get().overrides.task))
 
 
 def main() -> None:
@@ -38,4 +42,18 @@ def main() -> None:
     except ConfigError as e:
         print(f"moonprop: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        exit_now(e.code if isinstance(e.code, int) else int(e.code is not None))
+    exit_now(0)
+
+
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown, which spends about a second unloading torch and
+    Lightning; by now the recorder has written and closed everything."""
+    close_shared()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -107,6 +108,34 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
     seed: int = 0
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The tracking URI; None is the embedded SQLite store under outputs/ (MLflow 3 refuses the
+    plain folder store)."""
+    return uri or f"sqlite:///{Path('outputs', 'mlflow.db').resolve()}"
+
+
+def redact(uri: str) -> str:
+    """The URI without credentials: `http://user:secret@host` -> `http://***@host`."""
+    return re.sub(r"(?<=://)[^/@]+@", "***@", uri)
+
+
+def params(cfg: Config) -> dict[str, str]:
+    """Every resolved config value under its dotted key, as MLflow params; credentials redacted."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            out[prefix[:-1]] = str(node)
+
+    walk("", asdict(cfg))
+    if cfg.tracking.uri:
+        out["tracking.uri"] = redact(cfg.tracking.uri)
+    return out
 
 
 SCHEDULES: dict[str, type[ScheduleConfig]] = {

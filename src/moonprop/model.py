@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +46,7 @@ def accuracy(scores: Tensor, y: Tensor) -> Tensor:
     return ((scores > 0) == (y > 0)).float().mean()
 
 
-def save_weights(net: MLP, path: str | os.PathLike[str]) -> None:
+def save_weights(net: MLP, path: str | os.PathLike[str] | BinaryIO) -> None:
     """The trained network as a small file (~3 KB): its layer sizes and its state dict."""
     hidden = [m.out_features for m in net if isinstance(m, nn.Linear)][:-1]
     torch.save({"hidden": hidden, "state_dict": net.state_dict()}, path)

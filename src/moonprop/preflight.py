@@ -20,7 +20,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from moonprop.config import Config, ConfigError, unknown_key_message, validate
+from moonprop.config import Config, ConfigError, redact, resolve_uri, unknown_key_message, validate
 
 CONF_DIR = Path(__file__).parent / "conf"
 SERVER_TIMEOUT_S = 5
@@ -95,8 +95,6 @@ def writable(path: Path) -> bool:
 
 def check_server(uri: str) -> None:
     """Fail fast on an unreachable tracking server: MLflow's own retries take about 4 minutes."""
-    from moonprop.tracking import redact
-
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S):
             pass
@@ -113,8 +111,6 @@ def check_environment(job: DictConfig, config: Config, multirun: bool) -> None:
         raise ConfigError(key, str(run_dir), "a folder that can be created and written")
     uri = config.tracking.uri
     if uri is None or uri.startswith("sqlite:"):
-        from moonprop.tracking import resolve_uri
-
         db = Path(resolve_uri(uri).removeprefix("sqlite:///"))
         if not writable(db.parent):
             raise ConfigError("tracking.uri", uri, f"a store in a writable folder ({db.parent} is not)")

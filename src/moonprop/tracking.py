@@ -1,44 +1,28 @@
-"""MLflow: where runs are stored and how one is opened, written and closed.
+"""MLflow: the store, and one run written through MlflowClient.
 
-No torch or Lightning here: the CLI uses this module to create the store before any job starts.
+This module runs in the recorder process (recorder.py), beside training, so that importing MLflow,
+creating the store and every write overlap with Lightning's start-up and the training steps.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 import subprocess
 import tempfile
 import time
-import traceback
 import uuid
-from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_LOGGED_IMAGES, MLFLOW_PARENT_RUN_ID
-from omegaconf import OmegaConf
 from PIL import Image
 
-from moonprop.config import Config
+from moonprop import plot
 
-OUTPUTS = Path("outputs")
-
-
-def resolve_uri(uri: str | None) -> str:
-    """The tracking URI; None is the embedded SQLite store under outputs/ (MLflow 3 refuses the
-    plain folder store)."""
-    return uri or f"sqlite:///{(OUTPUTS / 'mlflow.db').resolve()}"
-
-
-def redact(uri: str) -> str:
-    """The URI without credentials: `http://user:secret@host` -> `http://***@host`."""
-    return re.sub(r"(?<=://)[^/@]+@", "***@", uri)
+FLUSH_EVERY_S = 1.0  # the UI sees a live run at most a second late
 
 
 def get_experiment(client: MlflowClient, name: str, uri: str) -> str:
@@ -58,23 +42,6 @@ def get_experiment(client: MlflowClient, name: str, uri: str) -> str:
         return exp.experiment_id
 
 
-def flatten(cfg: Config) -> dict[str, str]:
-    """Every resolved config value under its dotted key, credentials redacted."""
-    out: dict[str, str] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}{k}.", v)
-        else:
-            out[prefix[:-1]] = str(node)
-
-    walk("", asdict(cfg))
-    if cfg.tracking.uri:
-        out["tracking.uri"] = redact(cfg.tracking.uri)
-    return out
-
-
 def git_commit() -> str | None:
     """The commit of the moonprop checkout this code runs from; None for an installed wheel."""
     try:
@@ -84,86 +51,107 @@ def git_commit() -> str | None:
         return None
 
 
-class Run:
-    """One MLflow run: its client, its id, and the metrics and images waiting to be sent.
-
-    Sending is batched: a `log_metric` call costs ~10 ms on SQLite and `log_image` 16-25 ms (two
-    uploads and a tag each time), while one `log_batch` and one `log_artifacts` a second cost
-    about as much as one of those calls.
-    """
+class RunWriter:
+    """One MLflow run, written in batches: a `log_metric` call costs ~10 ms on SQLite and MLflow's
+    `log_image` 16-25 ms (two uploads and a tag each time), while one `log_batch` and one
+    `log_artifacts` a second cost about as much as one of those calls."""
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client, self.id = client, run_id
         self._pending: list[Metric] = []
-        self._images = Path(tempfile.mkdtemp(prefix="moonprop-images-"))
-        self._images_logged = False
+        self._staging = Path(tempfile.mkdtemp(prefix="moonprop-"))
+        (self._staging / "images").mkdir()
+        self._images_tagged = False
         self._last_flush = time.monotonic()
+        # what the animation needs: boundary images and the test curves so far
+        self.frames: list[Image.Image] = []
+        self.curves: dict[str, list[float]] = {"test/acc": [], "test/loss": []}
 
-    def log_image(self, image: Image.Image, key: str, step: int) -> None:
+    @classmethod
+    def create(cls, uri: str, experiment: str, run_name: str | None, params: dict[str, str],
+               tags: dict[str, str], texts: dict[str, str], parent_run_id: str | None = None) -> RunWriter:
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = get_experiment(client, experiment, uri)
+        tags = dict(tags)
+        if commit := git_commit():
+            tags[MLFLOW_GIT_COMMIT] = commit
+        if parent_run_id:
+            tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        writer = cls(client, run_id)
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        for name, text in texts.items():
+            client.log_text(run_id, text, name)
+        return writer
+
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int) -> None:
+        self._pending += [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
+        for key, curve in self.curves.items():
+            if key in metrics:
+                curve.append(float(metrics[key]))
+        self._maybe_flush()
+
+    def log_image(self, image: Image.Image, key: str, step: int, num_epochs: int) -> None:
         """Stage an image as MLflow's `log_image(key=..., step=...)` names it, which is what the
         UI's image grid and its step slider read: `images/<key, / as ~>+step+<step>+timestamp+
         <ms>+<uuid>.png` and a `+compressed.webp` thumbnail beside it. Ours is lossless: smaller
         than MLflow's upscaled lossy one for these flat-coloured pictures, and 10x faster."""
         stem = f"{key.replace('/', '~')}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
-        image.save(self._images / f"{stem}.png", compress_level=6)
-        image.save(self._images / f"{stem}+compressed.webp", lossless=True, quality=0, method=0)
+        image.save(self._staging / "images" / f"{stem}.png")
+        image.save(self._staging / "images" / f"{stem}+compressed.webp", lossless=True, quality=0, method=0)
+        self.frames.append(plot.animation_frame(image, self.curves["test/acc"], self.curves["test/loss"],
+                                                num_epochs))
+        self._maybe_flush()
 
-    def log_metrics(self, metrics: dict[str, float], step: int, flush_every_s: float = 1.0) -> None:
-        now = int(time.time() * 1000)
-        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        if time.monotonic() - self._last_flush >= flush_every_s:
+    def log_file(self, name: str, data: bytes) -> None:
+        """Stage a file at `name` (a path inside the run's artifacts)."""
+        path = self._staging / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def log_final_pictures(self, resolution: int) -> None:
+        """The last boundary as `boundary.png`, and the whole run as `training.gif`."""
+        if not self.frames:
+            return
+        self.frames[-1].crop((0, 0, *plot.frame_size(resolution))).save(self._staging / "boundary.png")
+        plot.gif(self.frames, str(self._staging / "training.gif"))
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
             self.flush()
 
     def flush(self) -> None:
-        """Send what is waiting: metrics in one batch, staged images in one upload."""
+        """Send what is waiting: metrics in one batch, staged files in one upload."""
         for i in range(0, len(self._pending), 1000):  # MLflow takes at most 1000 metrics a call
             self.client.log_batch(self.id, metrics=self._pending[i:i + 1000])
         self._pending.clear()
-        staged = list(self._images.iterdir())
+        staged = [p for p in self._staging.rglob("*") if p.is_file()]
         if staged:
-            self.client.log_artifacts(self.id, str(self._images), "images")
-            for f in staged:
-                f.unlink()
-            if not self._images_logged:  # the tag that makes the UI look for images at all
-                self.client.set_tag(self.id, MLFLOW_LOGGED_IMAGES, "True")
-                self._images_logged = True
+            self.client.log_artifacts(self.id, str(self._staging))
+            for p in staged:
+                p.unlink()
+            if not self._images_tagged and any(p.parent.name == "images" for p in staged):
+                self.client.set_tag(self.id, MLFLOW_LOGGED_IMAGES, "True")  # the UI looks for images
+                self._images_tagged = True
         self._last_flush = time.monotonic()
 
-    def close(self) -> None:
-        shutil.rmtree(self._images, ignore_errors=True)
+    def close(self, status: str, error: str | None = None, details: str | None = None) -> None:
+        """Flush and end the run FINISHED, FAILED or KILLED; an error is kept as a tag and a file."""
+        try:
+            with contextlib.ExitStack() as stack:
+                if status != "FINISHED":  # keep what can be kept; the store may be what failed
+                    stack.enter_context(contextlib.suppress(Exception))
+                self.flush()
+                if error:
+                    self.client.set_tag(self.id, "error", error[:5000])
+                if details:
+                    self.client.log_text(self.id, details, "error.txt")
+            self.client.set_terminated(self.id, status)
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def start_run(cfg: Config, overrides: list[str] | None = None, tags: dict[str, str] | None = None,
-              parent_run_id: str | None = None) -> Iterator[Run]:
-    """Open a run with the config as params and close it FINISHED, FAILED (error recorded) or
-    KILLED (Ctrl-C, SIGTERM), never leaving it RUNNING."""
-    uri = resolve_uri(cfg.tracking.uri)
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = get_experiment(client, cfg.tracking.experiment, uri)
-    all_tags = {k: v for k, v in (tags or {}).items()}
-    if commit := git_commit():
-        all_tags[MLFLOW_GIT_COMMIT] = commit
-    if parent_run_id:
-        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run_info = client.create_run(experiment_id, run_name=cfg.tracking.run_name, tags=all_tags).info
-    run = Run(client, run_info.run_id)
-    try:
-        client.log_batch(run.id, params=[Param(k, v) for k, v in flatten(cfg).items()])
-        client.log_text(run.id, OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config.yaml")
-        client.log_text(run.id, OmegaConf.to_yaml(list(overrides or [])), "overrides.yaml")
-        yield run
-        run.flush()
-    except BaseException as e:
-        # Ctrl-C and SIGTERM (Lightning's SIGTERMException is a SystemExit) end a run KILLED.
-        status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
-        with contextlib.suppress(Exception):  # the store itself may be what failed
-            run.flush()  # what was recorded up to the fault is kept
-            client.set_tag(run.id, "error", f"{type(e).__name__}: {e}"[:5000])
-            client.log_text(run.id, traceback.format_exc(), "error.txt")
-        client.set_terminated(run.id, status)
-        raise
-    else:
-        client.set_terminated(run.id, "FINISHED")
-    finally:
-        run.close()
+def ensure_store(uri: str) -> None:
+    """Create the store (schema and all) now if it does not exist: parallel jobs creating one
+    SQLite file at once race in MLflow's schema migration and can ruin it."""
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)

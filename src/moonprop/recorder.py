@@ -1,0 +1,191 @@
+"""The recorder: a child process that writes runs to MLflow while its parent trains.
+
+Why a process: at this project's scale tracking costs more than training. Importing MLflow (~1 s),
+creating a fresh SQLite store (~2 s), encoding images and every write run on the second core while
+the parent imports Lightning and trains; the parent only sends small messages down a pipe.
+
+It also makes runs end honestly. The recorder ignores SIGINT and SIGTERM (they are meant for the
+trainer, which reports how its run ended); if the parent dies without a word (SIGKILL, out of
+memory), the pipe closes and the recorder marks the run FAILED instead of leaving it RUNNING.
+
+One recorder serves its parent's runs one after another, so a sequential sweep starts it once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import pickle
+import queue
+import select
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+
+class RecorderError(RuntimeError):
+    """The tracking store refused a write; the message says why, in one line."""
+
+
+class Recorder:
+    """The parent's end of the pipe."""
+
+    def __init__(self) -> None:
+        reply_r, reply_w = os.pipe()
+        self.proc = subprocess.Popen([sys.executable, "-m", "moonprop.recorder", str(reply_w)],
+                                     stdin=subprocess.PIPE, pass_fds=(reply_w,))
+        os.close(reply_w)
+        self._inbox: BinaryIO = self.proc.stdin  # type: ignore[assignment]
+        self._replies = os.fdopen(reply_r, "rb")
+        self._error: str | None = None  # the first error of the current run
+        # A pipe holds 64 KB, four boundary images: sending from a thread keeps training from
+        # waiting while the recorder is still importing MLflow or creating the store.
+        self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._pump = threading.Thread(target=self._send_all, name="moonprop-recorder-pipe", daemon=True)
+        self._pump.start()
+        atexit.register(self.close)
+
+    def _send_all(self) -> None:
+        with contextlib.suppress(OSError):  # a stopped recorder: send() and _read() report it
+            while (message := self._outbox.get()) is not None:
+                pickle.dump(message, self._inbox, protocol=pickle.HIGHEST_PROTOCOL)
+                self._inbox.flush()
+            self._inbox.close()
+
+    def send(self, *message: Any) -> None:
+        if not self._pump.is_alive():
+            raise RecorderError(f"the recorder process has stopped (exit code {self.proc.poll()})")
+        self._outbox.put(message)
+
+    def _read(self) -> tuple[str, str, Any]:
+        try:
+            return pickle.load(self._replies)
+        except EOFError:
+            raise RecorderError(f"the recorder process has stopped (exit code {self.proc.poll()})") from None
+
+    def check(self) -> None:
+        """Raise the store's error if one has come back (never blocks): a run whose record cannot
+        be written stops at once instead of training on for nothing."""
+        while select.select([self._replies], [], [], 0)[0]:
+            op, kind, value = self._read()
+            if kind == "error" and self._error is None:
+                self._error = value
+                raise RecorderError(value)
+
+    def wait(self, for_op: str) -> Any:
+        """Block until `for_op` is answered; raise the first error of the run, if any."""
+        while True:
+            op, kind, value = self._read()
+            if kind == "error" and self._error is None:
+                self._error = value
+            if op == for_op:
+                error, self._error = self._error, None
+                if error:
+                    raise RecorderError(error)
+                return value
+
+    @contextlib.contextmanager
+    def run(self, **start: Any) -> Iterator[Recorder]:
+        """Record one run (`start` as RunWriter.create takes it); it ends FINISHED, FAILED with
+        the error, or KILLED on Ctrl-C and SIGTERM (Lightning's SIGTERMException is a SystemExit)."""
+        resolution = start.pop("resolution")
+        self._error = None
+        self.send("start", start)
+        try:
+            yield self
+        except BaseException as e:
+            status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
+            error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            self.send("end", status, error, traceback.format_exc(), resolution)
+            with contextlib.suppress(RecorderError):  # the first error is the one to report
+                self.wait("end")
+            raise
+        self.send("end", "FINISHED", None, None, resolution)
+        self.run_id = self.wait("end")
+
+    def ensure_store(self, uri: str) -> None:
+        self.send("store", uri)
+        self.wait("store")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        """Let the recorder write what it was sent, then end it."""
+        if self._pump.is_alive():
+            self._outbox.put(None)
+            self._pump.join()
+        self.proc.wait()
+
+
+_shared: Recorder | None = None
+
+
+def shared() -> Recorder:
+    """This process's recorder, started on first use and kept for the runs that follow."""
+    global _shared
+    if _shared is None or not _shared.alive():
+        _shared = Recorder()
+    return _shared
+
+
+def close_shared() -> None:
+    if _shared is not None:
+        _shared.close()
+
+
+def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
+    """The child's loop: apply each message to the current run, answer `store` and `end`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from moonprop.tracking import RunWriter, ensure_store
+
+    def reply(op: str, kind: str, value: Any = None) -> None:
+        pickle.dump((op, kind, value), replies)
+        replies.flush()
+
+    run: RunWriter | None = None
+    broken = False  # after a store error: report it once, then drop the run's writes until `end`
+    while True:
+        try:
+            op, *args = pickle.load(inbox)
+        except EOFError:
+            if run is not None:
+                run.close("FAILED", "the training process ended without closing its run "
+                                    "(killed, or out of memory)")
+            return
+        try:
+            if op == "store":
+                ensure_store(*args)
+                reply(op, "ok")
+            elif op == "start":
+                run, broken = None, False
+                run = RunWriter.create(**args[0])
+            elif op == "end":
+                status, error, details, resolution = args
+                if run is None:
+                    reply(op, "error", "the run could not be opened")
+                    continue
+                if status == "FINISHED":
+                    run.log_final_pictures(resolution)
+                finished, run = run, None
+                finished.close(status, error, details)
+                reply(op, "ok", finished.id)
+            elif run is not None and not broken:
+                {"metrics": run.log_metrics, "image": run.log_image, "file": run.log_file}[op](*args)
+        except Exception as e:
+            broken = True
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            reply(op, "error", f"MLflow: {type(e).__name__}: {first_line}")
+            traceback.print_exc(file=sys.stderr)
+
+
+if __name__ == "__main__":
+    serve(sys.stdin.buffer, os.fdopen(int(sys.argv[1]), "wb"))
+    # Every write is committed and answered: skip the ~0.7 s teardown of MLflow and SQLAlchemy.
+    os._exit(0)
