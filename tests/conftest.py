@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from moonprop.config import Config, validate
 from moonprop.preflight import compose_job, without_hydra
+from moonprop.tracking import ensure_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,11 @@ def moonprop(*args: str, cwd: Path, check: bool = True, timeout: float = 300,
 
 
 def default_store(cwd: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
+    """A client on the run's default store, opened under moonprop's lock: a test that looks while
+    a run is creating the store must not race its schema migration."""
+    uri = f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}"
+    ensure_store(uri)
+    return MlflowClient(uri)
 
 
 @pytest.fixture

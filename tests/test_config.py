@@ -22,6 +22,7 @@ def test_default_config_is_the_seed_experiment():
         "tracking": {"uri": None, "experiment": "moonprop", "run_name": None},
         "plot": {"every_n_epochs": 1, "resolution": 160},
         "seed": 0,
+        "resume": None,
     }
 
 
@@ -98,3 +99,22 @@ def test_sweep_checks_each_value_once():
         ["seed=2", "schedule=linear", "data.noise=0.1"],
         ["seed=0", "schedule=cosine", "data.noise=0.1"],
     ]
+
+
+def test_credentials_never_reach_params_or_recorded_config():
+    from moonprop.config import params, redact, redacted
+
+    assert redact("http://alice:s3cret@host:5000/x") == "http://***@host:5000/x"
+    assert redact("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
+    cfg = make_config("tracking.uri=https://alice:s3cret@mlflow.example:443")
+    assert "s3cret" not in str(params(cfg)) and "s3cret" not in str(redacted(cfg))
+    assert params(cfg)["tracking.uri"] == "https://***@mlflow.example:443"
+    assert "resume" not in params(cfg)
+
+
+def test_config_has_no_instantiable_targets():
+    """Nothing in the app's config is handed to hydra.utils.instantiate, and `_target_` is refused."""
+    with pytest.raises(ConfigError):
+        make_config("+_target_=os.system")
+    with pytest.raises(ConfigError):
+        make_config("+schedule._target_=os.system")

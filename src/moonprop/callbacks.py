@@ -8,8 +8,12 @@ grid with a step slider beside `test/acc`.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import signal
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -25,8 +29,8 @@ BOUNDARY_KEY = "test/boundary"  # the prefix puts the image grid next to the tes
 
 class MlflowCallback(pl.Callback):
     def __init__(self, recorder: Recorder, test: tuple[torch.Tensor, torch.Tensor], plot_cfg: PlotConfig,
-                 num_epochs: int) -> None:
-        self.recorder, self.cfg, self.num_epochs = recorder, plot_cfg, num_epochs
+                 num_epochs: int, params: dict[str, str]) -> None:
+        self.recorder, self.cfg, self.num_epochs, self.params = recorder, plot_cfg, num_epochs, params
         self.points, self.labels = test[0].numpy(), test[1].numpy()
         self.grid = torch.from_numpy(plot.grid(plot_cfg.resolution))
         self.test_acc: list[float] = []
@@ -55,7 +59,65 @@ class MlflowCallback(pl.Callback):
             self.recorder.send("image", image, BOUNDARY_KEY, step, self.num_epochs)
         self.recorder.check()
 
+    def state_dict(self) -> dict[str, Any]:
+        # A checkpoint names its run, so that a resumed run continues the same MLflow record,
+        # and keeps the params, so that it continues with the same settings.
+        return {"run_id": self.recorder.current_run_id(), "params": self.params, "test_acc": self.test_acc}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.test_acc = list(state_dict["test_acc"])
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         buf = io.BytesIO()
         save_weights(pl_module.net, buf)
         self.recorder.send("file", "model/weights.pt", buf.getvalue())
+
+
+class Interrupted(BaseException):
+    """Training stopped on a signal (SIGINT, SIGTERM) at an epoch's end, after a checkpoint.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it;
+    the CLI exits with 128 + the signal's number, as a shell reports a process ended by it.
+    """
+
+    def __init__(self, signum: int, epoch: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} after epoch {epoch}; "
+                         f"continue with: moonprop resume={checkpoint}")
+        self.signum = signum
+
+
+class GracefulStop(pl.Callback):
+    """Ctrl-C and SIGTERM (a cluster's `scancel`, preemption) stop training at the end of the
+    current epoch, a few milliseconds away, with a checkpoint to resume from; a second Ctrl-C
+    stops at once. Lightning alone exits 0 on SIGTERM and 1 on Ctrl-C, and checkpoints neither."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.checkpoint = checkpoint
+        self.signum: int | None = None
+
+    @contextlib.contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        def note(signum: int, frame: Any) -> None:
+            if self.signum == signal.SIGINT and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signum = signum
+
+        previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop_if_signalled(self, trainer: pl.Trainer) -> None:
+        if self.signum is not None:
+            self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(self.checkpoint)
+            epoch = 0 if trainer.sanity_checking else trainer.current_epoch + 1
+            raise Interrupted(self.signum, epoch, self.checkpoint)
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_signalled(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_signalled(trainer)

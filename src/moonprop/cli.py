@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,7 +33,8 @@ def app(cfg: DictConfig) -> float:
     recorder = shared()  # started first: it imports MLflow on the other core while we import Lightning
     from moonprop.train import train
 
-    return train(config, recorder, list(HydraConfig.get().overrides.task))
+    hydra_cfg = HydraConfig.get()
+    return train(config, recorder, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
 
 
 def main() -> None:
@@ -46,6 +49,15 @@ def main() -> None:
         app()
     except SystemExit as e:
         exit_now(e.code if isinstance(e.code, int) else int(e.code is not None))
+    except KeyboardInterrupt:
+        exit_now(128 + signal.SIGINT)
+    except BaseException as e:
+        from moonprop.callbacks import Interrupted
+
+        if not isinstance(e, Interrupted):
+            raise
+        print(f"moonprop: {e}", file=sys.stderr)
+        exit_now(128 + e.signum)
     exit_now(0)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
     seed: int = 0
+    resume: str | None = None  # a checkpoint of an interrupted run: continue it, same MLflow run
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -121,8 +122,16 @@ def redact(uri: str) -> str:
     return re.sub(r"(?<=://)[^/@]+@", "***@", uri)
 
 
+def redacted(cfg: Config) -> Config:
+    """The config as it may be recorded: a tracking URI's credentials removed."""
+    if cfg.tracking.uri is None:
+        return cfg
+    return replace(cfg, tracking=replace(cfg.tracking, uri=redact(cfg.tracking.uri)))
+
+
 def params(cfg: Config) -> dict[str, str]:
-    """Every resolved config value under its dotted key, as MLflow params; credentials redacted."""
+    """Every resolved config value under its dotted key, as MLflow params (credentials redacted);
+    `resume` is left out, so that a resumed run's params stay those it started with."""
     out: dict[str, str] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -132,9 +141,8 @@ def params(cfg: Config) -> dict[str, str]:
         else:
             out[prefix[:-1]] = str(node)
 
-    walk("", asdict(cfg))
-    if cfg.tracking.uri:
-        out["tracking.uri"] = redact(cfg.tracking.uri)
+    walk("", asdict(redacted(cfg)))
+    del out["resume"]
     return out
 
 

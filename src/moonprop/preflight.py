@@ -16,19 +16,43 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from moonprop.config import Config, ConfigError, redact, resolve_uri, unknown_key_message, validate
+from moonprop.config import (
+    Config,
+    ConfigError,
+    params,
+    redact,
+    resolve_uri,
+    unknown_key_message,
+    validate,
+)
 
 CONF_DIR = Path(__file__).parent / "conf"
 SERVER_TIMEOUT_S = 5
 
 
+def parse(overrides: list[str]) -> list[Override]:
+    """Hydra's parse of the command line, its syntax errors as one line."""
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as e:
+            reason = str(e).splitlines()[0]
+            if not override.isascii():
+                reason = "quote text that is not ASCII, as in key='läuft' (in the shell: \"key='läuft'\")"
+            key, _, value = override.partition("=")
+            raise ConfigError(key, value, reason) from None
+    return parser.parse_overrides(overrides)
+
+
 def job_overrides(overrides: list[str]) -> list[list[str]]:
     """The override lists to check: the first value of every swept key, then each other value."""
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    parsed = parse(overrides)
     choices = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
                for o in parsed]
     keys = [o.get_key_element() for o in parsed]
@@ -103,6 +127,21 @@ def check_server(uri: str) -> None:
         raise ConfigError("tracking.uri", redact(uri), f"a reachable MLflow server ({reason})") from None
 
 
+def check_resume(config: Config) -> None:
+    """A checkpoint to resume must be one of ours, and the settings those it was trained with."""
+    if not Path(config.resume).is_file():
+        raise ConfigError("resume", config.resume, "the path of an interrupted run's checkpoints/last.ckpt")
+    from moonprop.train import checkpoint_state
+
+    try:
+        saved = checkpoint_state(config.resume)["params"]
+    except Exception:
+        raise ConfigError("resume", config.resume, "a checkpoint written by moonprop") from None
+    for key, value in params(config).items():
+        if key in saved and saved[key] != value:
+            raise ConfigError(key, value, f"must be {saved[key]}, as in the run being resumed") from None
+
+
 def check_environment(job: DictConfig, config: Config, multirun: bool) -> None:
     """What the schema cannot know: folders, the GPU, the tracking server."""
     run_dir = OmegaConf.select(job, "hydra.sweep.dir" if multirun else "hydra.run.dir")
@@ -116,6 +155,8 @@ def check_environment(job: DictConfig, config: Config, multirun: bool) -> None:
             raise ConfigError("tracking.uri", uri, f"a store in a writable folder ({db.parent} is not)")
     elif uri.startswith(("http://", "https://")):
         check_server(uri)
+    if config.resume:
+        check_resume(config)
     if config.trainer.accelerator == "gpu":
         import torch
 

@@ -43,6 +43,8 @@ class Recorder:
         self._inbox: BinaryIO = self.proc.stdin  # type: ignore[assignment]
         self._replies = os.fdopen(reply_r, "rb")
         self._error: str | None = None  # the first error of the current run
+        self._answers: dict[str, Any] = {}
+        self.run_id: str | None = None
         # A pipe holds 64 KB, four boundary images: sending from a thread keeps training from
         # waiting while the recorder is still importing MLflow or creating the store.
         self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
@@ -68,45 +70,58 @@ class Recorder:
         except EOFError:
             raise RecorderError(f"the recorder process has stopped (exit code {self.proc.poll()})") from None
 
+    def _take(self, reply: tuple[str, str, Any]) -> str | None:
+        """Note one reply; return its error if it is the run's first."""
+        op, kind, value = reply
+        self._answers[op] = value if kind == "ok" else None
+        if op == "start" and kind == "ok":
+            self.run_id = value
+        if kind == "error" and self._error is None:
+            self._error = value
+            return value
+        return None
+
     def check(self) -> None:
         """Raise the store's error if one has come back (never blocks): a run whose record cannot
         be written stops at once instead of training on for nothing."""
         while select.select([self._replies], [], [], 0)[0]:
-            op, kind, value = self._read()
-            if kind == "error" and self._error is None:
-                self._error = value
-                raise RecorderError(value)
+            if error := self._take(self._read()):
+                raise RecorderError(error)
 
-    def wait(self, for_op: str) -> Any:
-        """Block until `for_op` is answered; raise the first error of the run, if any."""
-        while True:
-            op, kind, value = self._read()
-            if kind == "error" and self._error is None:
-                self._error = value
-            if op == for_op:
-                error, self._error = self._error, None
-                if error:
-                    raise RecorderError(error)
-                return value
+    def wait(self, op: str) -> Any:
+        """Block until `op` is answered; raise the run's first error, if it had one."""
+        while op not in self._answers:
+            self._take(self._read())
+        value = self._answers.pop(op)
+        if self._error:
+            raise RecorderError(self._error)
+        return value
+
+    def current_run_id(self) -> str:
+        """The id of the run being recorded (waits for the store to open it)."""
+        if self.run_id is None:
+            self.wait("start")
+        return self.run_id  # type: ignore[return-value]
 
     @contextlib.contextmanager
     def run(self, **start: Any) -> Iterator[Recorder]:
-        """Record one run (`start` as RunWriter.create takes it); it ends FINISHED, FAILED with
-        the error, or KILLED on Ctrl-C and SIGTERM (Lightning's SIGTERMException is a SystemExit)."""
-        resolution = start.pop("resolution")
-        self._error = None
+        """Record one run (`start` as RunWriter.open takes it); it ends FINISHED, FAILED with the
+        error, or KILLED when interrupted (Ctrl-C, SIGTERM)."""
+        resolution = start.pop("resolution")  # the rest is RunWriter.open's
+        self._error, self._answers, self.run_id = None, {}, None
         self.send("start", start)
         try:
             yield self
         except BaseException as e:
-            status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
+            # An error fails the run; an interruption (Ctrl-C, a signal, an exit) kills it.
+            status = "FAILED" if isinstance(e, Exception) else "KILLED"
             error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             self.send("end", status, error, traceback.format_exc(), resolution)
             with contextlib.suppress(RecorderError):  # the first error is the one to report
                 self.wait("end")
             raise
         self.send("end", "FINISHED", None, None, resolution)
-        self.run_id = self.wait("end")
+        self.wait("end")
 
     def ensure_store(self, uri: str) -> None:
         self.send("store", uri)
@@ -143,6 +158,11 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
     """The child's loop: apply each message to the current run, answer `store` and `end`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A tracking server that goes away mid-run: fail in seconds, not after MLflow's ~4 minutes
+    # of retries (the CLI has checked that it answered at the start).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     from moonprop.tracking import RunWriter, ensure_store
 
     def reply(op: str, kind: str, value: Any = None) -> None:
@@ -165,7 +185,8 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
                 reply(op, "ok")
             elif op == "start":
                 run, broken = None, False
-                run = RunWriter.create(**args[0])
+                run = RunWriter.open(**args[0])
+                reply(op, "ok", run.id)
             elif op == "end":
                 status, error, details, resolution = args
                 if run is None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from moonprop.callbacks import MlflowCallback
-from moonprop.config import Config, params, resolve_uri
+from moonprop.callbacks import GracefulStop, MlflowCallback
+from moonprop.config import Config, params, redact, redacted, resolve_uri
 from moonprop.data import MoonsDataModule
 from moonprop.module import MoonsClassifier
 from moonprop.recorder import Recorder
@@ -19,29 +21,44 @@ from moonprop.recorder import Recorder
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
 
-def train(cfg: Config, recorder: Recorder, overrides: list[str] | None = None,
+def checkpoint_state(path: str) -> dict[str, Any]:
+    """What MlflowCallback kept in a checkpoint: its run id and the run's params."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+    return checkpoint["callbacks"][MlflowCallback.__qualname__]
+
+
+def train(cfg: Config, recorder: Recorder, run_dir: Path, overrides: list[str] | None = None,
           tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> float:
-    """Train and record one run; returns the final test accuracy (what a sweeper maximises)."""
+    """Train and record one run; returns the final test accuracy (what a sweeper maximises).
+
+    Interrupted by Ctrl-C or SIGTERM, it writes `run_dir/checkpoints/last.ckpt`; `resume=` that
+    path continues the same MLflow run where it stopped.
+    """
     torch.set_num_threads(cfg.trainer.threads)  # 2 threads made this tiny model 14-56x slower
     datamodule = MoonsDataModule(cfg.data, cfg.seed)
     module = MoonsClassifier(cfg.model, cfg.loss, cfg.schedule, cfg.data.num_batches, cfg.seed)
-    tracker = MlflowCallback(recorder, datamodule.test, cfg.plot, cfg.data.num_batches)
-    texts = {"config.yaml": OmegaConf.to_yaml(OmegaConf.structured(cfg)),
-             "overrides.yaml": OmegaConf.to_yaml(list(overrides or []))}
-    with recorder.run(uri=resolve_uri(cfg.tracking.uri), experiment=cfg.tracking.experiment,
-                      run_name=cfg.tracking.run_name, params=params(cfg), tags=tags or {}, texts=texts,
-                      parent_run_id=parent_run_id, resolution=cfg.plot.resolution):
+    tracker = MlflowCallback(recorder, datamodule.test, cfg.plot, cfg.data.num_batches, params(cfg))
+    stopper = GracefulStop(run_dir / "checkpoints" / "last.ckpt")
+    overrides = [redact(o) for o in overrides or []]
+    texts = {"config.yaml": OmegaConf.to_yaml(OmegaConf.structured(redacted(cfg))),
+             "overrides.yaml": OmegaConf.to_yaml(overrides)}
+    with stopper.handling_signals(), recorder.run(
+            uri=resolve_uri(cfg.tracking.uri), experiment=cfg.tracking.experiment,
+            run_name=cfg.tracking.run_name, params=params(cfg), tags=tags or {}, texts=texts,
+            parent_run_id=parent_run_id, resolution=cfg.plot.resolution, num_epochs=cfg.data.num_batches,
+            resume_run_id=checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None):
         trainer = pl.Trainer(
             accelerator=cfg.trainer.accelerator,
             devices=1,
             max_epochs=cfg.data.num_batches,  # one epoch = one freshly drawn batch, as in the seed
-            num_sanity_val_steps=1,  # evaluates the untrained network: step 0 of the record
+            # the untrained network is step 0 of the record; a resumed run has it already
+            num_sanity_val_steps=0 if cfg.resume else 1,
             logger=False,  # MLflow is written by MlflowCallback, through the recorder
-            enable_checkpointing=False,
+            enable_checkpointing=False,  # GracefulStop writes the checkpoint that matters
             enable_model_summary=False,
             enable_progress_bar=sys.stderr.isatty(),
             deterministic=True,
-            callbacks=[tracker],
+            callbacks=[tracker, stopper],
         )
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
     return tracker.test_acc[-1]

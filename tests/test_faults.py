@@ -1,0 +1,201 @@
+"""Bad input, faults and interruptions through the real CLI and a real store: nothing is lost and
+no run is left RUNNING."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from .conftest import default_store, moonprop
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "moonprop", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def only_run(client: MlflowClient):
+    (run,) = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
+    return run
+
+
+def wait_for_step(cwd: Path, step: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Until the run's test/acc has reached `step` in the store (the recorder writes every second)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        if (cwd / "outputs" / "mlflow.db").exists():
+            client = default_store(cwd)
+            exp = client.get_experiment_by_name("moonprop")
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            if runs and runs[0].data.metrics and len(client.get_metric_history(runs[0].info.run_id,
+                                                                                "test/acc")) > step:
+                return
+        time.sleep(0.3)
+    raise AssertionError("the run never got going")
+
+
+def steps(client: MlflowClient, run_id: str, key: str = "test/acc") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+# ---- bad input: one line, non-zero, nothing created ---------------------------------------------
+
+@pytest.mark.parametrize("override", [
+    "model.hidden=[16,0]", "data.batch_size=0", "data.noise=-1", "schedule.start=0",
+    "loss.alpha=nan", "plot.every_n_epochs=0", "schedule=exponential", "+data.foo=1", "data.foo=1",
+])
+def test_bad_input_is_refused_before_anything_exists(workdir, override):
+    proc = moonprop(override, cwd=workdir, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("moonprop: invalid config: "), proc.stderr
+    assert override.lstrip("+").split("=")[0] in lines[0]
+    assert list(workdir.iterdir()) == []  # no outputs/, no store, no run folder
+
+
+def test_bad_value_in_a_sweep_is_refused_before_any_job(workdir):
+    proc = moonprop("-m", "data.num_batches=2", "seed=0,1", "data.batch_size=10,0", cwd=workdir, check=False)
+    assert proc.returncode == 2 and "data.batch_size=0" in proc.stderr
+    assert list(workdir.iterdir()) == []
+
+
+def test_gpu_without_one_is_refused(workdir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = moonprop("trainer.accelerator=gpu", cwd=workdir, check=False)
+    assert proc.returncode == 2 and "trainer.accelerator=gpu" in proc.stderr and "no GPU" in proc.stderr
+    assert list(workdir.iterdir()) == []
+
+
+def test_unreachable_tracking_server_is_reported_fast(workdir):
+    t = time.monotonic()
+    proc = moonprop("tracking.uri=http://127.0.0.1:9", cwd=workdir, check=False)
+    assert time.monotonic() - t < 10
+    assert proc.returncode == 2 and "tracking.uri=http://127.0.0.1:9" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert list(workdir.iterdir()) == []
+
+
+def test_unwritable_output_folder_is_reported_before_training(workdir):
+    (workdir / "blocker").write_text("a file where a folder should be")
+    proc = moonprop(f"hydra.run.dir={workdir}/blocker/run", cwd=workdir, check=False)
+    assert proc.returncode == 2 and "hydra.run.dir" in proc.stderr
+    proc = moonprop(f"tracking.uri=sqlite:///{workdir}/blocker/x.db", cwd=workdir, check=False)
+    assert proc.returncode == 2 and "tracking.uri" in proc.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == ["blocker"]
+
+
+# ---- faults during a run ------------------------------------------------------------------------
+
+def test_diverging_loss_fails_the_run_with_reason_and_epoch(workdir):
+    proc = moonprop("schedule.start=1e6", "data.num_batches=50", cwd=workdir, check=False)
+    assert proc.returncode != 0
+    run = only_run(default_store(workdir))
+    assert run.info.status == "FAILED" and run.info.end_time
+    assert "NonFiniteLoss" in run.data.tags["error"] and "at epoch" in run.data.tags["error"]
+    last = max(steps(default_store(workdir), run.info.run_id))
+    assert 1 <= last < 50  # stopped at the first non-finite step, what came before is kept
+
+
+def test_sigint_kills_the_run_and_exits_130(workdir):
+    proc = start("data.num_batches=100000", "plot.every_n_epochs=50", cwd=workdir)
+    wait_for_step(workdir, 3, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    run = only_run(default_store(workdir))
+    assert run.info.status == "KILLED" and run.info.end_time
+    assert "SIGINT" in run.data.tags["error"]
+
+
+def test_sigterm_checkpoints_kills_and_resume_continues_the_same_run(workdir):
+    args = ("data.num_batches=600", "plot.every_n_epochs=1", "tracking.run_name=long")
+    proc = start(*args, cwd=workdir)
+    wait_for_step(workdir, 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    client = default_store(workdir)
+    run = only_run(client)
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["error"]
+    stopped_at = max(steps(client, run.info.run_id))
+    assert stopped_at < 600, "finished before the signal: make the run longer"
+    (checkpoint,) = workdir.glob("outputs/runs/*/checkpoints/last.ckpt")
+    assert f"resume={checkpoint}" in err
+
+    moonprop(*args, f"resume={checkpoint}", cwd=workdir)
+    resumed = only_run(client)  # the same run, not a second one
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert steps(client, run.info.run_id) == list(range(601))  # no gap, no repeat
+    assert steps(client, run.info.run_id, "train/loss") == list(range(1, 601))
+    assert resumed.data.params == run.data.params
+    assert "error" not in resumed.data.tags
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    assert len(images) == 601
+
+
+def test_resume_with_other_settings_is_refused(workdir):
+    proc = start("data.num_batches=600", cwd=workdir)
+    wait_for_step(workdir, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    (checkpoint,) = workdir.glob("outputs/runs/*/checkpoints/last.ckpt")
+    result = moonprop("data.num_batches=700", f"resume={checkpoint}", cwd=workdir, check=False)
+    assert result.returncode == 2 and "data.num_batches=700" in result.stderr and "600" in result.stderr
+
+
+def test_hard_kill_leaves_the_run_failed_not_running(workdir):
+    proc = start("data.num_batches=100000", "plot.every_n_epochs=50", cwd=workdir)
+    wait_for_step(workdir, 3, proc)
+    proc.send_signal(signal.SIGKILL)  # no handler runs: only the recorder is left to tell
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while (run := only_run(default_store(workdir))).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert run.info.status == "FAILED" and "ended without closing" in run.data.tags["error"]
+
+
+# ---- many writers -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("store", ["fresh", "existing"])
+def test_sixteen_parallel_writers_lose_nothing(workdir, store):
+    if store == "existing":
+        moonprop("data.num_batches=1", cwd=workdir)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "moonprop", "data.num_batches=5", f"seed={i}",
+                               f"tracking.run_name=job{i}", f"hydra.run.dir=outputs/runs/job{i}"],
+                              cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+             for i in range(16)]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 16, errors
+    client = default_store(workdir)
+    runs = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id],
+                              "attributes.run_name LIKE 'job%'")
+    assert len(runs) == 16 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert steps(client, run.info.run_id) == [0, 1, 2, 3, 4, 5]
+        assert steps(client, run.info.run_id, "train/loss") == [1, 2, 3, 4, 5]
+        pngs = [a for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+        assert len(pngs) == 6
+
+
+# ---- security -----------------------------------------------------------------------------------
+
+def test_non_ascii_names_work_quoted_and_unquoted_gets_a_hint(workdir):
+    proc = moonprop("tracking.run_name=läuft", cwd=workdir, check=False)
+    assert proc.returncode == 2 and "quote" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    moonprop("data.num_batches=2", "tracking.experiment='Mondfähre 🌙'", "tracking.run_name='läuft'",
+             cwd=workdir)
+    client = default_store(workdir)
+    (run,) = client.search_runs([client.get_experiment_by_name("Mondfähre 🌙").experiment_id])
+    assert run.info.run_name == "läuft" and run.info.status == "FINISHED"
