@@ -19,8 +19,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from moonprop import sweep
 from moonprop.config import ConfigError, validate
 from moonprop.recorder import close_shared, shared
 
@@ -33,8 +35,25 @@ def app(cfg: DictConfig) -> float:
     recorder = shared()  # started first: it imports MLflow on the other core while we import Lightning
     from moonprop.train import train
 
-    hydra_cfg = HydraConfig.get()
-    return train(config, recorder, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    hc = HydraConfig.get()
+    run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
+    config.trainer.threads = min(config.trainer.threads, threads_per_job(hc))
+    if hc.mode != RunMode.MULTIRUN:
+        return train(config, recorder, run_dir, overrides)
+    try:
+        return train(config, recorder, run_dir, overrides, sweep.job_tags(), sweep.parent_run_id(hc.sweep.dir))
+    except Exception as e:  # recorded FAILED in MLflow; the other jobs go on, the summary counts it
+        print(f"moonprop: job {hc.job.num} ({' '.join(overrides)}) failed: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return float("nan")  # what a search sampler takes as a failed trial
+
+
+def threads_per_job(hc: DictConfig) -> int:
+    """Torch threads a job may use so that parallel workers x threads never exceed the cores."""
+    cores = len(os.sched_getaffinity(0))
+    workers = hc.launcher.get("n_jobs", 1) if hc.mode == RunMode.MULTIRUN else 1
+    workers = cores if workers is None or workers < 0 else workers  # joblib: -1 means all cores
+    return max(1, cores // max(1, workers))
 
 
 def main() -> None:
@@ -47,6 +66,8 @@ def main() -> None:
         sys.exit(EXIT_BAD_INPUT)
     try:
         app()
+        if sweep.failed_jobs:
+            exit_now(1)
     except SystemExit as e:
         exit_now(e.code if isinstance(e.code, int) else int(e.code is not None))
     except KeyboardInterrupt:

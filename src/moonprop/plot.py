@@ -124,3 +124,74 @@ def gif(frames: Sequence[Image.Image], path: str, frame_ms: int = 60, hold_ms: i
     durations = [frame_ms] * (len(frames) - 1) + [hold_ms]
     frames[0].save(path, format="GIF", save_all=True, append_images=list(frames[1:]),
                    duration=durations, loop=0, disposal=1)
+
+
+# ---- a sweep's pictures -------------------------------------------------------------------------
+
+SERIES = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+          (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def _swept(labels: Sequence[str]) -> list[dict[str, str]]:
+    """Each job's overrides ("a=1 b=2") as a dict, keeping only keys whose values differ."""
+    jobs = [dict(o.split("=", 1) for o in label.split() if "=" in o) for label in labels]
+    keys = [k for k in dict.fromkeys(k for job in jobs for k in job)
+            if len({job.get(k) for job in jobs}) > 1]
+    return [{k: job.get(k, "") for k in keys} for job in jobs]
+
+
+def small_multiples(jobs: Sequence[tuple[str, str, float | None, Image.Image | None]]) -> Image.Image:
+    """Every job's final boundary in one picture, one row per value of the first swept key and one
+    column per combination of the others, each titled with its values and test accuracy.
+
+    `jobs` are (overrides, status, test accuracy, final boundary or None) in job order.
+    """
+    swept = _swept([label for label, *_ in jobs])
+    row_key = next(iter(swept[0]), None) if swept else None
+    rows = list(dict.fromkeys(job.get(row_key, "") for job in swept)) if row_key else [""]
+    cols = list(dict.fromkeys(" ".join(f"{k}={v}" for k, v in job.items() if k != row_key) for job in swept))
+    size = next((im.size for *_, im in jobs if im is not None), (160, 100))
+    font = _font(10)
+    title_h, label_w = 28, 0
+    canvas = Image.new("RGB", (len(cols) * (size[0] + 6) + 6, len(rows) * (size[1] + title_h + 6) + 6), "white")
+    draw = ImageDraw.Draw(canvas)
+    for (label, status, acc, im), job in zip(jobs, swept, strict=True):
+        r = rows.index(job.get(row_key, "")) if row_key else 0
+        c = cols.index(" ".join(f"{k}={v}" for k, v in job.items() if k != row_key))
+        x, y = 6 + c * (size[0] + 6) + label_w, 6 + r * (size[1] + title_h + 6)
+        title = " ".join(f"{k}={v}" for k, v in job.items()) or label
+        result = f"acc {acc:.3f}" if status == "FINISHED" and acc is not None else status
+        while draw.textlength(title, font=font) > size[0] and len(title) > 4:
+            title = title[:-2] + "…"  # noqa: PLW2901
+        draw.text((x, y), title, fill="black", font=font)
+        draw.text((x, y + 13), result, fill="black" if status == "FINISHED" else (200, 0, 0), font=font)
+        if im is not None:
+            canvas.paste(im.convert("RGB"), (x, y + title_h))
+        else:
+            draw.rectangle((x, y + title_h, x + size[0] - 1, y + title_h + size[1] - 1), fill=(225, 225, 225))
+    return canvas
+
+
+def curves(series: Sequence[tuple[str, Sequence[float]]], width: int = 640, height: int = 360) -> Image.Image:
+    """The sweep's test-accuracy curves overlaid, one colour per job, with a legend."""
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = _font(11)
+    x0, x1, y0, y1 = 40, width - 10, 10, height - 30 - 12 * min(len(series), 10)
+    draw.rectangle((x0, y0, x1, y1), outline=(150, 150, 150))
+    longest = max((len(v) for _, v in series), default=1)
+    lo = 0.5  # a coin toss: the floor of a useful classifier
+    for value in (0.5, 0.75, 1.0):
+        y = y1 - (y1 - y0) * (value - lo) / (1 - lo)
+        draw.text((4, y - 6), f"{value:.2f}", fill="black", font=font)
+    for i, (label, values) in enumerate(series):
+        colour = SERIES[i % len(SERIES)]
+        points = [(x0 + (x1 - x0) * k / max(longest - 1, 1), y1 - (y1 - y0) * (max(v, lo) - lo) / (1 - lo))
+                  for k, v in enumerate(values)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=1)
+        if i < 10:
+            draw.text((x0, y1 + 18 + 12 * i), f"{label}  ({values[-1]:.3f})" if values else label,
+                      fill=colour, font=font)
+    draw.text((x0, y1 + 3), "test accuracy per epoch", fill="black", font=font)
+    return image
