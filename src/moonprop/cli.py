@@ -41,7 +41,8 @@ def app(cfg: DictConfig) -> float:
     if hc.mode != RunMode.MULTIRUN:
         return train(config, recorder, run_dir, overrides)
     try:
-        return train(config, recorder, run_dir, overrides, sweep.job_tags(), sweep.parent_run_id(hc.sweep.dir))
+        parent = sweep.parent_run_id(hc.sweep.dir)
+        return train(config, recorder, run_dir, overrides, sweep.job_tags(), parent)
     except Exception as e:  # recorded FAILED in MLflow; the other jobs go on, the summary counts it
         print(f"moonprop: job {hc.job.num} ({' '.join(overrides)}) failed: {type(e).__name__}: {e}",
               file=sys.stderr)

@@ -152,13 +152,14 @@ def small_multiples(jobs: Sequence[tuple[str, str, float | None, Image.Image | N
     cols = list(dict.fromkeys(" ".join(f"{k}={v}" for k, v in job.items() if k != row_key) for job in swept))
     size = next((im.size for *_, im in jobs if im is not None), (160, 100))
     font = _font(10)
-    title_h, label_w = 28, 0
-    canvas = Image.new("RGB", (len(cols) * (size[0] + 6) + 6, len(rows) * (size[1] + title_h + 6) + 6), "white")
+    title_h, gap = 28, 6
+    cell_w, cell_h = size[0] + gap, size[1] + title_h + gap
+    canvas = Image.new("RGB", (len(cols) * cell_w + gap, len(rows) * cell_h + gap), "white")
     draw = ImageDraw.Draw(canvas)
     for (label, status, acc, im), job in zip(jobs, swept, strict=True):
         r = rows.index(job.get(row_key, "")) if row_key else 0
         c = cols.index(" ".join(f"{k}={v}" for k, v in job.items() if k != row_key))
-        x, y = 6 + c * (size[0] + 6) + label_w, 6 + r * (size[1] + title_h + 6)
+        x, y = gap + c * cell_w, gap + r * cell_h
         title = " ".join(f"{k}={v}" for k, v in job.items()) or label
         result = f"acc {acc:.3f}" if status == "FINISHED" and acc is not None else status
         while draw.textlength(title, font=font) > size[0] and len(title) > 4:
