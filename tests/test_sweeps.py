@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import default_store, moonprop
+from .conftest import default_store, moonprop, require
 
 
 def sweep_runs(client: MlflowClient):
@@ -44,6 +47,23 @@ def test_default_launcher_runs_jobs_in_one_process(workdir):
 def test_joblib_launcher_runs_jobs_in_parallel_workers(workdir):
     moonprop(*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=workdir, timeout=300)
     check_sweep(default_store(workdir), 4)
+
+
+def slurm_is_up() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    return result.returncode == 0 and "idle" in result.stdout
+
+
+def test_slurm_launcher_runs_jobs_on_a_real_cluster(workdir):
+    require(slurm_is_up(), "no SLURM cluster with an idle node: run `scripts/slurm-cluster start` as root")
+    moonprop(*SWEEP, "hydra/launcher=slurm", cwd=workdir, timeout=600)
+    client = default_store(workdir)
+    check_sweep(client, 4)
+    _, children = sweep_runs(client)
+    assert all(c.data.tags.get("sweep.id") for c in children)
+    assert list(workdir.glob("outputs/sweeps/*/.submitit/*/*_log.out"))  # ran as SLURM jobs
 
 
 def test_a_failing_job_does_not_stop_the_others(workdir):
