@@ -23,5 +23,6 @@ test:
 bench:
 	$(BIN)/python benchmarks/bench.py
 
+# the UI for the default store, on this machine only; no job runner (it would start ~10 processes)
 ui:
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000 --workers 1

@@ -8,6 +8,7 @@ values, not their product), and the errors of Hydra's own composition become one
 
 from __future__ import annotations
 
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -120,7 +121,8 @@ def writable(path: Path) -> bool:
 def check_server(uri: str) -> None:
     """Fail fast on an unreachable tracking server: MLflow's own retries take about 4 minutes."""
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S):
+        without_credentials = re.sub(r"(?<=://)[^/@]+@", "", uri)  # /health asks for none
+        with urllib.request.urlopen(without_credentials.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S):
             pass
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)

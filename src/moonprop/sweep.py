@@ -32,9 +32,11 @@ def parent_run_id(sweep_dir: str) -> str | None:
 
 def job_tags() -> dict[str, str]:
     """What a job's run carries to find it in its sweep: the sweep, its number, its overrides."""
+    from moonprop.config import redact
+
     hc = HydraConfig.get()
     return {"sweep.id": Path(str(hc.sweep.dir)).name, "sweep.job": str(hc.job.num),
-            "sweep.overrides": " ".join(hc.overrides.task)}
+            "sweep.overrides": " ".join(redact(o) for o in hc.overrides.task)}
 
 
 class SweepCallback(Callback):

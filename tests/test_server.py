@@ -1,0 +1,77 @@
+"""A parallel sweep against a real MLflow tracking server, everything read back through it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from .conftest import moonprop, require
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> str:
+    """`mlflow server` on 127.0.0.1 with its own SQLite store; one worker and no job runner (its
+    defaults start ~15 processes and take ~3 GiB). Stopped by its process group."""
+    mlflow = Path(sys.executable).with_name("mlflow")
+    require(mlflow.exists(), "the mlflow command is not installed")
+    root, port = tmp_path_factory.mktemp("server"), free_port()
+    proc = subprocess.Popen(
+        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--artifacts-destination", str(root / "art")],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, start_new_session=True,
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_parallel_sweep_through_a_tracking_server(server, workdir):
+    with_credentials = server.replace("http://", "http://alice:s3cret@")
+    moonprop("-m", "data.num_batches=3", "seed=0,1", "schedule=linear,cosine",
+             f"tracking.uri={with_credentials}", "tracking.experiment=served",
+             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=workdir, timeout=600)
+    assert not (workdir / "outputs" / "mlflow.db").exists()  # nothing went to the local store
+
+    client = MlflowClient(server)
+    exp = client.get_experiment_by_name("served").experiment_id
+    runs = client.search_runs([exp])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "test/acc")] == [0, 1, 2, 3]
+        images = [a.path for a in client.list_artifacts(child.info.run_id, "images")]
+        assert len([p for p in images if p.endswith(".png")]) == 4
+        assert child.data.params["tracking.uri"] == server.replace("http://", "http://***@")
+        assert "s3cret" not in str(child.data.params) + str(child.data.tags)
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.csv", "summary.md", "boundaries.png", "curves.png"} <= names
+    assert "s3cret" not in str(parent.data.tags)
