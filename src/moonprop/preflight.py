@@ -51,11 +51,18 @@ def parse(overrides: list[str]) -> list[Override]:
     return parser.parse_overrides(overrides)
 
 
+def override_values(o: Override) -> list[str]:
+    """An override's values as strings; a search interval (`interval(a,b)`) by its two ends."""
+    if o.is_interval_sweep():
+        interval = o.value()
+        return [str(interval.start), str(interval.end)]  # type: ignore[union-attr]
+    return list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+
+
 def job_overrides(overrides: list[str]) -> list[list[str]]:
     """The override lists to check: the first value of every swept key, then each other value."""
     parsed = parse(overrides)
-    choices = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-               for o in parsed]
+    choices = [override_values(o) for o in parsed]
     keys = [o.get_key_element() for o in parsed]
     deletes = {i for i, o in enumerate(parsed) if o.is_delete()}
 
@@ -166,6 +173,14 @@ def check_environment(job: DictConfig, config: Config, multirun: bool) -> None:
             raise ConfigError("trainer.accelerator", "gpu", "auto or cpu: this machine has no GPU")
 
 
+def check_search(job: DictConfig) -> None:
+    """The app returns test accuracy: a search that minimises it would find the worst model."""
+    sweeper = OmegaConf.select(job, "hydra.sweeper")
+    if "Optuna" in str(sweeper.get("_target_", "")) and str(sweeper.get("direction")).lower() != "maximize":
+        raise ConfigError("hydra.sweeper.direction", sweeper.get("direction"),
+                          "maximize: moonprop returns the test accuracy (or use hydra/sweeper=search)")
+
+
 def check(argv: list[str]) -> list[Config]:
     """Validate every job the command line describes; raise ConfigError. Returns their configs."""
     args, _ = get_args_parser().parse_known_args(argv)
@@ -174,6 +189,8 @@ def check(argv: list[str]) -> list[Config]:
     config_name = args.config_name or "config"
     jobs = [compose_job(overrides, config_name) for overrides in job_overrides(args.overrides)]
     configs = [validate(without_hydra(job)) for job in jobs]
+    if args.multirun:
+        check_search(jobs[0])
     checked = set()
     for job, config in zip(jobs, configs, strict=False):
         if (key := (config.tracking.uri, config.trainer.accelerator)) not in checked:
