@@ -118,7 +118,7 @@ def test_sigint_kills_the_run_and_exits_130(workdir):
 
 
 def test_sigterm_checkpoints_kills_and_resume_continues_the_same_run(workdir):
-    args = ("data.num_batches=600", "plot.every_n_epochs=1", "tracking.run_name=long")
+    args = ("data.num_batches=3000", "plot.every_n_epochs=10", "tracking.run_name=long")
     proc = start(*args, cwd=workdir)
     wait_for_step(workdir, 5, proc)
     proc.send_signal(signal.SIGTERM)
@@ -128,19 +128,19 @@ def test_sigterm_checkpoints_kills_and_resume_continues_the_same_run(workdir):
     run = only_run(client)
     assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["error"]
     stopped_at = max(steps(client, run.info.run_id))
-    assert stopped_at < 600, "finished before the signal: make the run longer"
+    assert stopped_at < 3000, "finished before the signal: make the run longer"
     (checkpoint,) = workdir.glob("outputs/runs/*/checkpoints/last.ckpt")
     assert f"resume={checkpoint}" in err
 
     moonprop(*args, f"resume={checkpoint}", cwd=workdir)
     resumed = only_run(client)  # the same run, not a second one
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
-    assert steps(client, run.info.run_id) == list(range(601))  # no gap, no repeat
-    assert steps(client, run.info.run_id, "train/loss") == list(range(1, 601))
+    assert steps(client, run.info.run_id) == list(range(3001))  # no gap, no repeat
+    assert steps(client, run.info.run_id, "train/loss") == list(range(1, 3001))
     assert resumed.data.params == run.data.params
     assert "error" not in resumed.data.tags
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
-    assert len(images) == 601
+    assert len(images) == 301  # every 10th epoch, 0 to 3000
 
 
 def test_resume_with_other_settings_is_refused(workdir):

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -23,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from moonprop import sweep
-from moonprop.config import ConfigError, validate
+from moonprop.config import ConfigError, redact, validate
 from moonprop.recorder import close_shared, shared
 
 EXIT_BAD_INPUT = 2
@@ -38,15 +39,21 @@ def app(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
     config.trainer.threads = min(config.trainer.threads, threads_per_job(hc))
+    start = time.perf_counter()
     if hc.mode != RunMode.MULTIRUN:
-        return train(config, recorder, run_dir, overrides)
+        acc = train(config, recorder, run_dir, overrides)
+        print(f"moonprop: run {recorder.run_name} FINISHED: test acc {acc:.3f} in "
+              f"{time.perf_counter() - start:.1f} s (run id {recorder.run_id}, folder {run_dir})", file=sys.stderr)
+        return acc
+    job = f"job {hc.job.num} ({' '.join(redact(o) for o in overrides)})"
     try:
-        parent = sweep.parent_run_id(hc.sweep.dir)
-        return train(config, recorder, run_dir, overrides, sweep.job_tags(), parent)
+        acc = train(config, recorder, run_dir, overrides, sweep.job_tags(), sweep.parent_run_id(hc.sweep.dir))
     except Exception as e:  # recorded FAILED in MLflow; the other jobs go on, the summary counts it
-        print(f"moonprop: job {hc.job.num} ({' '.join(overrides)}) failed: {type(e).__name__}: {e}",
+        print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {type(e).__name__}: {e}",
               file=sys.stderr)
         return float("nan")  # what a search sampler takes as a failed trial
+    print(f"moonprop: {job} FINISHED: test acc {acc:.3f} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return acc
 
 
 def threads_per_job(hc: DictConfig) -> int:

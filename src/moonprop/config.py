@@ -26,22 +26,29 @@ class ConfigError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
 
 
+def option(default: Any, help: str) -> Any:
+    """A config field and what it means; scripts/config_reference.py turns these into docs/config.md."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class DataConfig:
-    num_batches: int = 150  # training epochs; every epoch is one freshly drawn batch
-    batch_size: int = 50
-    test_size: int = 1000  # one fixed test set, evaluated after every epoch
-    noise: float = 0.1  # std of the Gaussian noise in sklearn's make_moons
+    num_batches: int = option(150, "training epochs; each is one batch of freshly drawn points")
+    batch_size: int = option(50, "points per training batch")
+    test_size: int = option(1000, "points in the fixed test set, evaluated after every epoch")
+    noise: float = option(0.1, "standard deviation of the Gaussian noise of sklearn's make_moons")
 
 
 @dataclass
 class ModelConfig:
-    hidden: list[int] = field(default_factory=lambda: [16, 16])  # input is 2, output is 1
+    hidden: list[int] = option([16, 16], "hidden layer sizes (input 2, output 1); [] is a linear classifier")
 
 
 @dataclass
 class LossConfig:
-    alpha: float = 1e-4  # weight of the L2 term, sum(p^2) over all parameters
+    alpha: float = option(1e-4, "weight of the L2 term alpha * sum(p^2) over all parameters")
 
 
 @dataclass
@@ -53,49 +60,49 @@ class ScheduleConfig:
 
 @dataclass
 class LinearSchedule(ScheduleConfig):
-    name: str = "linear"
-    start: float = 1.0
-    end: float = 0.1
+    name: str = option("linear", "lr = start - (start - end) * k / N, the seed's schedule")
+    start: float = option(1.0, "learning rate of the first step")
+    end: float = option(0.1, "learning rate reached after the last step")
 
 
 @dataclass
 class ConstantSchedule(ScheduleConfig):
-    name: str = "constant"
-    lr: float = 0.5
+    name: str = option("constant", "lr = lr at every step")
+    lr: float = option(0.5, "the learning rate")
 
 
 @dataclass
 class CosineSchedule(ScheduleConfig):
-    name: str = "cosine"
-    start: float = 1.0
-    end: float = 0.1
+    name: str = option("cosine", "lr = end + (start - end) * (1 + cos(pi * k / N)) / 2")
+    start: float = option(1.0, "learning rate of the first step")
+    end: float = option(0.1, "learning rate reached after the last step")
 
 
 @dataclass
 class StepSchedule(ScheduleConfig):
-    name: str = "step"
-    start: float = 1.0
-    gamma: float = 0.5  # factor applied every `every` steps
-    every: int = 50
+    name: str = option("step", "lr = start * gamma ** (k // every)")
+    start: float = option(1.0, "learning rate of the first step")
+    gamma: float = option(0.5, "factor applied every `every` steps")
+    every: int = option(50, "steps between two changes of the rate")
 
 
 @dataclass
 class TrainerConfig:
-    accelerator: str = "auto"  # auto | cpu | gpu
-    threads: int = 1  # torch threads per job; the model is far too small to share across threads
+    accelerator: str = option("auto", "auto, cpu or gpu (Lightning's accelerator)")
+    threads: int = option(1, "torch threads per job, capped so that parallel workers x threads fit the cores")
 
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = None  # None: the embedded SQLite store under outputs/
-    experiment: str = "moonprop"
-    run_name: str | None = None
+    uri: str | None = option(None, "MLflow tracking URI; null is the SQLite store outputs/mlflow.db")
+    experiment: str = option("moonprop", "MLflow experiment name")
+    run_name: str | None = option(None, "MLflow run name; null lets MLflow pick one")
 
 
 @dataclass
 class PlotConfig:
-    every_n_epochs: int = 1  # boundary image every n epochs (step 0 and the last always)
-    resolution: int = 160  # side of the square boundary image, in pixels
+    every_n_epochs: int = option(1, "a boundary image every n epochs (the first and last always)")
+    resolution: int = option(160, "width of the boundary image in pixels (height follows the plane's shape)")
 
 
 @dataclass
@@ -107,8 +114,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
-    seed: int = 0
-    resume: str | None = None  # a checkpoint of an interrupted run: continue it, same MLflow run
+    seed: int = option(0, "seeds the initial weights, the training batches and the test set")
+    resume: str | None = option(None, "checkpoints/last.ckpt of an interrupted run: continue that MLflow run")
 
 
 def resolve_uri(uri: str | None) -> str:

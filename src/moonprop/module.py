@@ -41,6 +41,7 @@ class MoonsClassifier(pl.LightningModule):
         if not math.isfinite(loss.item()):
             raise NonFiniteLoss(f"loss is {loss.item()} at epoch {self.current_epoch + 1}")
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[0]))
         return {"loss": loss, "lr": lr}
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import pickle
 import queue
@@ -45,6 +46,7 @@ class Recorder:
         self._error: str | None = None  # the first error of the current run
         self._answers: dict[str, Any] = {}
         self.run_id: str | None = None
+        self.run_name: str | None = None
         # A pipe holds 64 KB, four boundary images: sending from a thread keeps training from
         # waiting while the recorder is still importing MLflow or creating the store.
         self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
@@ -75,7 +77,7 @@ class Recorder:
         op, kind, value = reply
         self._answers[op] = value if kind == "ok" else None
         if op == "start" and kind == "ok":
-            self.run_id = value
+            self.run_id, self.run_name = value
         if kind == "error" and self._error is None:
             self._error = value
             return value
@@ -165,6 +167,9 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     from moonprop.tracking import RunWriter, ensure_store
 
+    # after MLflow's import, which sets its own: "Creating initial MLflow database tables..." is noise
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
     def reply(op: str, kind: str, value: Any = None) -> None:
         pickle.dump((op, kind, value), replies)
         replies.flush()
@@ -186,7 +191,7 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
             elif op == "start":
                 run, broken = None, False
                 run = RunWriter.open(**args[0])
-                reply(op, "ok", run.id)
+                reply(op, "ok", (run.id, run.name))
             elif op == "end":
                 status, error, details, resolution = args
                 if run is None:

@@ -60,6 +60,7 @@ class RunWriter:
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client, self.id = client, run_id
+        self.name = client.get_run(run_id).info.run_name
         self._pending: list[Metric] = []
         self._staging = Path(tempfile.mkdtemp(prefix="moonprop-"))
         (self._staging / "images").mkdir()

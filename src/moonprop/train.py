@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,12 @@ from moonprop.data import MoonsDataModule
 from moonprop.module import MoonsClassifier
 from moonprop.recorder import Recorder
 
-# Lightning's start-up banner (GPU available, TPU available, ...) says nothing a run's record lacks.
+# Lightning's start-up banner (GPU available, TPU available, ...) says nothing a run's record lacks,
+# and its own use of a deprecated torch API is not the user's to fix.
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+# A sweep on a SLURM node already runs under srun/sbatch through submitit: the hint does not apply.
+warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
 
 
 def checkpoint_state(path: str) -> dict[str, Any]:

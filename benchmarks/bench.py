@@ -1,0 +1,175 @@
+"""moonprop against a plain PyTorch reference, side by side, on this machine.
+
+    make bench                           # or: python benchmarks/bench.py [--reps 3] [--sweep-jobs 20]
+
+Prints a table and writes it to outputs/benchmark.json. Every figure is a median over --reps
+runs made in this one invocation, so that ratios compare like with like:
+  - the reference (benchmarks/reference.py): whole process, and its training loop alone;
+  - `moonprop` with the default experiment and full tracking into a fresh SQLite store;
+  - sweeps of --sweep-jobs default jobs (seed=0..N-1) through the in-process launcher and
+    through joblib with 2 workers; the marginal cost of a job is (sweep - one run) / (N - 1);
+  - one boundary frame's rendering, a default run's artifact bytes, the peak memory of a run
+    (trainer and recorder together, PSS), and `moonprop --help` / `--cfg job`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MOONPROP = [sys.executable, "-m", "moonprop"]
+
+
+def tree_pss_kb(pid: int) -> int:
+    """Memory of a process and all its descendants, in KB: the proportional set size, which
+    counts a page shared by the trainer and its recorder (libc, numpy, ...) once, not twice."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+            total += int(next(line.split()[1] for line in rollup.splitlines() if line.startswith("Pss:")))
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    """Wall seconds, peak memory (KB) of the process tree, stdout; fails loudly on an error."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    peak = 0
+
+    def sample() -> None:
+        nonlocal peak
+        while proc.poll() is None:
+            peak = max(peak, tree_pss_kb(proc.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    return wall, peak, out
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def artifact_bytes(store_dir: Path) -> int:
+    return sum(f.stat().st_size for f in (store_dir / "mlartifacts").rglob("*") if f.is_file())
+
+
+def frame_ms() -> float:
+    """Median time to render one default boundary frame: the grid's forward pass and the picture."""
+    import torch
+
+    from moonprop import plot
+    from moonprop.data import moons
+    from moonprop.model import MLP
+
+    torch.set_num_threads(1)
+    net, grid = MLP([16, 16]), torch.from_numpy(plot.grid(160))
+    x, y = moons(1000, 0.1, 0, 1)
+    points, labels = x.numpy(), y.numpy()
+    times = []
+    for _ in range(200):
+        t = time.perf_counter()
+        with torch.no_grad():
+            scores = net(grid).numpy()
+        plot.boundary(scores, points, labels, 160, "epoch 150  acc 0.999")
+        times.append(time.perf_counter() - t)
+    return 1000 * median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--sweep-jobs", type=int, default=20)
+    args = parser.parse_args()
+    n = args.sweep_jobs
+    results: dict[str, float] = {}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        ref = [timed([sys.executable, str(ROOT / "benchmarks" / "reference.py")], tmp_path)
+               for _ in range(max(args.reps, 5))]
+        results["reference_process_s"] = median([w for w, _, _ in ref])
+        results["reference_loop_s"] = median([json.loads(out)["loop_s"] for _, _, out in ref])
+        results["reference_test_acc"] = json.loads(ref[0][2])["test_acc"]
+
+        runs, peaks = [], []
+        for i in range(args.reps):
+            cwd = tmp_path / f"run{i}"  # a fresh store every time
+            cwd.mkdir()
+            wall, peak, _ = timed(MOONPROP, cwd)
+            runs.append(wall)
+            peaks.append(peak)
+        results["moonprop_run_s"] = median(runs)
+        results["moonprop_peak_mb"] = max(peaks) / 1024
+        results["artifact_mb"] = artifact_bytes(tmp_path / "run0" / "outputs") / 1e6
+
+        seeds = f"seed=range(0,{n})"
+        for name, extra in (("sweep", []), ("sweep_joblib2", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])):
+            cwd = tmp_path / name
+            cwd.mkdir()
+            timed(MOONPROP + ["data.num_batches=1"], cwd)  # the store exists, as in day-to-day use
+            results[f"{name}_s"] = timed(MOONPROP + ["-m", seeds, *extra], cwd)[0]
+        results["sweep_marginal_per_job_s"] = (results["sweep_s"] - results["moonprop_run_s"]) / (n - 1)
+
+        results["frame_ms"] = frame_ms()
+        results["help_s"] = median([timed(MOONPROP + ["--help"], tmp_path)[0] for _ in range(args.reps)])
+        results["cfg_job_s"] = median([timed(MOONPROP + ["--cfg", "job"], tmp_path)[0] for _ in range(args.reps)])
+
+    ratios = {
+        "run / reference process": (results["moonprop_run_s"] / results["reference_process_s"], 2.0, "<="),
+        "sweep marginal / reference loop": (results["sweep_marginal_per_job_s"] / results["reference_loop_s"], 8.0,
+                                            "<="),
+        "sequential / 2 workers": (results["sweep_s"] / results["sweep_joblib2_s"], 1.6, ">="),
+    }
+    limits = {"frame_ms": (5.0, "<="), "artifact_mb": (2.0, "<="), "help_s": (1.5, "<="),
+              "cfg_job_s": (1.5, "<="), "moonprop_peak_mb": (700.0, "<=")}
+    machine = {"cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                            if line.startswith("model name")), platform.processor()),
+               "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()}
+    import torch
+
+    machine["torch"] = torch.__version__
+
+    rows = [(k, f"{v:.3f}", "", "") for k, v in results.items()]
+    rows += [(k, f"{v:.2f}", f"{op} {target}", "ok" if (v <= target if op == "<=" else v >= target) else "MISSED")
+             for k, (v, target, op) in ratios.items()]
+    rows = [(k, v, *(([f"{limits[k][1]} {limits[k][0]}",
+                       "ok" if float(v) <= limits[k][0] else "MISSED"]) if k in limits else [t, s]))
+            for k, v, t, s in rows]
+    width = max(len(r[0]) for r in rows)
+    print(f"machine: {machine}")
+    print(f"{'measure':<{width}}  {'value':>10}  {'target':>8}  status")
+    for k, v, target, status in rows:
+        print(f"{k:<{width}}  {v:>10}  {target:>8}  {status}")
+    out = ROOT / "outputs" / "benchmark.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "results": results,
+                               "ratios": {k: v[0] for k, v in ratios.items()}}, indent=2))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
