@@ -24,7 +24,8 @@ from PIL import Image
 
 from moonprop import plot
 
-FLUSH_EVERY_S = 1.0  # the UI sees a live run at most a second late
+FLUSH_EVERY_S = 1.0
+EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI sees a live run at most a second late
 
 
 def get_experiment(client: MlflowClient, name: str, uri: str) -> str:
@@ -36,7 +37,8 @@ def get_experiment(client: MlflowClient, name: str, uri: str) -> str:
     if uri.startswith("sqlite:"):  # keep artifacts beside the default store, not in ./mlruns
         artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifacts)
+        # the kind makes MLflow's UI open the experiment as model training, not GenAI evaluation
+        return client.create_experiment(name, artifact_location=artifacts, tags={EXPERIMENT_KIND: "custom_model_development"})
     except MlflowException:
         exp = client.get_experiment_by_name(name)
         if exp is None:
