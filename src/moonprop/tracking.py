@@ -37,8 +37,10 @@ def get_experiment(client: MlflowClient, name: str, uri: str) -> str:
     if uri.startswith("sqlite:"):  # keep artifacts beside the default store, not in ./mlruns
         artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
     try:
-        # the kind makes MLflow's UI open the experiment as model training, not GenAI evaluation
-        return client.create_experiment(name, artifact_location=artifacts, tags={EXPERIMENT_KIND: "custom_model_development"})
+        # MLflow's classification of an experiment; its UI reads it where the GenAI / model-training
+        # toggle is off (3.17 shows the toggle: open with ?workflowType=machine_learning, see README)
+        kind = {EXPERIMENT_KIND: "custom_model_development"}
+        return client.create_experiment(name, artifact_location=artifacts, tags=kind)
     except MlflowException:
         exp = client.get_experiment_by_name(name)
         if exp is None:
