@@ -112,10 +112,15 @@ def animation_frame(top: Image.Image, acc: Sequence[float], loss: Sequence[float
     if len(acc) > 1:
         draw.line(points(loss, loss_top), fill=ORANGE, width=1)
         draw.line(points(acc, 1.0), fill=GREEN, width=1)
+    # the legend sits right of centre, where the curves are not once training settles:
+    # accuracy near the top, loss near the bottom
     font = _font(max(8, w // 22))
     line = font.getbbox("Ag")[3] + 1
-    draw.text((x0 + 3, y0 + 1), f"test acc {acc[-1]:.3f}", fill=GREEN, font=font)
-    draw.text((x0 + 3, y0 + 1 + line), f"test loss {loss[-1]:.3f}", fill=ORANGE, font=font)
+    labels = [(f"test acc {acc[-1]:.3f}", GREEN), (f"test loss {loss[-1]:.3f}", ORANGE)]
+    x = x1 - 3 - max(draw.textlength(text, font=font) for text, _ in labels)
+    y = (y0 + y1) // 2 - line
+    for i, (text, colour) in enumerate(labels):
+        draw.text((x, y + i * line), text, fill=colour, font=font)
     return frame
 
 
