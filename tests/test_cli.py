@@ -1,5 +1,7 @@
 """End to end through the real CLI into a real SQLite store in a scratch folder."""
 
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -10,7 +12,9 @@ from .conftest import default_store, moonprop
 
 
 def test_short_run_records_everything(workdir):
-    moonprop("data.num_batches=5", "tracking.run_name=short", cwd=workdir)
+    proc = moonprop("data.num_batches=5", "tracking.run_name=short", cwd=workdir)
+    # not a terminal: no progress bar, one line for the run
+    assert "moonprop: run short FINISHED: test acc" in proc.stderr and "it/s" not in proc.stderr
     client = default_store(workdir)
     (run,) = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
     assert run.info.status == "FINISHED" and run.info.end_time and run.info.run_name == "short"
@@ -28,6 +32,9 @@ def test_short_run_records_everything(workdir):
     assert {"data.batch_size", "data.test_size", "data.noise", "seed", "tracking.experiment",
             "plot.every_n_epochs", "plot.resolution", "trainer.accelerator"} <= params.keys()
     assert run.data.tags["mlflow.loggedImages"] == "True"
+    assert run.data.tags["hydra.job.name"] == "moonprop"
+    assert (workdir / run.data.tags["hydra.output_dir"] / ".hydra" / "config.yaml").exists()
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40  # this checkout's commit
 
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"boundary.png", "training.gif", "config.yaml", "overrides.yaml", "model", "images"} <= names
@@ -67,3 +74,28 @@ def test_default_experiment_reproduces_the_seed(workdir):
     assert len(histories[0]) == 151
     assert histories[0][-1] >= 0.99
     assert histories[0] == histories[2] and histories[1] == histories[3]
+
+
+def test_installed_wheel_finds_its_configs(tmp_path):
+    """Not only from a checkout: a wheel carries conf/ inside the package."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from .conftest import REPO
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(REPO)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("moonprop-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for conf in ("config.yaml", "schedule/cosine.yaml", "hydra/launcher/slurm.yaml", "hydra/sweeper/search.yaml"):
+        assert f"moonprop/conf/{conf}" in names
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "moonprop", "--cfg", "job", "schedule=cosine"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "name: cosine" in proc.stdout
+    check = subprocess.run([sys.executable, "-c", "import moonprop; print(moonprop.__file__)"], cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, capture_output=True, text=True)
+    assert str(tmp_path / "site") in check.stdout  # the installed copy, not the checkout

@@ -40,14 +40,19 @@ def app(cfg: DictConfig) -> float:
     run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
     config.trainer.threads = min(config.trainer.threads, threads_per_job(hc))
     start = time.perf_counter()
+    tags = {"hydra.job.name": hc.job.name, "hydra.output_dir": str(run_dir)}
     if hc.mode != RunMode.MULTIRUN:
-        acc = train(config, recorder, run_dir, overrides)
+        acc = train(config, recorder, run_dir, overrides, tags)
         print(f"moonprop: run {recorder.run_name} FINISHED: test acc {acc:.3f} in "
               f"{time.perf_counter() - start:.1f} s (run id {recorder.run_id}, folder {run_dir})", file=sys.stderr)
         return acc
     job = f"job {hc.job.num} ({' '.join(redact(o) for o in overrides)})"
     try:
-        acc = train(config, recorder, run_dir, overrides, sweep.job_tags(), sweep.parent_run_id(hc.sweep.dir))
+        # Only the in-process launcher runs the next job in this process, and drains the recorder
+        # before the summary: a joblib worker or a SLURM job may be ended as soon as it returns.
+        in_process = hc.launcher._target_.endswith(".BasicLauncher")
+        acc = train(config, recorder, run_dir, overrides, tags | sweep.job_tags(), sweep.parent_run_id(hc.sweep.dir),
+                    close_in_background=in_process)
     except Exception as e:  # recorded FAILED in MLflow; the other jobs go on, the summary counts it
         print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {type(e).__name__}: {e}",
               file=sys.stderr)

@@ -43,8 +43,11 @@ class Recorder:
         os.close(reply_w)
         self._inbox: BinaryIO = self.proc.stdin  # type: ignore[assignment]
         self._replies = os.fdopen(reply_r, "rb")
+        self._seq = 0  # the current run's number: replies say which run they are about
         self._error: str | None = None  # the first error of the current run
-        self._answers: dict[str, Any] = {}
+        self._answers: dict[tuple[int, str], Any] = {}
+        self._unfinished: set[int] = set()  # runs whose end was sent but not yet confirmed
+        self.earlier_errors: list[str] = []  # errors of runs that ended in the background
         self.run_id: str | None = None
         self.run_name: str | None = None
         # A pipe holds 64 KB, four boundary images: sending from a thread keeps training from
@@ -72,13 +75,19 @@ class Recorder:
         except EOFError:
             raise RecorderError(f"the recorder process has stopped (exit code {self.proc.poll()})") from None
 
-    def _take(self, reply: tuple[str, str, Any]) -> str | None:
-        """Note one reply; return its error if it is the run's first."""
-        op, kind, value = reply
-        self._answers[op] = value if kind == "ok" else None
-        if op == "start" and kind == "ok":
-            self.run_id, self.run_name = value
-        if kind == "error" and self._error is None:
+    def _take(self, reply: tuple[int, str, str, Any]) -> str | None:
+        """Note one reply; return its error if it is the current run's first."""
+        seq, op, kind, value = reply
+        self._answers[(seq, op)] = value if kind == "ok" else None
+        if op == "end":
+            self._unfinished.discard(seq)
+        if seq != self._seq or kind != "error":
+            if op == "start" and kind == "ok" and seq == self._seq:
+                self.run_id, self.run_name = value
+            if kind == "error":
+                self.earlier_errors.append(value)
+            return None
+        if self._error is None:
             self._error = value
             return value
         return None
@@ -90,12 +99,14 @@ class Recorder:
             if error := self._take(self._read()):
                 raise RecorderError(error)
 
-    def wait(self, op: str) -> Any:
-        """Block until `op` is answered; raise the run's first error, if it had one."""
-        while op not in self._answers:
+    def wait(self, op: str, seq: int | None = None) -> Any:
+        """Block until `op` of the current run (or of run `seq`) is answered; raise the run's
+        first error, if it had one."""
+        key = (self._seq if seq is None else seq, op)
+        while key not in self._answers:
             self._take(self._read())
-        value = self._answers.pop(op)
-        if self._error:
+        value = self._answers.pop(key)
+        if self._error and key[0] == self._seq:
             raise RecorderError(self._error)
         return value
 
@@ -106,12 +117,18 @@ class Recorder:
         return self.run_id  # type: ignore[return-value]
 
     @contextlib.contextmanager
-    def run(self, **start: Any) -> Iterator[Recorder]:
+    def run(self, background_end: bool = False, **start: Any) -> Iterator[Recorder]:
         """Record one run (`start` as RunWriter.open takes it); it ends FINISHED, FAILED with the
-        error, or KILLED when interrupted (Ctrl-C, SIGTERM)."""
+        error, or KILLED when interrupted (Ctrl-C, SIGTERM).
+
+        With `background_end`, a run that finished does not wait for the recorder to close it
+        (the animation, the last uploads: ~0.3 s): in a sweep the next job trains meanwhile, and
+        `drain()` waits for all of them before the sweep's summary.
+        """
         resolution = start.pop("resolution")  # the rest is RunWriter.open's
-        self._error, self._answers, self.run_id = None, {}, None
-        self.send("start", start)
+        self._seq += 1
+        self._error, self.run_id, self.run_name = None, None, None
+        self.send("start", self._seq, start)
         try:
             yield self
         except BaseException as e:
@@ -123,17 +140,27 @@ class Recorder:
                 self.wait("end")
             raise
         self.send("end", "FINISHED", None, None, resolution)
-        self.wait("end")
+        if background_end:
+            self._unfinished.add(self._seq)
+        else:
+            self.wait("end")
 
-    def ensure_store(self, uri: str) -> None:
-        self.send("store", uri)
-        self.wait("store")
+    def drain(self) -> list[str]:
+        """Wait until every run ended in the background is closed; their errors, if any."""
+        while self._unfinished:
+            self._take(self._read())
+        errors, self.earlier_errors = self.earlier_errors, []
+        return errors
+
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def close(self) -> None:
         """Let the recorder write what it was sent, then end it."""
+        with contextlib.suppress(RecorderError):
+            for error in self.drain():
+                print(f"moonprop: recording a finished run failed: {error}", file=sys.stderr)
         if self._pump.is_alive():
             self._outbox.put(None)
             self._pump.join()
@@ -151,13 +178,20 @@ def shared() -> Recorder:
     return _shared
 
 
+def drain_shared() -> None:
+    """Wait for the runs this process's recorder is still closing (before a sweep's summary)."""
+    if _shared is not None and _shared.alive():
+        for error in _shared.drain():
+            print(f"moonprop: recording a finished run failed: {error}", file=sys.stderr)
+
+
 def close_shared() -> None:
     if _shared is not None:
         _shared.close()
 
 
 def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
-    """The child's loop: apply each message to the current run, answer `store` and `end`."""
+    """The child's loop: apply each message to the current run, answer `start` and `end`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -165,13 +199,15 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
     # of retries (the CLI has checked that it answered at the start).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    from moonprop.tracking import RunWriter, ensure_store
+    from moonprop.tracking import RunWriter
 
     # after MLflow's import, which sets its own: "Creating initial MLflow database tables..." is noise
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
+    seq: int | None = None  # the run being written, as the parent numbers them
+
     def reply(op: str, kind: str, value: Any = None) -> None:
-        pickle.dump((op, kind, value), replies)
+        pickle.dump((seq, op, kind, value), replies)
         replies.flush()
 
     run: RunWriter | None = None
@@ -185,12 +221,9 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
                                     "(killed, or out of memory)")
             return
         try:
-            if op == "store":
-                ensure_store(*args)
-                reply(op, "ok")
-            elif op == "start":
-                run, broken = None, False
-                run = RunWriter.open(**args[0])
+            if op == "start":
+                run, broken, seq = None, False, args[0]
+                run = RunWriter.open(**args[1])
                 reply(op, "ok", (run.id, run.name))
             elif op == "end":
                 status, error, details, resolution = args

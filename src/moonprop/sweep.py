@@ -74,6 +74,9 @@ class SweepCallback(Callback):
 
         from mlflow import MlflowClient
 
+        from moonprop.recorder import drain_shared
+
+        drain_shared()  # in-process jobs: their last runs may still be closing
         sweep_dir = Path(str(config.hydra.sweep.dir))
         parent = parent_run_id(str(sweep_dir))
         if parent is None:
