@@ -199,3 +199,14 @@ def test_non_ascii_names_work_quoted_and_unquoted_gets_a_hint(workdir):
     client = default_store(workdir)
     (run,) = client.search_runs([client.get_experiment_by_name("Mondfähre 🌙").experiment_id])
     assert run.info.run_name == "läuft" and run.info.status == "FINISHED"
+
+
+def test_sigterm_during_a_sweep_kills_the_job_and_the_parent(workdir):
+    proc = start("-m", "data.num_batches=100000", "plot.every_n_epochs=50", "seed=0,1", cwd=workdir)
+    wait_for_step(workdir, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    client = default_store(workdir)
+    runs = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"]  # the job and its sweep

@@ -84,12 +84,14 @@ def main() -> None:
     except SystemExit as e:
         exit_now(e.code if isinstance(e.code, int) else int(e.code is not None))
     except KeyboardInterrupt:
+        sweep.end_interrupted()
         exit_now(128 + signal.SIGINT)
     except BaseException as e:
         from moonprop.callbacks import Interrupted
 
         if not isinstance(e, Interrupted):
             raise
+        sweep.end_interrupted()
         print(f"moonprop: {e}", file=sys.stderr)
         exit_now(128 + e.signum)
     exit_now(0)

@@ -22,6 +22,16 @@ from omegaconf import DictConfig
 
 PARENT_FILE = ".mlflow_parent_run_id"
 failed_jobs = 0  # set by on_multirun_end; the CLI exits non-zero when it is not 0
+_open_parent: tuple[str, str] | None = None  # (tracking URI, run id) of a sweep under way
+
+
+def end_interrupted() -> None:
+    """A sweep stopped by Ctrl-C or SIGTERM: its parent run ends KILLED, not RUNNING forever."""
+    if _open_parent is not None:
+        from mlflow import MlflowClient
+
+        uri, run_id = _open_parent
+        MlflowClient(uri).set_terminated(run_id, "KILLED")
 
 
 def parent_run_id(sweep_dir: str) -> str | None:
@@ -60,9 +70,11 @@ class SweepCallback(Callback):
                                 tags={"sweep.id": sweep_dir.name, "sweep.overrides": overrides,
                                       "mlflow.note.content": f"moonprop -m {overrides}"})
         (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
+        global _open_parent
+        _open_parent = (uri, run.info.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global failed_jobs
+        global failed_jobs, _open_parent
         from moonprop.config import resolve_uri
 
         if "joblib" in str(config.hydra.launcher.get("_target_", "")):
@@ -85,6 +97,7 @@ class SweepCallback(Callback):
         jobs = summarise(client, parent, sweep_dir)
         failed_jobs = sum(job["status"] != "FINISHED" for job in jobs)
         client.set_terminated(parent, "FAILED" if failed_jobs or not jobs else "FINISHED")
+        _open_parent = None
 
 
 def _rows(client: Any, parent: str) -> list[dict[str, Any]]:
