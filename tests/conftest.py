@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +57,35 @@ def require(available: bool, reason: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (CI must provide it: see .ci/run)")
         pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def mlflow_command(*args: str, log: Path) -> Iterator[str]:
+    """`mlflow server` or `mlflow ui` on a free port of 127.0.0.1, its URL once /health answers.
+
+    One worker and no job runner: with defaults it starts ~15 processes and takes ~3 GiB. It is
+    stopped by its process group, so nothing it started outlives the test.
+    """
+    mlflow = Path(sys.executable).with_name("mlflow")
+    require(mlflow.exists(), "the mlflow command is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(mlflow), *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                            start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail(f"mlflow {args[0]} did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

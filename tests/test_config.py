@@ -118,3 +118,19 @@ def test_config_has_no_instantiable_targets():
         make_config("+_target_=os.system")
     with pytest.raises(ConfigError):
         make_config("+schedule._target_=os.system")
+
+
+def test_a_sweep_of_plain_values_is_checked_without_composing_each_job():
+    """Hundreds of jobs: each plain value is applied to the composed base job, not composed again,
+    and every one of them is still validated."""
+    from moonprop.preflight import check
+
+    configs = check(["-m", "seed=range(0,50)", "schedule=linear,cosine", "model.hidden=[8],[16,16]"])
+    assert len(configs) == 1 + 49 + 1 + 1
+    assert sorted({c.seed for c in configs}) == list(range(50))
+    assert {type(c.schedule).__name__ for c in configs} == {"LinearSchedule", "CosineSchedule"}
+    assert [8] in [c.model.hidden for c in configs]
+    with pytest.raises(ConfigError, match=r"data.batch_size=0"):
+        check(["-m", "data.batch_size=range(0,3)"])
+    with pytest.raises(ConfigError, match=r"seed=abc"):
+        check(["-m", "seed=1,abc"])

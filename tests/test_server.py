@@ -2,54 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import moonprop, require
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import mlflow_command, moonprop
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> str:
-    """`mlflow server` on 127.0.0.1 with its own SQLite store; one worker and no job runner (its
-    defaults start ~15 processes and take ~3 GiB). Stopped by its process group."""
-    mlflow = Path(sys.executable).with_name("mlflow")
-    require(mlflow.exists(), "the mlflow command is not installed")
-    root, port = tmp_path_factory.mktemp("server"), free_port()
-    proc = subprocess.Popen(
-        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-         "--artifacts-destination", str(root / "art")],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, start_new_session=True,
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+def server(tmp_path_factory) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder."""
+    root = tmp_path_factory.mktemp("server")
+    with mlflow_command("server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+                        "--artifacts-destination", str(root / "art"), log=root / "server.log") as url:
+        yield url
 
 
 def test_parallel_sweep_through_a_tracking_server(server, workdir):

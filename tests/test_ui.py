@@ -6,19 +6,12 @@ that browser (no browser download). Screenshots land in outputs/ui-test/ for a l
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, default_store, moonprop, require
-from .test_server import free_port
+from .conftest import REPO, default_store, mlflow_command, moonprop, require
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = REPO / "outputs" / "ui-test"
@@ -40,27 +33,9 @@ def ui(tmp_path_factory):
     client = default_store(work)
     experiment = client.get_experiment_by_name("moonprop").experiment_id
     (run,) = client.search_runs([experiment])
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", f"sqlite:///{work}/outputs/mlflow.db",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, start_new_session=True,
-        stdout=open(work / "ui.log", "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                os.killpg(server.pid, signal.SIGKILL)
-                pytest.fail(f"mlflow ui did not start: {(work / 'ui.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    yield url, experiment, run.info.run_id
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    with mlflow_command("ui", "--backend-store-uri", f"sqlite:///{work}/outputs/mlflow.db", log=work / "ui.log") as url:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        yield url, experiment, run.info.run_id
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ values, not their product), and the errors of Hydra's own composition become one
 
 from __future__ import annotations
 
+import copy
 import re
 import tempfile
 import urllib.error
@@ -187,13 +188,39 @@ def check(argv: list[str]) -> list[Config]:
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
         return []  # Hydra only prints: nothing is created
     config_name = args.config_name or "config"
-    jobs = [compose_job(overrides, config_name) for overrides in job_overrides(args.overrides)]
-    configs = [validate(without_hydra(job)) for job in jobs]
+    base, *variants = job_overrides(args.overrides)
+    base_job = compose_job(base, config_name)
+    jobs = [(base_job, validate(without_hydra(base_job)))]
+    for overrides in variants:
+        changed = next(line for line, base_line in zip(overrides, base, strict=True) if line != base_line)
+        job = vary(base_job, changed) or compose_job(overrides, config_name)
+        jobs.append((job, validate(without_hydra(job))))
     if args.multirun:
-        check_search(jobs[0])
+        check_search(base_job)
     checked = set()
-    for job, config in zip(jobs, configs, strict=False):
+    for job, config in jobs:
         if (key := (config.tracking.uri, config.trainer.accelerator)) not in checked:
             checked.add(key)
             check_environment(job, config, args.multirun)
-    return configs
+    return [config for _, config in jobs]
+
+
+def vary(base_job: DictConfig, line: str) -> DictConfig | None:
+    """The base job with one plain value changed, without composing again (~50 ms a time, which
+    `seed='range(0,300)'` would pay 300 times); None where composition is needed: a config group
+    (`schedule=cosine`), one of Hydra's keys or a deletion."""
+    override = OverridesParser.create().parse_override(line)
+    key = override.key_or_group
+    if (override.is_delete() or "/" in key or key.startswith("hydra") or override.package is not None
+            or isinstance(OmegaConf.select(base_job, key, default=None), DictConfig)):
+        return None
+    job = copy.deepcopy(base_job)
+    try:
+        OmegaConf.update(job, key, override.value(), force_add=override.is_add() or override.is_force_add())
+    except Exception as e:  # a wrong type or an unknown key, as composition would have said
+        if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
+            raise ConfigError(key, override.get_value_element_as_str(),
+                              unknown_key_message(without_hydra(base_job) if "." not in key
+                                                  else OmegaConf.select(base_job, key.rpartition(".")[0]))) from None
+        raise ConfigError(key, override.get_value_element_as_str(), str(e).strip().splitlines()[0]) from None
+    return job
