@@ -134,3 +134,14 @@ def test_a_sweep_of_plain_values_is_checked_without_composing_each_job():
         check(["-m", "data.batch_size=range(0,3)"])
     with pytest.raises(ConfigError, match=r"seed=abc"):
         check(["-m", "seed=1,abc"])
+
+
+def test_project_launcher_and_sweeper_configs_compose():
+    from moonprop.preflight import compose_job
+
+    slurm = compose_job(["hydra/launcher=slurm"]).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher")
+    assert slurm.signal_delay_s < slurm.timeout_min * 60  # the warning signal must not come at the start
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    search = compose_job(["hydra/sweeper=search"]).hydra.sweeper
+    assert search.direction == "maximize" and set(search.params) == {"model.hidden", "schedule.start", "loss.alpha"}
