@@ -186,7 +186,7 @@ def validate(cfg: DictConfig) -> Config:
     except Exception as e:  # omegaconf's errors carry the full key on many lines
         key = getattr(e, "full_key", "") or "?"
         value = OmegaConf.select(cfg, re.sub(r"\[(\d+)\]", r".\1", key), default=None)
-        raise ConfigError(key, value, _first_line(e)) from None
+        raise ConfigError(key, value, first_line(e)) from None
     c: Config = OmegaConf.to_object(typed)  # type: ignore[assignment]
 
     d, s = c.data, c.schedule
@@ -226,7 +226,7 @@ def unknown_key_message(parent: DictConfig) -> str:
     return f"unknown key; the keys here are {', '.join(str(k) for k in parent)}"
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 

@@ -26,6 +26,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 from moonprop.config import (
     Config,
     ConfigError,
+    first_line,
     params,
     redact,
     resolve_uri,
@@ -94,14 +95,18 @@ def compose_job(overrides: list[str], config_name: str = "config") -> DictConfig
         key = getattr(cause, "full_key", None) or getattr(e, "full_key", None)
         value = next((o.split("=", 1)[1] for o in overrides
                       if key and o.lstrip("+~").split("=", 1)[0] == key and "=" in o), None)
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
-            parent = OmegaConf.select(compose_job([], config_name), key.rpartition(".")[0] or "")
-            if isinstance(parent, DictConfig):
-                message = unknown_key_message(parent if "." in key else without_hydra(parent))
         if key:
-            raise ConfigError(key, value, message) from None
-        raise ConfigError("overrides", " ".join(overrides), message) from None
+            raise key_error(compose_job([], config_name), key, value, cause) from None
+        raise ConfigError("overrides", " ".join(overrides), first_line(cause)) from None
+
+
+def key_error(job: DictConfig, key: str, value: object, cause: BaseException) -> ConfigError:
+    """One line for an override that OmegaConf refused: an unknown key lists the keys beside it."""
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        parent = without_hydra(job) if "." not in key else OmegaConf.select(job, key.rpartition(".")[0])
+        if isinstance(parent, DictConfig):
+            return ConfigError(key, value, unknown_key_message(parent))
+    return ConfigError(key, value, first_line(cause))
 
 
 def without_hydra(job: DictConfig) -> DictConfig:
@@ -218,9 +223,5 @@ def vary(base_job: DictConfig, line: str) -> DictConfig | None:
     try:
         OmegaConf.update(job, key, override.value(), force_add=override.is_add() or override.is_force_add())
     except Exception as e:  # a wrong type or an unknown key, as composition would have said
-        if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
-            raise ConfigError(key, override.get_value_element_as_str(),
-                              unknown_key_message(without_hydra(base_job) if "." not in key
-                                                  else OmegaConf.select(base_job, key.rpartition(".")[0]))) from None
-        raise ConfigError(key, override.get_value_element_as_str(), str(e).strip().splitlines()[0]) from None
+        raise key_error(base_job, key, override.get_value_element_as_str(), e) from None
     return job

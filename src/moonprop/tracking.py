@@ -62,9 +62,8 @@ class RunWriter:
     `log_image` 16-25 ms (two uploads and a tag each time), while one `log_batch` and one
     `log_artifacts` a second cost about as much as one of those calls."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
-        self.client, self.id = client, run_id
-        self.name = client.get_run(run_id).info.run_name
+    def __init__(self, client: MlflowClient, run_id: str, name: str) -> None:
+        self.client, self.id, self.name = client, run_id, name
         self._pending: list[Metric] = []
         self._staging = Path(tempfile.mkdtemp(prefix="moonprop-"))
         (self._staging / "images").mkdir()
@@ -87,7 +86,7 @@ class RunWriter:
             client.update_run(resume_run_id, status="RUNNING")
             with contextlib.suppress(MlflowException):  # the interruption is over; error.txt stays
                 client.delete_tag(resume_run_id, "error")
-            writer = cls(client, resume_run_id)
+            writer = cls(client, resume_run_id, client.get_run(resume_run_id).info.run_name)
             writer._reload(num_epochs)
             return writer
         tags = dict(tags)
@@ -95,8 +94,8 @@ class RunWriter:
             tags[MLFLOW_GIT_COMMIT] = commit
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-        writer = cls(client, run_id)
+        info = client.create_run(experiment_id, run_name=run_name, tags=tags).info
+        run_id, writer = info.run_id, cls(client, info.run_id, info.run_name)
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         for name, text in texts.items():
             client.log_text(run_id, text, name)
