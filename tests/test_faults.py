@@ -144,13 +144,15 @@ def test_sigterm_checkpoints_kills_and_resume_continues_the_same_run(workdir):
 
 
 def test_resume_with_other_settings_is_refused(workdir):
-    proc = start("data.num_batches=600", cwd=workdir)
+    proc = start("data.num_batches=100000", "plot.every_n_epochs=1000", cwd=workdir)
     wait_for_step(workdir, 2, proc)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
+    assert proc.returncode == 143
     (checkpoint,) = workdir.glob("outputs/runs/*/checkpoints/last.ckpt")
-    result = moonprop("data.num_batches=700", f"resume={checkpoint}", cwd=workdir, check=False)
-    assert result.returncode == 2 and "data.num_batches=700" in result.stderr and "600" in result.stderr
+    result = moonprop("data.num_batches=700", "plot.every_n_epochs=1000", f"resume={checkpoint}", cwd=workdir,
+                      check=False)
+    assert result.returncode == 2 and "data.num_batches=700" in result.stderr and "100000" in result.stderr
 
 
 def test_hard_kill_leaves_the_run_failed_not_running(workdir):
