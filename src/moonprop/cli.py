@@ -77,11 +77,16 @@ def main() -> None:
     except ConfigError as e:
         print(f"moonprop: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    # Outside a run's training (between a sweep's jobs, say) SIGTERM ends the process through the
+    # handlers below, like Ctrl-C, instead of killing it with an open sweep left RUNNING.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
         if sweep.failed_jobs:
             exit_now(1)
     except SystemExit as e:
+        if e.code == 128 + signal.SIGTERM:
+            sweep.end_interrupted()
         exit_now(e.code if isinstance(e.code, int) else int(e.code is not None))
     except KeyboardInterrupt:
         sweep.end_interrupted()
@@ -95,6 +100,10 @@ def main() -> None:
         print(f"moonprop: {e}", file=sys.stderr)
         exit_now(128 + e.signum)
     exit_now(0)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def exit_now(code: int) -> None:
