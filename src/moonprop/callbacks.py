@@ -33,7 +33,7 @@ class MlflowCallback(pl.Callback):
         self.recorder, self.cfg, self.num_epochs, self.params = recorder, plot_cfg, num_epochs, params
         self.points, self.labels = test[0].numpy(), test[1].numpy()
         self.grid = torch.from_numpy(plot.grid(plot_cfg.resolution))
-        self.test_acc: list[float] = []
+        self.test_acc: float | None = None  # the latest: what the run returns
 
     def _step(self, trainer: pl.Trainer) -> int:
         return 0 if trainer.sanity_checking else trainer.current_epoch + 1
@@ -49,7 +49,7 @@ class MlflowCallback(pl.Callback):
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         step = self._step(trainer)
         acc, loss = outputs["acc"].item(), outputs["loss"].item()
-        self.test_acc.append(acc)
+        self.test_acc = acc
         self._send_metrics({"test/acc": acc, "test/loss": loss}, step)
         if step % self.cfg.every_n_epochs == 0 or step == self.num_epochs:
             with torch.no_grad():
@@ -65,7 +65,7 @@ class MlflowCallback(pl.Callback):
         return {"run_id": self.recorder.current_run_id(), "params": self.params, "test_acc": self.test_acc}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.test_acc = list(state_dict["test_acc"])
+        self.test_acc = state_dict["test_acc"]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         buf = io.BytesIO()
