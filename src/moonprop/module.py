@@ -41,12 +41,14 @@ class MoonsClassifier(pl.LightningModule):
         if not math.isfinite(loss.item()):
             raise NonFiniteLoss(f"loss is {loss.item()} at epoch {self.current_epoch + 1}")
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[0]))
+        if self.trainer.progress_bar_callback is not None:
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[0]))
         return {"loss": loss, "lr": lr}
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         loss, acc = self._common_step(batch)
-        self.log_dict({"test/loss": loss, "test/acc": acc}, prog_bar=True, batch_size=len(batch[0]))
+        if self.trainer.progress_bar_callback is not None:
+            self.log_dict({"test/loss": loss, "test/acc": acc}, prog_bar=True, batch_size=len(batch[0]))
         return {"loss": loss, "acc": acc}
 
     def configure_optimizers(self) -> dict[str, Any]:
