@@ -6,6 +6,7 @@ Every image is in palette mode ("P") with the one palette below, so GIF frames s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -55,6 +56,7 @@ def _to_pixels(points: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarr
     return row, col
 
 
+@functools.cache  # loading the font costs as much as drawing a frame's text
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +51,16 @@ def get_experiment(client: MlflowClient, name: str, uri: str) -> str:
         return exp.experiment_id
 
 
+def local_artifact_dir(artifact_uri: str) -> Path | None:
+    """The run's artifact folder if it is on this machine's file system (a `file:` URI or a plain
+    path, as a SQLite store's default artifact location is), else None."""
+    parsed = urllib.parse.urlparse(artifact_uri)
+    if parsed.scheme == "file" or not parsed.scheme:
+        return Path(urllib.request.url2pathname(parsed.path))
+    return None
+
+
+@functools.cache  # once per process: `git` is a fork and an exec, and a sweep's runs share the commit
 def git_commit() -> str | None:
     """The commit of the moonprop checkout this code runs from; None for an installed wheel."""
     try:
@@ -59,14 +72,18 @@ def git_commit() -> str | None:
 
 class RunWriter:
     """One MLflow run, written in batches: a `log_metric` call costs ~10 ms on SQLite and MLflow's
-    `log_image` 16-25 ms (two uploads and a tag each time), while one `log_batch` and one
-    `log_artifacts` a second cost about as much as one of those calls."""
+    `log_image` 16-25 ms (two uploads and a tag each time), while one `log_batch` a second costs
+    about as much as one of those calls. Files go straight into a local artifact store, or are
+    uploaded in one `log_artifacts` a second."""
 
-    def __init__(self, client: MlflowClient, run_id: str, name: str) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, name: str, artifact_uri: str) -> None:
         self.client, self.id, self.name = client, run_id, name
         self._pending: list[Metric] = []
-        self._staging = Path(tempfile.mkdtemp(prefix="moonprop-"))
-        (self._staging / "images").mkdir()
+        # Files are written where MLflow's local artifact store would copy them to, or staged in a
+        # temporary folder and uploaded a second at a time (a tracking server, a bucket).
+        self._local = local_artifact_dir(artifact_uri)
+        self._staging = self._local or Path(tempfile.mkdtemp(prefix="moonprop-"))
+        (self._staging / "images").mkdir(parents=True, exist_ok=True)
         self._images_tagged = False
         self._last_flush = time.monotonic()
         # what the animation needs: boundary images and the test curves so far
@@ -86,7 +103,8 @@ class RunWriter:
             client.update_run(resume_run_id, status="RUNNING")
             with contextlib.suppress(MlflowException):  # the interruption is over; error.txt stays
                 client.delete_tag(resume_run_id, "error")
-            writer = cls(client, resume_run_id, client.get_run(resume_run_id).info.run_name)
+            info = client.get_run(resume_run_id).info
+            writer = cls(client, resume_run_id, info.run_name, info.artifact_uri)
             writer._reload(num_epochs)
             return writer
         tags = dict(tags)
@@ -95,7 +113,7 @@ class RunWriter:
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         info = client.create_run(experiment_id, run_name=run_name, tags=tags).info
-        run_id, writer = info.run_id, cls(client, info.run_id, info.run_name)
+        run_id, writer = info.run_id, cls(client, info.run_id, info.run_name, info.artifact_uri)
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         for name, text in texts.items():
             client.log_text(run_id, text, name)
@@ -129,7 +147,7 @@ class RunWriter:
         <ms>+<uuid>.png` and a `+compressed.webp` thumbnail beside it. Ours is lossless: smaller
         than MLflow's upscaled lossy one for these flat-coloured pictures, and 10x faster."""
         stem = f"{key.replace('/', '~')}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
-        image.save(self._staging / "images" / f"{stem}.png")
+        image.save(self._staging / "images" / f"{stem}.png", compress_level=3)  # 1/3 of the default's time
         image.save(self._staging / "images" / f"{stem}+compressed.webp", lossless=True, quality=0, method=0)
         self.frames.append(plot.animation_frame(image, self.curves["test/acc"], self.curves["test/loss"],
                                                 num_epochs))
@@ -157,14 +175,14 @@ class RunWriter:
         for i in range(0, len(self._pending), 1000):  # MLflow takes at most 1000 metrics a call
             self.client.log_batch(self.id, metrics=self._pending[i:i + 1000])
         self._pending.clear()
-        staged = [p for p in self._staging.rglob("*") if p.is_file()]
-        if staged:
+        new_images = not self._images_tagged and any((self._staging / "images").iterdir())
+        if self._local is None and (staged := [p for p in self._staging.rglob("*") if p.is_file()]):
             self.client.log_artifacts(self.id, str(self._staging))
             for p in staged:
                 p.unlink()
-            if not self._images_tagged and any(p.parent.name == "images" for p in staged):
-                self.client.set_tag(self.id, MLFLOW_LOGGED_IMAGES, "True")  # the UI looks for images
-                self._images_tagged = True
+        if new_images:
+            self.client.set_tag(self.id, MLFLOW_LOGGED_IMAGES, "True")  # the UI looks for images
+            self._images_tagged = True
         self._last_flush = time.monotonic()
 
     def close(self, status: str, error: str | None = None, details: str | None = None) -> None:
@@ -180,7 +198,8 @@ class RunWriter:
                     self.client.log_text(self.id, details, "error.txt")
             self.client.set_terminated(self.id, status)
         finally:
-            shutil.rmtree(self._staging, ignore_errors=True)
+            if self._local is None:
+                shutil.rmtree(self._staging, ignore_errors=True)
 
 
 @contextlib.contextmanager
