@@ -47,6 +47,7 @@ class Recorder:
         self._error: str | None = None  # the first error of the current run
         self._answers: dict[tuple[int, str], Any] = {}
         self._unfinished: set[int] = set()  # runs whose end was sent but not yet confirmed
+        self._tickets = 0  # numbers the calls of summary.py's functions
         self.earlier_errors: list[str] = []  # errors of runs that ended in the background
         self.run_id: str | None = None
         self.run_name: str | None = None
@@ -78,6 +79,9 @@ class Recorder:
     def _take(self, reply: tuple[int, str, str, Any]) -> str | None:
         """Note one reply; return its error if it is the current run's first."""
         seq, op, kind, value = reply
+        if op == "call":  # answers a ticket, not a run
+            self._answers[(seq, op)] = (kind, value)
+            return None
         self._answers[(seq, op)] = value if kind == "ok" else None
         if op == "end":
             self._unfinished.discard(seq)
@@ -153,6 +157,25 @@ class Recorder:
         return errors
 
 
+    def ask(self, function: str, **kwargs: Any) -> int:
+        """Have the recorder run one of summary.py's functions, after what it was sent before;
+        a ticket for `answer`."""
+        self._tickets += 1
+        self.send("call", self._tickets, function, kwargs)
+        return self._tickets
+
+    def answer(self, ticket: int) -> Any:
+        """What the function of `ticket` returned; its error is raised here."""
+        while (ticket, "call") not in self._answers:
+            self._take(self._read())
+        kind, value = self._answers.pop((ticket, "call"))
+        if kind == "error":
+            raise RecorderError(value)
+        return value
+
+    def call(self, function: str, **kwargs: Any) -> Any:
+        return self.answer(self.ask(function, **kwargs))
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -206,8 +229,8 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
 
     seq: int | None = None  # the run being written, as the parent numbers them
 
-    def reply(op: str, kind: str, value: Any = None) -> None:
-        pickle.dump((seq, op, kind, value), replies)
+    def reply(op: str, kind: str, value: Any = None, about: int | None = None) -> None:
+        pickle.dump((seq if about is None else about, op, kind, value), replies)
         replies.flush()
 
     run: RunWriter | None = None
@@ -220,6 +243,16 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
                 run.close("FAILED", "the training process ended without closing its run "
                                     "(killed, or out of memory)")
             return
+        if op == "call":  # a sweep's parent run (summary.py): no part of the current run
+            ticket, function, kwargs = args
+            try:
+                from moonprop import summary
+
+                reply(op, "ok", getattr(summary, function)(**kwargs), about=ticket)
+            except Exception as e:
+                reply(op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}", about=ticket)
+                traceback.print_exc(file=sys.stderr)
+            continue
         try:
             if op == "start":
                 run, broken, seq = None, False, args[0]
@@ -239,9 +272,12 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
                 {"metrics": run.log_metrics, "image": run.log_image, "file": run.log_file}[op](*args)
         except Exception as e:
             broken = True
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            reply(op, "error", f"MLflow: {type(e).__name__}: {first_line}")
+            reply(op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")
             traceback.print_exc(file=sys.stderr)
+
+
+def _first_line(e: Exception) -> str:  # config.first_line's twin: config would import Hydra here
+    return str(e).strip().splitlines()[0] if str(e).strip() else ""
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""A sweep's parent run in MLflow: opened before the first job, closed with the sweep's answer.
+
+These run in the recorder process (recorder.py), which has MLflow imported already: the process
+that launches the sweep never imports MLflow, and opening the store overlaps with its start-up.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from PIL import Image
+
+from moonprop import plot
+from moonprop.tracking import ensure_store, get_experiment
+
+
+def open_parent(uri: str, experiment: str, sweep_id: str, overrides: str) -> str:
+    """Create the store if needed (once, before parallel jobs could race to create it) and the
+    sweep's parent run; its id."""
+    ensure_store(uri)
+    client = MlflowClient(uri)
+    run = client.create_run(get_experiment(client, experiment, uri), run_name=f"sweep {sweep_id}",
+                            tags={"sweep.id": sweep_id, "sweep.overrides": overrides,
+                                  "mlflow.note.content": f"moonprop -m {overrides}"})
+    return run.info.run_id
+
+
+def close_parent(uri: str, parent: str, sweep_dir: str) -> tuple[str, int]:
+    """Write the summary on the parent run and end it; the text to show and the number of jobs
+    that did not finish."""
+    client = MlflowClient(uri)
+    jobs, text = summarise(client, parent, Path(sweep_dir))
+    failed = sum(job["status"] != "FINISHED" for job in jobs)
+    client.set_terminated(parent, "FAILED" if failed or not jobs else "FINISHED")
+    return text, failed
+
+
+def kill_parent(uri: str, parent: str) -> None:
+    """A sweep stopped by Ctrl-C or SIGTERM: its parent run ends KILLED, not RUNNING forever."""
+    MlflowClient(uri).set_terminated(parent, "KILLED")
+
+
+def _rows(client: MlflowClient, parent: str) -> list[dict[str, Any]]:
+    exp = client.get_run(parent).info.experiment_id
+    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'", max_results=10000)
+    rows = []
+    for run in sorted(runs, key=lambda r: int(r.data.tags.get("sweep.job", 0))):
+        end = run.info.end_time or run.info.start_time
+        rows.append({
+            "job": int(run.data.tags.get("sweep.job", 0)),
+            "overrides": run.data.tags.get("sweep.overrides", ""),
+            "status": run.info.status,
+            "test_acc": run.data.metrics.get("test/acc"),
+            "test_loss": run.data.metrics.get("test/loss"),
+            "wall_s": round((end - run.info.start_time) / 1000, 2),
+            "run_id": run.info.run_id,
+        })
+    return rows
+
+
+def _markdown(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    keys = ["job", "overrides", "status", "test_acc", "test_loss", "wall_s", "run_id"]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    if best:
+        lines += ["", f"best: job {best['job']} ({best['overrides']}), test_acc {best['test_acc']:.4f}"]
+    return "\n".join(lines) + "\n"
+
+
+def summarise(client: MlflowClient, parent: str, sweep_dir: Path) -> tuple[list[dict[str, Any]], str]:
+    """The sweep's answer on its parent run: a table (CSV, Markdown, summary.md in the sweep
+    folder), the best job, every final boundary side by side and the accuracy curves overlaid.
+    Returns the jobs and the text for the terminal."""
+    rows = _rows(client, parent)
+    finished = [r for r in rows if r["status"] == "FINISHED" and r["test_acc"] is not None]
+    best = max(finished, key=lambda r: r["test_acc"]) if finished else None
+    table = _markdown(rows, best)
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["job"])
+    writer.writeheader()
+    writer.writerows(rows)
+    client.log_text(parent, buf.getvalue(), "summary.csv")
+    client.log_text(parent, table, "summary.md")
+    if best:
+        client.set_tag(parent, "best_run_id", best["run_id"])
+        client.set_tag(parent, "best_overrides", best["overrides"])
+        client.log_metric(parent, "best/test_acc", best["test_acc"])
+
+    boundaries: dict[int, Image.Image | None] = {}
+    curves: dict[int, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in rows:
+            try:
+                path = client.download_artifacts(r["run_id"], "boundary.png", tmp)
+                boundaries[r["job"]] = Image.open(path).copy()
+            except Exception:  # a failed job has no final picture
+                boundaries[r["job"]] = None
+            history = client.get_metric_history(r["run_id"], "test/acc")
+            curves[r["job"]] = [m.value for m in sorted(history, key=lambda m: m.step)]
+        grid = plot.small_multiples([(r["overrides"], r["status"], r["test_acc"], boundaries[r["job"]])
+                                     for r in rows])
+        grid.save(Path(tmp) / "boundaries.png")
+        plot.curves([(r["overrides"], curves[r["job"]]) for r in rows]).save(Path(tmp) / "curves.png")
+        client.log_artifact(parent, str(Path(tmp) / "boundaries.png"))
+        client.log_artifact(parent, str(Path(tmp) / "curves.png"))
+    (sweep_dir / "summary.md").write_text(table)
+    text = (f"\nsweep {sweep_dir.name}: {len(finished)} of {len(rows)} jobs finished\n{table}\n"
+            f"summary: {sweep_dir}/summary.md and the parent run {parent}")
+    return rows, text

@@ -1,0 +1,48 @@
+"""The recorder process: calls into summary.py and files written straight into a local store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from moonprop.recorder import Recorder, RecorderError
+from moonprop.tracking import local_artifact_dir
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    rec = Recorder()
+    yield rec
+    rec.close()
+
+
+def test_a_sweeps_parent_run_is_opened_and_killed_in_the_recorder(tmp_path: Path, recorder: Recorder):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ticket = recorder.ask("open_parent", uri=uri, experiment="e", sweep_id="s1", overrides="seed=1,2")
+    parent = recorder.answer(ticket)
+    run = MlflowClient(uri).get_run(parent)
+    assert (run.info.run_name, run.info.status, run.data.tags["sweep.overrides"]) == ("sweep s1", "RUNNING", "seed=1,2")
+
+    recorder.call("kill_parent", uri=uri, parent=parent)
+    assert MlflowClient(uri).get_run(parent).info.status == "KILLED"
+
+
+def test_a_failed_call_raises_its_error_and_the_recorder_goes_on(tmp_path: Path, recorder: Recorder):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(RecorderError, match=r"^MLflow: \w+: .*"):
+        recorder.call("kill_parent", uri=uri, parent="no-such-run")
+    assert recorder.call("open_parent", uri=uri, experiment="e", sweep_id="s2", overrides="")
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("file:///tmp/store/1/abc/artifacts", Path("/tmp/store/1/abc/artifacts")),
+    ("file:///tmp/with%20space/artifacts", Path("/tmp/with space/artifacts")),
+    ("/tmp/plain/artifacts", Path("/tmp/plain/artifacts")),
+    ("mlflow-artifacts:/1/abc/artifacts", None),  # a tracking server's proxied store: uploaded
+    ("s3://bucket/1/abc/artifacts", None),
+])
+def test_files_are_written_in_place_only_for_a_local_artifact_store(uri: str, expected: Path | None):
+    assert local_artifact_dir(uri) == expected
