@@ -2,12 +2,14 @@
 
     make bench                           # or: python benchmarks/bench.py [--reps 3] [--sweep-jobs 20]
 
-Prints a table and writes it to outputs/benchmark.json. Every figure is a median over --reps
-runs made in this one invocation, so that ratios compare like with like:
+Prints a table and writes it to outputs/benchmark.json. Every figure comes from this one
+invocation, so that ratios compare like with like; single runs are medians over --reps:
   - the reference (benchmarks/reference.py): whole process, and its training loop alone;
   - `moonprop` with the default experiment and full tracking into a fresh SQLite store;
-  - sweeps of --sweep-jobs default jobs (seed=0..N-1) through the in-process launcher and
-    through joblib with 2 workers; the marginal cost of a job is (sweep - one run) / (N - 1);
+  - sweeps of --sweep-jobs default jobs (seed=0..N-1), once each, through the in-process launcher
+    and through joblib with 2 workers; the marginal cost of a job is (sweep - one run) / (N - 1).
+    Their CPU seconds (all processes) over their wall time say how many cores each kept busy:
+    2 workers on 2 cores can be at most 2 / (that of the in-process sweep) times faster;
   - one boundary frame's rendering, a default run's artifact bytes, the peak memory of a run
     (trainer and recorder together, PSS), and `moonprop --help` / `--cfg job`.
 """
@@ -46,27 +48,31 @@ def tree_pss_kb(pid: int) -> int:
     return total
 
 
-def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """Wall seconds, peak memory (KB) of the process tree, stdout; fails loudly on an error."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
-    peak = 0
+def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int, str, float]:
+    """Wall seconds, peak memory (KB) of the process tree, stdout, and CPU seconds of the process and
+    every descendant it waited for (a sweep's workers and recorders); fails loudly on an error."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, text=True, env={**os.environ, **(env or {})})
+        peak, done = 0, threading.Event()
 
-    def sample() -> None:
-        nonlocal peak
-        while proc.poll() is None:
-            peak = max(peak, tree_pss_kb(proc.pid))
-            time.sleep(0.05)
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.05):
+                peak = max(peak, tree_pss_kb(proc.pid))
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - start
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
-    return wall, peak, out
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)  # wait4, not wait: it reports the CPU time too
+        wall = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read()[-3000:]}")
+        return wall, peak, out.read(), usage.ru_utime + usage.ru_stime
 
 
 def median(xs: list[float]) -> float:
@@ -111,15 +117,15 @@ def main() -> None:
         tmp_path = Path(tmp)
         ref = [timed([sys.executable, str(ROOT / "benchmarks" / "reference.py")], tmp_path)
                for _ in range(max(args.reps, 5))]
-        results["reference_process_s"] = median([w for w, _, _ in ref])
-        results["reference_loop_s"] = median([json.loads(out)["loop_s"] for _, _, out in ref])
+        results["reference_process_s"] = median([w for w, _, _, _ in ref])
+        results["reference_loop_s"] = median([json.loads(out)["loop_s"] for _, _, out, _ in ref])
         results["reference_test_acc"] = json.loads(ref[0][2])["test_acc"]
 
         runs, peaks = [], []
         for i in range(args.reps):
             cwd = tmp_path / f"run{i}"  # a fresh store every time
             cwd.mkdir()
-            wall, peak, _ = timed(MOONPROP, cwd)
+            wall, peak, _, _ = timed(MOONPROP, cwd)
             runs.append(wall)
             peaks.append(peak)
         results["moonprop_run_s"] = median(runs)
@@ -131,7 +137,10 @@ def main() -> None:
             cwd = tmp_path / name
             cwd.mkdir()
             timed(MOONPROP + ["data.num_batches=1"], cwd)  # the store exists, as in day-to-day use
-            results[f"{name}_s"] = timed(MOONPROP + ["-m", seeds, *extra], cwd)[0]
+            wall, _, _, cpu = timed(MOONPROP + ["-m", seeds, *extra], cwd)
+            results[f"{name}_s"], results[f"{name}_cpu_s"] = wall, cpu
+            # cores kept busy on average: 2 / this bounds what 2 workers can gain over it
+            results[f"{name}_cores_used"] = cpu / wall
         results["sweep_marginal_per_job_s"] = (results["sweep_s"] - results["moonprop_run_s"]) / (n - 1)
 
         results["frame_ms"] = frame_ms()
