@@ -1,7 +1,18 @@
+import numpy as np
+import pytest
+import sklearn.datasets
 import torch
 
 from moonprop.config import DataConfig
-from moonprop.data import MoonsDataModule, moons
+from moonprop.data import MoonsDataModule, make_moons, moons
+
+
+@pytest.mark.parametrize("n, noise, seed", [(50, 0.1, 0), (1000, 0.1, 123456789), (51, 0.3, 7), (1, 0.0, 2**32 - 1)])
+def test_moons_are_sklearns_number_for_number(n, noise, seed):
+    x, y = make_moons(n, noise, seed)
+    expected_x, expected_y = sklearn.datasets.make_moons(n_samples=n, noise=noise, random_state=seed)
+    np.testing.assert_array_equal(x, expected_x)
+    np.testing.assert_array_equal(y, expected_y)
 
 
 def test_shapes_dtypes_and_labels():
