@@ -8,7 +8,8 @@ It also makes runs end honestly. The recorder ignores SIGINT and SIGTERM (they a
 trainer, which reports how its run ended); if the parent dies without a word (SIGKILL, out of
 memory), the pipe closes and the recorder marks the run FAILED instead of leaving it RUNNING.
 
-One recorder serves its parent's runs one after another, so a sequential sweep starts it once.
+One recorder serves its parent's runs one after another, so a sequential sweep starts it once;
+it also opens and closes a sweep's parent run (summary.py) for the process that launches the sweep.
 """
 
 from __future__ import annotations
@@ -155,7 +156,6 @@ class Recorder:
             self._take(self._read())
         errors, self.earlier_errors = self.earlier_errors, []
         return errors
-
 
     def ask(self, function: str, **kwargs: Any) -> int:
         """Have the recorder run one of summary.py's functions, after what it was sent before;
