@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,3 +50,25 @@ def test_a_failed_call_raises_its_error_and_the_recorder_goes_on(tmp_path: Path,
 ])
 def test_files_are_written_in_place_only_for_a_local_artifact_store(uri: str, expected: Path | None):
     assert local_artifact_dir(uri) == expected
+
+
+def test_a_trainer_killed_in_the_middle_of_a_message_leaves_the_run_failed(tmp_path: Path):
+    """The recorder's side of a SIGKILL: the pipe ends within a message, not only between two."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    reply_r, reply_w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "moonprop.recorder", str(reply_w)], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, pass_fds=(reply_w,))
+    os.close(reply_w)
+    start = {"uri": uri, "experiment": "e", "run_name": "killed", "params": {}, "tags": {}, "texts": {}}
+    proc.stdin.write(pickle.dumps(("start", 1, start)))
+    proc.stdin.flush()
+    with os.fdopen(reply_r, "rb") as replies:
+        _, op, kind, (run_id, _) = pickle.load(replies)
+    assert (op, kind) == ("start", "ok")
+    message = pickle.dumps(("metrics", {"test/acc": 0.5}, 0, 0))
+    proc.stdin.write(message[: len(message) // 2])
+    proc.stdin.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err[-2000:]
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FAILED" and "ended without closing" in run.data.tags["error"]

@@ -238,7 +238,8 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
     while True:
         try:
             op, *args = pickle.load(inbox)
-        except EOFError:
+        except (EOFError, pickle.UnpicklingError):  # the pipe closed, between messages or within
+            # one: a trainer killed while it wrote leaves a truncated message
             if run is not None:
                 run.close("FAILED", "the training process ended without closing its run "
                                     "(killed, or out of memory)")
