@@ -212,3 +212,18 @@ def test_sigterm_during_a_sweep_kills_the_job_and_the_parent(workdir):
     client = default_store(workdir)
     runs = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"]  # the job and its sweep
+
+
+def test_sigterm_during_a_joblib_sweep_leaves_no_run_running(workdir):
+    """joblib kills its workers with their recorders: the launching process ends their runs."""
+    proc = start("-m", "data.num_batches=100000", "plot.every_n_epochs=50", "seed=0,1,2",
+                 "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=workdir)
+    wait_for_step(workdir, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    client = default_store(workdir)
+    runs = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
+    assert len(runs) >= 2 and {r.info.status for r in runs} == {"KILLED"}
+    jobs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert jobs and all("stopped by SIGTERM" in r.data.tags["error"] for r in jobs)

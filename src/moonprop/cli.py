@@ -85,17 +85,17 @@ def main() -> None:
             exit_now(1)
     except SystemExit as e:
         if e.code == 128 + signal.SIGTERM:
-            sweep.end_interrupted()
+            sweep.end_interrupted(signal.SIGTERM)
         exit_now(e.code if isinstance(e.code, int) else int(e.code is not None))
     except KeyboardInterrupt:
-        sweep.end_interrupted()
+        sweep.end_interrupted(signal.SIGINT)
         exit_now(128 + signal.SIGINT)
     except BaseException as e:
         from moonprop.callbacks import Interrupted
 
         if not isinstance(e, Interrupted):
             raise
-        sweep.end_interrupted()
+        sweep.end_interrupted(e.signum)
         print(f"moonprop: {e}", file=sys.stderr)
         exit_now(128 + e.signum)
     exit_now(0)

@@ -40,9 +40,17 @@ def close_parent(uri: str, parent: str, sweep_dir: str) -> tuple[str, int]:
     return text, failed
 
 
-def kill_parent(uri: str, parent: str) -> None:
-    """A sweep stopped by Ctrl-C or SIGTERM: its parent run ends KILLED, not RUNNING forever."""
-    MlflowClient(uri).set_terminated(parent, "KILLED")
+def kill_parent(uri: str, parent: str, reason: str, orphans: bool) -> None:
+    """A sweep stopped by Ctrl-C or SIGTERM: its parent run ends KILLED, not RUNNING forever. With
+    `orphans`, so do its jobs' runs still RUNNING: joblib ends its workers with their recorders."""
+    client = MlflowClient(uri)
+    if orphans:
+        experiment = client.get_run(parent).info.experiment_id
+        running = f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
+        for run in client.search_runs([experiment], running):
+            client.set_tag(run.info.run_id, "error", reason)
+            client.set_terminated(run.info.run_id, "KILLED")
+    client.set_terminated(parent, "KILLED")
 
 
 def _rows(client: MlflowClient, parent: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ shared file system) can read.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from moonprop.recorder import drain_shared, shared
 
 PARENT_FILE = ".mlflow_parent_run_id"
 failed_jobs = 0  # set by on_multirun_end; the CLI exits non-zero when it is not 0
-_open_parent: tuple[str, str] | None = None  # (tracking URI, run id) of a sweep under way
+# the sweep under way: tracking URI, parent run id, and whether its jobs end with this process
+_open_parent: tuple[str, str, bool] | None = None
 
 
 def in_process(launcher: DictConfig) -> bool:
@@ -30,11 +32,13 @@ def in_process(launcher: DictConfig) -> bool:
     return str(launcher.get("_target_", "")).endswith(".BasicLauncher")
 
 
-def end_interrupted() -> None:
-    """A sweep stopped by Ctrl-C or SIGTERM: its parent run ends KILLED, not RUNNING forever."""
+def end_interrupted(signum: int) -> None:
+    """A sweep stopped by Ctrl-C or SIGTERM: its parent run ends KILLED, not RUNNING forever, and
+    so do the runs of jobs that ended with it (joblib's workers, killed with their recorders)."""
     if _open_parent is not None:
-        uri, run_id = _open_parent
-        shared().call("kill_parent", uri=uri, parent=run_id)
+        uri, run_id, jobs_end_here = _open_parent
+        reason = f"the sweep was stopped by {signal.Signals(signum).name} while this job ran"
+        shared().call("kill_parent", uri=uri, parent=run_id, reason=reason, orphans=jobs_end_here)
 
 
 def parent_run_id(sweep_dir: str) -> str | None:
@@ -68,7 +72,8 @@ class SweepCallback(Callback):
             import moonprop.train  # noqa: F401
         parent = recorder.answer(ticket)
         (sweep_dir / PARENT_FILE).write_text(parent)
-        _open_parent = (uri, parent)
+        # SLURM jobs outlive an interrupted launcher and close their own runs; joblib's do not
+        _open_parent = (uri, parent, "joblib" in str(config.hydra.launcher.get("_target_", "")))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global failed_jobs, _open_parent
