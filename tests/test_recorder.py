@@ -30,14 +30,18 @@ def test_a_sweeps_parent_run_is_opened_and_killed_in_the_recorder(tmp_path: Path
     run = MlflowClient(uri).get_run(parent)
     assert (run.info.run_name, run.info.status, run.data.tags["sweep.overrides"]) == ("sweep s1", "RUNNING", "seed=1,2")
 
-    recorder.call("kill_parent", uri=uri, parent=parent)
-    assert MlflowClient(uri).get_run(parent).info.status == "KILLED"
+    client = MlflowClient(uri)
+    orphan = client.create_run(run.info.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+    recorder.call("kill_parent", uri=uri, parent=parent, reason="stopped by SIGTERM", orphans=True)
+    assert client.get_run(parent).info.status == "KILLED"
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(orphan).data.tags["error"] == "stopped by SIGTERM"
 
 
 def test_a_failed_call_raises_its_error_and_the_recorder_goes_on(tmp_path: Path, recorder: Recorder):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with pytest.raises(RecorderError, match=r"^MLflow: \w+: .*"):
-        recorder.call("kill_parent", uri=uri, parent="no-such-run")
+    with pytest.raises(RecorderError, match=r"^MLflow: MlflowException: Run .*no-such-run.* not found"):
+        recorder.call("kill_parent", uri=uri, parent="no-such-run", reason="", orphans=False)
     assert recorder.call("open_parent", uri=uri, experiment="e", sweep_id="s2", overrides="")
 
 
