@@ -45,8 +45,9 @@ def test_default_launcher_runs_jobs_in_one_process(workdir):
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_workers(workdir):
-    moonprop(*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=workdir, timeout=300)
+    proc = moonprop(*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=workdir, timeout=300)
     check_sweep(default_store(workdir), 4)
+    assert "leaked" not in proc.stderr  # joblib's workers and shared-memory folder are cleaned up
 
 
 def slurm_is_up() -> bool:

@@ -79,10 +79,14 @@ class SweepCallback(Callback):
         global failed_jobs, _open_parent
         if "joblib" in str(config.hydra.launcher.get("_target_", "")):
             # joblib keeps its workers (and their recorders) for 5 idle minutes, holding the
-            # terminal's output open: a finished sweep should be finished.
+            # terminal's output open: a finished sweep should be finished. reuse=True fetches
+            # joblib's own executor as it is (with other arguments loky would replace it by a new
+            # one, max_workers=1 never starts a worker only to stop it), and terminate() removes
+            # its shared-memory folder too, which would otherwise end in a "leaked folder" warning.
             from joblib.externals.loky import get_reusable_executor
 
-            get_reusable_executor().shutdown(wait=True)
+            executor = get_reusable_executor(max_workers=1, reuse=True)
+            getattr(executor, "terminate", executor.shutdown)()
 
         drain_shared()  # in-process jobs: their last runs may still be closing
         sweep_dir = Path(str(config.hydra.sweep.dir))
