@@ -14,7 +14,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from .conftest import default_store, moonprop
+from .conftest import default_store, moonprop, require, slurm_is_up
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
@@ -227,3 +227,28 @@ def test_sigterm_during_a_joblib_sweep_leaves_no_run_running(workdir):
     assert len(runs) >= 2 and {r.info.status for r in runs} == {"KILLED"}
     jobs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert jobs and all("stopped by SIGTERM" in r.data.tags["error"] for r in jobs)
+
+
+def test_sigterm_during_a_slurm_sweep_cancels_its_jobs(workdir):
+    """submitit's launcher leaves submitted jobs running when it is stopped; ours cancels them,
+    and each job stops at the end of an epoch with a checkpoint, KILLED."""
+    require(slurm_is_up(), "no SLURM cluster with an idle node: run `scripts/slurm-cluster start` as root")
+    proc = start("-m", "data.num_batches=100000", "plot.every_n_epochs=50", "seed=0,1", "hydra/launcher=slurm",
+                 cwd=workdir)
+    wait_for_step(workdir, 3, proc, timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    client = default_store(workdir)
+    experiment = client.get_experiment_by_name("moonprop").experiment_id
+    deadline = time.monotonic() + 120
+    while "RUNNING" in [r.info.status for r in client.search_runs([experiment])]:
+        assert time.monotonic() < deadline, "a job of the stopped sweep goes on"
+        time.sleep(1)
+    runs = client.search_runs([experiment])
+    jobs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert jobs and {r.info.status for r in runs} == {"KILLED"}
+    assert all("stopped by SIGTERM after epoch" in r.data.tags["error"] for r in jobs)  # their own stop
+    while not slurm_is_up():  # leave the node idle for the next test, as it was found
+        assert time.monotonic() < deadline, "the cancelled jobs never left the node"
+        time.sleep(1)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import default_store, moonprop, require
+from .conftest import default_store, moonprop, require, slurm_is_up
 
 
 def sweep_runs(client: MlflowClient):
@@ -48,13 +45,6 @@ def test_joblib_launcher_runs_jobs_in_parallel_workers(workdir):
     proc = moonprop(*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=workdir, timeout=300)
     check_sweep(default_store(workdir), 4)
     assert "leaked" not in proc.stderr  # joblib's workers and shared-memory folder are cleaned up
-
-
-def slurm_is_up() -> bool:
-    if not shutil.which("sinfo"):
-        return False
-    result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
-    return result.returncode == 0 and "idle" in result.stdout
 
 
 def test_slurm_launcher_runs_jobs_on_a_real_cluster(workdir):

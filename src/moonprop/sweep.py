@@ -10,6 +10,7 @@ shared file system) can read.
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ PARENT_FILE = ".mlflow_parent_run_id"
 failed_jobs = 0  # set by on_multirun_end; the CLI exits non-zero when it is not 0
 # the sweep under way: tracking URI, parent run id, and whether its jobs end with this process
 _open_parent: tuple[str, str, bool] | None = None
+_slurm_folder: Path | None = None  # submitit's folder of a SLURM sweep under way, named by job id
 
 
 def in_process(launcher: DictConfig) -> bool:
@@ -34,11 +36,22 @@ def in_process(launcher: DictConfig) -> bool:
 
 def end_interrupted(signum: int) -> None:
     """A sweep stopped by Ctrl-C or SIGTERM: its parent run ends KILLED, not RUNNING forever, and
-    so do the runs of jobs that ended with it (joblib's workers, killed with their recorders)."""
+    so do the runs of jobs that ended with it (joblib's workers, killed with their recorders);
+    a SLURM sweep's jobs are cancelled and end their runs KILLED themselves."""
+    if _slurm_folder is not None:
+        cancel_slurm_jobs(_slurm_folder)
     if _open_parent is not None:
         uri, run_id, jobs_end_here = _open_parent
         reason = f"the sweep was stopped by {signal.Signals(signum).name} while this job ran"
         shared().call("kill_parent", uri=uri, parent=run_id, reason=reason, orphans=jobs_end_here)
+
+
+def cancel_slurm_jobs(folder: Path) -> None:
+    """Cancel the jobs of an interrupted SLURM sweep, which submitit's launcher leaves running.
+    scancel sends SIGTERM: a running job stops at the end of its epoch with a checkpoint, KILLED."""
+    ids = sorted({p.name.split("_")[0] for p in folder.glob("*") if p.name.split("_")[0].isdigit()})
+    if ids:
+        subprocess.run(["scancel", *ids], check=False, timeout=30)
 
 
 def parent_run_id(sweep_dir: str) -> str | None:
@@ -58,7 +71,9 @@ class SweepCallback(Callback):
     """Opens the sweep's parent run before any job and writes the sweep's answer after the last."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _open_parent
+        global _open_parent, _slurm_folder
+        if str(config.hydra.launcher.get("_target_", "")).endswith(".SlurmLauncher"):
+            _slurm_folder = Path(str(config.hydra.launcher.submitit_folder)).parent  # .../%j
         uri = resolve_uri(config.tracking.uri)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +91,8 @@ class SweepCallback(Callback):
         _open_parent = (uri, parent, "joblib" in str(config.hydra.launcher.get("_target_", "")))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global failed_jobs, _open_parent
+        global failed_jobs, _open_parent, _slurm_folder
+        _slurm_folder = None
         if "joblib" in str(config.hydra.launcher.get("_target_", "")):
             # joblib keeps its workers (and their recorders) for 5 idle minutes, holding the
             # terminal's output open: a finished sweep should be finished. reuse=True fetches
