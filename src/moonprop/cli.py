@@ -51,7 +51,7 @@ def app(cfg: DictConfig) -> float:
         # Only the in-process launcher runs the next job in this process, and drains the recorder
         # before the summary: a joblib worker or a SLURM job may be ended as soon as it returns.
         acc = train(config, recorder, run_dir, overrides, tags | sweep.job_tags(), sweep.parent_run_id(hc.sweep.dir),
-                    close_in_background=sweep.in_process(hc.launcher))
+                    close_in_background=sweep.launcher_name(hc.launcher) == "BasicLauncher")
     except Exception as e:  # recorded FAILED in MLflow; the other jobs go on, the summary counts it
         print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {type(e).__name__}: {e}",
               file=sys.stderr)

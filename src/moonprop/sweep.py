@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -24,26 +24,37 @@ from moonprop.recorder import drain_shared, shared
 
 PARENT_FILE = ".mlflow_parent_run_id"
 failed_jobs = 0  # set by on_multirun_end; the CLI exits non-zero when it is not 0
-# the sweep under way: tracking URI, parent run id, and whether its jobs end with this process
-_open_parent: tuple[str, str, bool] | None = None
-_slurm_folder: Path | None = None  # submitit's folder of a SLURM sweep under way, named by job id
 
 
-def in_process(launcher: DictConfig) -> bool:
-    """Whether the launcher runs the jobs one after another in this process (Hydra's default)."""
-    return str(launcher.get("_target_", "")).endswith(".BasicLauncher")
+class _Sweep(NamedTuple):
+    """The sweep under way in this process, from its start to its end."""
+
+    uri: str
+    parent: str  # the parent run's id
+    launcher: str  # its class name: BasicLauncher, JoblibLauncher, SlurmLauncher, ...
+    slurm_jobs: Path | None  # submitit's folder of a SLURM sweep's jobs, named by job id
+
+
+_under_way: _Sweep | None = None
+
+
+def launcher_name(launcher: DictConfig) -> str:
+    """The class name of a `hydra.launcher` config's target: BasicLauncher is Hydra's default,
+    which runs the jobs one after another in this process."""
+    return str(launcher.get("_target_", "")).rsplit(".", 1)[-1]
 
 
 def end_interrupted(signum: int) -> None:
     """A sweep stopped by Ctrl-C or SIGTERM: its parent run ends KILLED, not RUNNING forever, and
     so do the runs of jobs that ended with it (joblib's workers, killed with their recorders);
     a SLURM sweep's jobs are cancelled and end their runs KILLED themselves."""
-    if _slurm_folder is not None:
-        cancel_slurm_jobs(_slurm_folder)
-    if _open_parent is not None:
-        uri, run_id, jobs_end_here = _open_parent
-        reason = f"the sweep was stopped by {signal.Signals(signum).name} while this job ran"
-        shared().call("kill_parent", uri=uri, parent=run_id, reason=reason, orphans=jobs_end_here)
+    if _under_way is None:
+        return
+    if _under_way.slurm_jobs is not None:
+        cancel_slurm_jobs(_under_way.slurm_jobs)
+    reason = f"the sweep was stopped by {signal.Signals(signum).name} while this job ran"
+    shared().call("kill_parent", uri=_under_way.uri, parent=_under_way.parent, reason=reason,
+                  orphans=_under_way.launcher == "JoblibLauncher")
 
 
 def cancel_slurm_jobs(folder: Path) -> None:
@@ -71,9 +82,8 @@ class SweepCallback(Callback):
     """Opens the sweep's parent run before any job and writes the sweep's answer after the last."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _open_parent, _slurm_folder
-        if str(config.hydra.launcher.get("_target_", "")).endswith(".SlurmLauncher"):
-            _slurm_folder = Path(str(config.hydra.launcher.submitit_folder)).parent  # .../%j
+        global _under_way
+        launcher = launcher_name(config.hydra.launcher)
         uri = resolve_uri(config.tracking.uri)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -81,19 +91,20 @@ class SweepCallback(Callback):
         ticket = recorder.ask("open_parent", uri=uri, experiment=config.tracking.experiment,
                               sweep_id=sweep_dir.name,
                               overrides=" ".join(redact(o) for o in config.hydra.overrides.task))
-        if in_process(config.hydra.launcher):
+        if launcher == "BasicLauncher":
             # The jobs will import Lightning here anyway: do it while the recorder imports MLflow
             # and opens the store on the other core (~4 s each).
             import moonprop.train  # noqa: F401
         parent = recorder.answer(ticket)
         (sweep_dir / PARENT_FILE).write_text(parent)
-        # SLURM jobs outlive an interrupted launcher and close their own runs; joblib's do not
-        _open_parent = (uri, parent, "joblib" in str(config.hydra.launcher.get("_target_", "")))
+        slurm_jobs = Path(str(config.hydra.launcher.submitit_folder)).parent if launcher == "SlurmLauncher" else None
+        _under_way = _Sweep(uri, parent, launcher, slurm_jobs)  # submitit_folder: .../%j
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global failed_jobs, _open_parent, _slurm_folder
-        _slurm_folder = None
-        if "joblib" in str(config.hydra.launcher.get("_target_", "")):
+        global failed_jobs, _under_way
+        if _under_way is None:
+            return
+        if _under_way.launcher == "JoblibLauncher":
             # joblib keeps its workers (and their recorders) for 5 idle minutes, holding the
             # terminal's output open: a finished sweep should be finished. reuse=True fetches
             # joblib's own executor as it is (with other arguments loky would replace it by a new
@@ -105,11 +116,7 @@ class SweepCallback(Callback):
             getattr(executor, "terminate", executor.shutdown)()
 
         drain_shared()  # in-process jobs: their last runs may still be closing
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        parent = parent_run_id(str(sweep_dir))
-        if parent is None:
-            return
-        text, failed_jobs = shared().call("close_parent", uri=resolve_uri(config.tracking.uri), parent=parent,
-                                          sweep_dir=str(sweep_dir))
+        text, failed_jobs = shared().call("close_parent", uri=_under_way.uri, parent=_under_way.parent,
+                                          sweep_dir=str(config.hydra.sweep.dir))
         print(text, file=sys.stderr)
-        _open_parent = None
+        _under_way = None
