@@ -203,26 +203,25 @@ def test_non_ascii_names_work_quoted_and_unquoted_gets_a_hint(workdir):
     assert run.info.run_name == "läuft" and run.info.status == "FINISHED"
 
 
-def test_sigterm_during_a_sweep_kills_the_job_and_the_parent(workdir):
-    proc = start("-m", "data.num_batches=100000", "plot.every_n_epochs=50", "seed=0,1", cwd=workdir)
-    wait_for_step(workdir, 3, proc)
+def sigterm_sweep(workdir: Path, *args: str, timeout: float = 120) -> MlflowClient:
+    """Start a sweep of long jobs, SIGTERM it once a job has trained a few epochs; it exits 143."""
+    proc = start("-m", "data.num_batches=100000", "plot.every_n_epochs=50", *args, cwd=workdir)
+    wait_for_step(workdir, 3, proc, timeout=timeout)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-2000:]
-    client = default_store(workdir)
+    return default_store(workdir)
+
+
+def test_sigterm_during_a_sweep_kills_the_job_and_the_parent(workdir):
+    client = sigterm_sweep(workdir, "seed=0,1")
     runs = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"]  # the job and its sweep
 
 
 def test_sigterm_during_a_joblib_sweep_leaves_no_run_running(workdir):
     """joblib kills its workers with their recorders: the launching process ends their runs."""
-    proc = start("-m", "data.num_batches=100000", "plot.every_n_epochs=50", "seed=0,1,2",
-                 "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=workdir)
-    wait_for_step(workdir, 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err[-2000:]
-    client = default_store(workdir)
+    client = sigterm_sweep(workdir, "seed=0,1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     runs = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
     assert len(runs) >= 2 and {r.info.status for r in runs} == {"KILLED"}
     jobs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -233,13 +232,7 @@ def test_sigterm_during_a_slurm_sweep_cancels_its_jobs(workdir):
     """submitit's launcher leaves submitted jobs running when it is stopped; ours cancels them,
     and each job stops at the end of an epoch with a checkpoint, KILLED."""
     require(slurm_is_up(), "no SLURM cluster with an idle node: run `scripts/slurm-cluster start` as root")
-    proc = start("-m", "data.num_batches=100000", "plot.every_n_epochs=50", "seed=0,1", "hydra/launcher=slurm",
-                 cwd=workdir)
-    wait_for_step(workdir, 3, proc, timeout=300)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err[-2000:]
-    client = default_store(workdir)
+    client = sigterm_sweep(workdir, "seed=0,1", "hydra/launcher=slurm", timeout=300)
     experiment = client.get_experiment_by_name("moonprop").experiment_id
     deadline = time.monotonic() + 120
     while "RUNNING" in [r.info.status for r in client.search_runs([experiment])]:
