@@ -104,14 +104,16 @@ class Recorder:
             if error := self._take(self._read()):
                 raise RecorderError(error)
 
-    def wait(self, op: str, seq: int | None = None) -> Any:
-        """Block until `op` of the current run (or of run `seq`) is answered; raise the run's
-        first error, if it had one."""
-        key = (self._seq if seq is None else seq, op)
+    def _reply(self, key: tuple[int, str]) -> Any:
+        """Block until the reply `key` (a run's number or a ticket, and the op) has come."""
         while key not in self._answers:
             self._take(self._read())
-        value = self._answers.pop(key)
-        if self._error and key[0] == self._seq:
+        return self._answers.pop(key)
+
+    def wait(self, op: str) -> Any:
+        """Block until `op` of the current run is answered; raise the run's first error, if any."""
+        value = self._reply((self._seq, op))
+        if self._error:
             raise RecorderError(self._error)
         return value
 
@@ -150,12 +152,13 @@ class Recorder:
         else:
             self.wait("end")
 
-    def drain(self) -> list[str]:
-        """Wait until every run ended in the background is closed; their errors, if any."""
+    def drain(self) -> None:
+        """Wait until every run ended in the background is closed; report their errors, if any."""
         while self._unfinished:
             self._take(self._read())
-        errors, self.earlier_errors = self.earlier_errors, []
-        return errors
+        for error in self.earlier_errors:
+            print(f"moonprop: recording a finished run failed: {error}", file=sys.stderr)
+        self.earlier_errors = []
 
     def ask(self, function: str, **kwargs: Any) -> int:
         """Have the recorder run one of summary.py's functions, after what it was sent before;
@@ -166,9 +169,7 @@ class Recorder:
 
     def answer(self, ticket: int) -> Any:
         """What the function of `ticket` returned; its error is raised here."""
-        while (ticket, "call") not in self._answers:
-            self._take(self._read())
-        kind, value = self._answers.pop((ticket, "call"))
+        kind, value = self._reply((ticket, "call"))
         if kind == "error":
             raise RecorderError(value)
         return value
@@ -182,8 +183,7 @@ class Recorder:
     def close(self) -> None:
         """Let the recorder write what it was sent, then end it."""
         with contextlib.suppress(RecorderError):
-            for error in self.drain():
-                print(f"moonprop: recording a finished run failed: {error}", file=sys.stderr)
+            self.drain()
         if self._pump.is_alive():
             self._outbox.put(None)
             self._pump.join()
@@ -204,8 +204,7 @@ def shared() -> Recorder:
 def drain_shared() -> None:
     """Wait for the runs this process's recorder is still closing (before a sweep's summary)."""
     if _shared is not None and _shared.alive():
-        for error in _shared.drain():
-            print(f"moonprop: recording a finished run failed: {error}", file=sys.stderr)
+        _shared.drain()
 
 
 def close_shared() -> None:
