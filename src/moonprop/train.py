@@ -45,7 +45,8 @@ def train(cfg: Config, recorder: Recorder, run_dir: Path, overrides: list[str] |
     torch.set_num_threads(cfg.trainer.threads)  # 2 threads made this tiny model 14-56x slower
     datamodule = MoonsDataModule(cfg.data, cfg.seed)
     module = MoonsClassifier(cfg.model, cfg.loss, cfg.schedule, cfg.data.num_batches, cfg.seed)
-    tracker = MlflowCallback(recorder, datamodule.test, cfg.plot, cfg.data.num_batches, params(cfg))
+    run_params = params(cfg)
+    tracker = MlflowCallback(recorder, datamodule.test, cfg.plot, cfg.data.num_batches, run_params)
     stopper = GracefulStop(run_dir / "checkpoints" / "last.ckpt")
     overrides = [redact(o) for o in overrides or []]
     texts = {"config.yaml": OmegaConf.to_yaml(OmegaConf.structured(redacted(cfg))),
@@ -53,7 +54,7 @@ def train(cfg: Config, recorder: Recorder, run_dir: Path, overrides: list[str] |
     with stopper.handling_signals(), recorder.run(
             background_end=close_in_background,
             uri=resolve_uri(cfg.tracking.uri), experiment=cfg.tracking.experiment,
-            run_name=cfg.tracking.run_name, params=params(cfg), tags=tags or {}, texts=texts,
+            run_name=cfg.tracking.run_name, params=run_params, tags=tags or {}, texts=texts,
             parent_run_id=parent_run_id, resolution=cfg.plot.resolution, num_epochs=cfg.data.num_batches,
             resume_run_id=checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None):
         trainer = pl.Trainer(
