@@ -18,14 +18,14 @@ import pytest
 from mlflow import MlflowClient
 
 from moonprop.config import Config, validate
-from moonprop.preflight import compose_job, without_hydra
+from moonprop.preflight import composed, without_hydra
 from moonprop.tracking import ensure_store
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def make_config(*overrides: str) -> Config:
-    return validate(without_hydra(compose_job(list(overrides))))
+    return validate(without_hydra(composed(list(overrides))))
 
 
 def moonprop(*args: str, cwd: Path, check: bool = True, timeout: float = 300,

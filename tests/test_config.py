@@ -5,7 +5,6 @@ import pytest
 from moonprop.config import SCHEDULES, Config, ConfigError, LinearSchedule
 from moonprop.data import MoonsDataModule
 from moonprop.module import MoonsClassifier
-from moonprop.preflight import job_overrides
 from moonprop.schedule import learning_rate
 
 from .conftest import make_config
@@ -91,14 +90,20 @@ def test_unknown_schedule_lists_the_choices():
         make_config("schedule=exponential")
 
 
-def test_sweep_checks_each_value_once():
-    jobs = job_overrides(["seed=0,1,2", "schedule=linear,cosine", "data.noise=0.1"])
-    assert jobs == [
-        ["seed=0", "schedule=linear", "data.noise=0.1"],
-        ["seed=1", "schedule=linear", "data.noise=0.1"],
-        ["seed=2", "schedule=linear", "data.noise=0.1"],
-        ["seed=0", "schedule=cosine", "data.noise=0.1"],
-    ]
+def test_a_sweep_is_checked_as_its_sweeper_generates_it():
+    """Hydra's basic sweeper: the product of the command line and `hydra.sweeper.params`."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.types import RunMode
+
+    from moonprop.preflight import app_hydra, compose, sweep_jobs
+
+    args = get_args_parser().parse_args(["-m", "seed=0,1,2", "schedule=linear,cosine", "data.noise=0.1",
+                                         "+hydra.sweeper.params={loss.alpha: '0,1e-3'}"])
+    with app_hydra(args) as (hydra, config_name):
+        jobs = sweep_jobs(hydra, compose(hydra, config_name, args.overrides, RunMode.MULTIRUN))
+    assert len(jobs) == 2 * 3 * 2 * 1
+    assert jobs[0] == ["loss.alpha=0", "seed=0", "schedule=linear", "data.noise=0.1"]
+    assert ["loss.alpha=0.001", "seed=2", "schedule=cosine", "data.noise=0.1"] in jobs
 
 
 def test_credentials_never_reach_params_or_recorded_config():
@@ -121,12 +126,12 @@ def test_config_has_no_instantiable_targets():
 
 
 def test_a_sweep_of_plain_values_is_checked_without_composing_each_job():
-    """Hundreds of jobs: each plain value is applied to the composed base job, not composed again,
-    and every one of them is still validated."""
+    """Hundreds of jobs: each composition (a config group) is made once, each plain value applied to
+    it and validated once, and every one of them is still validated."""
     from moonprop.preflight import check
 
     configs = check(["-m", "seed=range(0,50)", "schedule=linear,cosine", "model.hidden=[8],[16,16]"])
-    assert len(configs) == 1 + 49 + 1 + 1
+    assert len(configs) == 2 * (1 + 50 + 2)  # per schedule: the composition, each seed, each width
     assert sorted({c.seed for c in configs}) == list(range(50))
     assert {type(c.schedule).__name__ for c in configs} == {"LinearSchedule", "CosineSchedule"}
     assert [8] in [c.model.hidden for c in configs]
@@ -137,11 +142,11 @@ def test_a_sweep_of_plain_values_is_checked_without_composing_each_job():
 
 
 def test_project_launcher_and_sweeper_configs_compose():
-    from moonprop.preflight import compose_job
+    from moonprop.preflight import composed
 
-    slurm = compose_job(["hydra/launcher=slurm"]).hydra.launcher
+    slurm = composed(["hydra/launcher=slurm"]).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher")
     assert slurm.signal_delay_s < slurm.timeout_min * 60  # the warning signal must not come at the start
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    search = compose_job(["hydra/sweeper=search"]).hydra.sweeper
+    search = composed(["hydra/sweeper=search"]).hydra.sweeper
     assert search.direction == "maximize" and set(search.params) == {"model.hidden", "schedule.start", "loss.alpha"}

@@ -245,3 +245,85 @@ def test_sigterm_during_a_slurm_sweep_cancels_its_jobs(workdir):
     while not slurm_is_up():  # leave the node idle for the next test, as it was found
         assert time.monotonic() < deadline, "the cancelled jobs never left the node"
         time.sleep(1)
+
+
+# ---- sweeps stopped by an error outside their jobs' training: FAILED, never RUNNING ----------------
+
+def assert_sweep_failed(workdir: Path, proc: subprocess.CompletedProcess[str], reason: str) -> None:
+    """Exit 1, one line that says why (no traceback), the parent run FAILED with the reason as its
+    `error` tag, and no run left RUNNING."""
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("moonprop: sweep ") and " FAILED: " in last and reason in last, last
+    client = default_store(workdir)
+    runs = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FAILED" and parent.info.end_time and reason in parent.data.tags["error"]
+    assert "RUNNING" not in [r.info.status for r in runs]
+
+
+def test_a_slurm_sweep_that_cannot_submit_ends_failed(workdir):
+    require(slurm_is_up(), "no SLURM cluster with an idle node: run `scripts/slurm-cluster start` as root")
+    proc = moonprop("-m", "seed=0,1", "data.num_batches=2", "hydra/launcher=slurm", "hydra.launcher.partition=nope",
+                    cwd=workdir, check=False, timeout=300)
+    assert_sweep_failed(workdir, proc, "invalid partition specified: nope")
+
+
+def test_a_slurm_sweep_whose_controller_cannot_be_reached_ends_failed(workdir, tmp_path_factory):
+    """A real sbatch against a controller that does not answer: the cluster's own configuration with
+    the controller's port moved to one where nothing listens."""
+    require(slurm_is_up(), "no SLURM cluster with an idle node: run `scripts/slurm-cluster start` as root")
+    conf = tmp_path_factory.mktemp("slurm") / "slurm.conf"
+    lines = Path("/etc/slurm/slurm.conf").read_text().splitlines()
+    conf.write_text("\n".join([line for line in lines if not line.startswith("SlurmctldPort")] + ["SlurmctldPort=9"]))
+    proc = moonprop("-m", "seed=0,1", "data.num_batches=2", "hydra/launcher=slurm", cwd=workdir, check=False,
+                    timeout=300, env={"SLURM_CONF": str(conf)})
+    assert_sweep_failed(workdir, proc, "Unable to contact slurm controller")
+
+
+BROKEN_SWEEPER = '''
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+
+class BrokenSweeper(BasicSweeper):
+    """Runs its first batch of jobs, then fails as a sweeper with a bug would."""
+
+    def get_job_batch(self):
+        if self.batch_index == 1:
+            raise RuntimeError("the sweeper broke after its first batch")
+        return super().get_job_batch()
+'''
+
+
+def test_a_sweepers_error_ends_the_sweep_failed_with_what_ran_summarised(workdir, tmp_path_factory):
+    plugins = tmp_path_factory.mktemp("plugins")  # Hydra takes sweepers from the hydra_plugins package
+    (plugins / "hydra_plugins").mkdir()
+    (plugins / "hydra_plugins" / "moonprop_broken_sweeper.py").write_text(BROKEN_SWEEPER)
+    proc = moonprop("-m", "seed=0,1,2", "data.num_batches=2", "hydra.sweeper.max_batch_size=1",
+                    "hydra.sweeper._target_=hydra_plugins.moonprop_broken_sweeper.BrokenSweeper", cwd=workdir,
+                    check=False, env={"PYTHONPATH": str(plugins)})
+    assert_sweep_failed(workdir, proc, "RuntimeError: the sweeper broke after its first batch")
+    client = default_store(workdir)
+    runs = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags] == ["FINISHED"]  # the first batch
+    assert "summary.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_a_joblib_worker_killed_outside_training_ends_the_sweep_failed(workdir):
+    """A worker killed outright (the OOM killer, say): its run ends FAILED through its recorder, the
+    sweep FAILED with joblib's reason, and the other worker's run does not stay RUNNING."""
+    proc = start("-m", "data.num_batches=100000", "plot.every_n_epochs=50", "seed=0,1", "hydra/launcher=joblib",
+                 "hydra.launcher.n_jobs=2", cwd=workdir)
+    try:
+        wait_for_step(workdir, 3, proc)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "LokyProcess"], capture_output=True,
+                                 text=True).stdout.split()
+        assert workers, "no joblib worker found"
+        os.kill(int(workers[0]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert_sweep_failed(workdir, subprocess.CompletedProcess(proc.args, proc.returncode, "", err),
+                        "TerminatedWorkerError")

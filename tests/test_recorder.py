@@ -23,7 +23,7 @@ def recorder() -> Iterator[Recorder]:
     rec.close()
 
 
-def test_a_sweeps_parent_run_is_opened_and_killed_in_the_recorder(tmp_path: Path, recorder: Recorder):
+def test_a_sweeps_parent_run_is_opened_and_ended_in_the_recorder(tmp_path: Path, recorder: Recorder):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ticket = recorder.ask("open_parent", uri=uri, experiment="e", sweep_id="s1", overrides="seed=1,2")
     parent = recorder.answer(ticket)
@@ -32,16 +32,17 @@ def test_a_sweeps_parent_run_is_opened_and_killed_in_the_recorder(tmp_path: Path
 
     client = MlflowClient(uri)
     orphan = client.create_run(run.info.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
-    recorder.call("kill_parent", uri=uri, parent=parent, reason="stopped by SIGTERM", orphans=True)
+    recorder.call("end_parent", uri=uri, parent=parent, status="KILLED", reason="stopped by SIGTERM", orphans=True)
     assert client.get_run(parent).info.status == "KILLED"
+    assert client.get_run(parent).data.tags["error"] == "stopped by SIGTERM"
     assert client.get_run(orphan).info.status == "KILLED"
-    assert client.get_run(orphan).data.tags["error"] == "stopped by SIGTERM"
+    assert client.get_run(orphan).data.tags["error"] == "the sweep ended KILLED while this job ran: stopped by SIGTERM"
 
 
 def test_a_failed_call_raises_its_error_and_the_recorder_goes_on(tmp_path: Path, recorder: Recorder):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(RecorderError, match=r"^MLflow: MlflowException: Run .*no-such-run.* not found"):
-        recorder.call("kill_parent", uri=uri, parent="no-such-run", reason="", orphans=False)
+        recorder.call("end_parent", uri=uri, parent="no-such-run", status="FAILED", reason="", orphans=False)
     assert recorder.call("open_parent", uri=uri, experiment="e", sweep_id="s2", overrides="")
 
 

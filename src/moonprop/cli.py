@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import hydra
@@ -24,13 +25,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from moonprop import sweep
-from moonprop.config import ConfigError, redact, validate
+from moonprop.config import ConfigError, first_line, redact, validate
 from moonprop.recorder import close_shared, shared
 
 EXIT_BAD_INPUT = 2
+CONFIG_PATH, CONFIG_NAME = "conf", "config"  # the packaged configs; preflight composes with them too
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def app(cfg: DictConfig) -> float:
     config = validate(cfg)  # again: a Python caller or a search sampler may get here directly
     recorder = shared()  # started first: it imports MLflow on the other core while we import Lightning
@@ -39,10 +41,12 @@ def app(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
     config.trainer.threads = min(config.trainer.threads, threads_per_job(hc))
+    if config.resume:  # a path on the command line means one in the folder moonprop was started in
+        config.resume = str(Path(hc.runtime.cwd, config.resume))
     start = time.perf_counter()
     tags = {"hydra.job.name": hc.job.name, "hydra.output_dir": str(run_dir)}
     if hc.mode != RunMode.MULTIRUN:
-        acc = train(config, recorder, run_dir, overrides, tags)
+        acc = train(config, recorder, run_dir, overrides, tags, launch_dir=hc.runtime.cwd)
         print(f"moonprop: run {recorder.run_name} FINISHED: test acc {acc:.3f} in "
               f"{time.perf_counter() - start:.1f} s (run id {recorder.run_id}, folder {run_dir})", file=sys.stderr)
         return acc
@@ -51,7 +55,8 @@ def app(cfg: DictConfig) -> float:
         # Only the in-process launcher runs the next job in this process, and drains the recorder
         # before the summary: a joblib worker or a SLURM job may be ended as soon as it returns.
         acc = train(config, recorder, run_dir, overrides, tags | sweep.job_tags(), sweep.parent_run_id(hc.sweep.dir),
-                    close_in_background=sweep.launcher_name(hc.launcher) == "BasicLauncher")
+                    close_in_background=sweep.launcher_name(hc.launcher) == "BasicLauncher",
+                    launch_dir=hc.runtime.cwd)
     except Exception as e:  # recorded FAILED in MLflow; the other jobs go on, the summary counts it
         print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {type(e).__name__}: {e}",
               file=sys.stderr)
@@ -79,6 +84,11 @@ def main() -> None:
     # Outside a run's training (between a sweep's jobs, say) SIGTERM ends the process through the
     # handlers below, like Ctrl-C, instead of killing it with an open sweep left RUNNING.
     signal.signal(signal.SIGTERM, _terminated)
+    # Hydra prints an error that escapes the app as a traceback and exits 1, with nothing to end
+    # the sweep it stopped. With HYDRA_FULL_ERROR it hands the error on, to be handled below; the
+    # traceback is printed only if the user asked for it.
+    show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
         if sweep.failed_jobs:
@@ -91,13 +101,21 @@ def main() -> None:
         sweep.end_interrupted(signal.SIGINT)
         exit_now(128 + signal.SIGINT)
     except BaseException as e:
-        from moonprop.callbacks import Interrupted
-
-        if not isinstance(e, Interrupted):
+        callbacks = sys.modules.get("moonprop.callbacks")  # not imported: not an Interrupted, and no torch
+        if callbacks is not None and isinstance(e, callbacks.Interrupted):
+            sweep.end_interrupted(e.signum)
+            print(f"moonprop: {e}", file=sys.stderr)
+            exit_now(128 + e.signum)
+        if not isinstance(e, Exception):
             raise
-        sweep.end_interrupted(e.signum)
-        print(f"moonprop: {e}", file=sys.stderr)
-        exit_now(128 + e.signum)
+        # Outside any run's training: a launcher that could not submit, a sweeper's error, a job
+        # that died outside `train`. A sweep under way ends FAILED with the reason.
+        reason = f"{type(e).__name__}: {first_line(e)}"
+        if show_traceback:
+            traceback.print_exc()
+        ended = sweep.end_failed(reason)
+        print(f"moonprop: {ended + ' FAILED: ' if ended else ''}{reason}", file=sys.stderr)
+        exit_now(EXIT_BAD_INPUT if isinstance(e, ConfigError) else 1)
     exit_now(0)
 
 

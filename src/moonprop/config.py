@@ -8,6 +8,7 @@ the composed config into these dataclasses. This module imports neither torch no
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -118,10 +119,17 @@ class Config:
     resume: str | None = option(None, "checkpoints/last.ckpt of an interrupted run: continue that MLflow run")
 
 
-def resolve_uri(uri: str | None) -> str:
-    """The tracking URI; None is the embedded SQLite store under outputs/ (MLflow 3 refuses the
-    plain folder store)."""
-    return uri or f"sqlite:///{Path('outputs', 'mlflow.db').resolve()}"
+def resolve_uri(uri: str | None, cwd: str | Path | None = None) -> str:
+    """The tracking URI, a SQLite path made absolute against `cwd`, the folder moonprop was started
+    in (by default this one): with `hydra.job.chdir=true` a job runs inside its run folder, and its
+    store must still be the one the user asked for. None is the embedded SQLite store under
+    outputs/ (MLflow 3 refuses the plain folder store)."""
+    base = Path(cwd or Path.cwd())
+    if uri is None:
+        return f"sqlite:///{(base / 'outputs' / 'mlflow.db').resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # MLflow: 3 slashes, relative
+        return f"sqlite:///{(base / uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def redact(uri: str) -> str:
@@ -179,7 +187,7 @@ def validate(cfg: DictConfig) -> Config:
     """Check what the types cannot and return the config as dataclasses; raise ConfigError."""
     schedule_name = OmegaConf.select(cfg, "schedule.name")
     _check(schedule_name in SCHEDULES, "schedule", schedule_name, f"one of {', '.join(SCHEDULES)}")
-    schema = OmegaConf.structured(Config(schedule=SCHEDULES[schedule_name]()))
+    schema = _schema(schedule_name)
     _check_known_keys(cfg, schema)  # `+key=value` gets past Hydra's struct flag, not past this
     try:
         typed = OmegaConf.merge(schema, cfg)
@@ -214,6 +222,11 @@ def validate(cfg: DictConfig) -> Config:
     return c
 
 
+@functools.cache  # building it costs more than the rest of a validation; merge does not change it
+def _schema(schedule: str) -> DictConfig:
+    return OmegaConf.structured(Config(schedule=SCHEDULES[schedule]()))
+
+
 def _check_known_keys(cfg: DictConfig, schema: DictConfig, prefix: str = "") -> None:
     for key in cfg:
         if key not in schema:
@@ -230,8 +243,7 @@ def first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-# The schemas that conf/*.yaml extend (`defaults: [<name>_schema]`), registered on import.
-_cs = ConfigStore.instance()
-_cs.store(name="config_schema", node=Config)
-for _name, _node in SCHEDULES.items():
-    _cs.store(group="schedule", name=f"{_name}_schema", node=_node)
+# The schema that conf/config.yaml extends (`defaults: [config_schema]`). The schedules are not
+# registered: a ConfigStore entry in the `schedule` group would be offered as a schedule (in --help,
+# completion, `schedule=`); `validate` types a schedule by its `name` instead.
+ConfigStore.instance().store(name="config_schema", node=Config)

@@ -1,25 +1,46 @@
 """Checks made before Hydra starts: every job's config, the output folders, the tracking store.
 
 Hydra creates a run folder before it calls the task, and a sweep creates jobs before any of them
-validates, so bad input would leave folders, runs or half a sweep behind. Here each value of a
-sweep is composed and validated once (the base job, then one swept value at a time: the sum of the
-values, not their product), and the errors of Hydra's own composition become one line.
+validates, so bad input would leave folders, runs or half a sweep behind. So the command line is
+first taken through Hydra's own machinery, as `@hydra.main` will take it: the same argument
+parser, the same search path (the packaged conf, `--config-dir`, `--config-path`, `--config-name`,
+`hydra.searchpath`), the same composition, and for a sweep the jobs as the configured sweeper
+generates them (command line and `hydra.sweeper.params` alike). Every job is validated; Hydra's own
+errors become one line.
+
+Checking hundreds of jobs stays cheap: a job's config groups and Hydra keys are composed once per
+distinct combination (~50 ms each), and each plain value is applied to that composed config and
+validated once (~10 ms), however many jobs share it. moonprop's checks are per key, so a job is
+valid when each of its values is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import re
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra._internal.utils import get_args_parser
+from hydra._internal.callbacks import Callbacks
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import (
+    create_automatic_config_search_path,
+    detect_calling_file_or_module_from_task_function,
+    detect_task_name,
+    get_args_parser,
+)
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.core.plugins import Plugins
+from hydra.errors import MissingConfigException, OverrideParseException
+from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
@@ -34,23 +55,207 @@ from moonprop.config import (
     validate,
 )
 
-CONF_DIR = Path(__file__).parent / "conf"
 SERVER_TIMEOUT_S = 5
 
 
+# ---- the command line, as Hydra reads it ---------------------------------------------------------
+
 def parse(overrides: list[str]) -> list[Override]:
-    """Hydra's parse of the command line, its syntax errors as one line."""
+    """Hydra's parse of overrides, its syntax errors as one line that says how to write it."""
     parser = OverridesParser.create()
     for override in overrides:
         try:
             parser.parse_overrides([override])
         except OverrideParseException as e:
-            reason = str(e).splitlines()[0]
-            if not override.isascii():
-                reason = "quote text that is not ASCII, as in key='läuft' (in the shell: \"key='läuft'\")"
-            key, _, value = override.partition("=")
-            raise ConfigError(key, value, reason) from None
+            raise syntax_error(override, e) from None
     return parser.parse_overrides(overrides)
+
+
+def syntax_error(override: str, e: Exception) -> ConfigError:
+    key, _, value = override.partition("=")
+    reason = str(e).splitlines()[0]
+    if not override.isascii():
+        reason = "quote text that is not ASCII, as in key='läuft' (in the shell: \"key='läuft'\")"
+    elif value.count("[") != value.count("]") or value.endswith(","):
+        # `model.hidden=[32, 32]` unquoted reaches us as `model.hidden=[32,` and `32]`
+        reason = f"write a list without spaces, {key}=[32,32], or quote it: '{key}=[32, 32]'"
+    return ConfigError(key, value, reason)
+
+
+def only_prints(args: Any) -> bool:
+    """--help, --cfg, --info and completion print and create nothing: Hydra answers them."""
+    return bool(args.help or args.hydra_help or args.cfg or args.info or args.shell_completion)
+
+
+@contextlib.contextmanager
+def app_hydra(args: Any) -> Iterator[tuple[Hydra, str | None]]:
+    """The Hydra instance `@hydra.main` builds for the app (hydra._internal.utils._run_hydra):
+    the app's config path, or `--config-path`, then `--config-dir` before the schemas."""
+    from hydra.core.config_search_path import SearchPathQuery
+
+    from moonprop.cli import CONFIG_NAME, CONFIG_PATH, app
+
+    calling_file, calling_module = detect_calling_file_or_module_from_task_function(app)
+    search_path = create_automatic_config_search_path(calling_file, calling_module,
+                                                      args.config_path or CONFIG_PATH)
+    if args.config_dir is not None:
+        config_dir = os.path.abspath(args.config_dir)
+        if not os.path.isdir(config_dir):
+            raise ConfigError("--config-dir", args.config_dir, "an existing folder of configs")
+        search_path.prepend(provider="command-line", path=f"file://{config_dir}",
+                            anchor=SearchPathQuery(provider="schema"))
+    try:
+        yield Hydra.create_main_hydra2(detect_task_name(calling_file, calling_module), search_path), \
+            args.config_name or CONFIG_NAME
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def compose(hydra: Hydra, config_name: str | None, overrides: list[str], mode: RunMode) -> DictConfig:
+    """Hydra's composition of the primary config, its errors as one line."""
+    with hydra_errors(hydra, config_name, overrides):
+        return hydra.compose_config(config_name, overrides, run_mode=mode, with_log_configuration=False)
+
+
+def compose_job(hydra: Hydra, master: DictConfig, overrides: list[str]) -> DictConfig:
+    """A sweep job's config, as Hydra's launchers compose it from the sweep's config."""
+    with hydra_errors(hydra, master.hydra.job.config_name, overrides):
+        return hydra.config_loader.load_sweep_config(master, overrides)
+
+
+@contextlib.contextmanager
+def hydra_errors(hydra: Hydra, config_name: str | None, overrides: list[str]) -> Iterator[None]:
+    """Turn Hydra's and OmegaConf's multi-line composition errors into one ConfigError line."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except OverrideParseException as e:
+        override = next((o for o in overrides if _unparsable(o)), " ".join(overrides))
+        raise syntax_error(override, e) from None
+    except MissingConfigException as e:
+        group, _, name = (e.missing_cfg_file or "").rpartition("/")
+        if e.options:
+            raise ConfigError(group, name, f"one of {', '.join(e.options)}") from None
+        if not group:
+            raise ConfigError("--config-name", name, f"{first_line(e)} (see --config-dir)") from None
+        raise ConfigError(group or "config", name, first_line(e)) from None
+    except Exception as e:  # HydraException, OmegaConf's errors, and a few asserts and TypeErrors
+        cause = e.__cause__ or e
+        key = getattr(cause, "full_key", None) or getattr(e, "full_key", None)
+        if key and (value := _override_of(key, overrides)) is not None:
+            raise key_error(hydra, config_name, overrides, key, value, cause) from None
+        if key and hasattr(cause, "value"):  # an element of a list: model.hidden[0]
+            raise ConfigError(key, cause.value, first_line(cause)) from None
+        raise hydra_message(e, overrides) from None
+
+
+def _unparsable(override: str) -> bool:
+    try:
+        OverridesParser.create().parse_overrides([override])
+        return False
+    except OverrideParseException:
+        return True
+
+
+def _override_of(key: str, overrides: list[str]) -> str | None:
+    """The value the command line gave `key`, if it gave one."""
+    for o in overrides:
+        name, eq, value = o.lstrip("+~").partition("=")
+        if eq and name == key:
+            return value
+    return None
+
+
+def hydra_message(e: BaseException, overrides: list[str]) -> ConfigError:
+    """One line for one of Hydra's own errors, naming the override it is about where it can."""
+    text = str(e).strip()
+    quoted = re.search(r"'([^']+=[^']*)'", text)  # Hydra quotes the override line it refuses
+    line = quoted.group(1) if quoted else next((o for o in overrides if o in text), None)
+    if named := re.match(r"Multiple values for (\S+)\.", text):  # +group=x where the config has group
+        line = next((o for o in overrides if o.lstrip("+").startswith(named.group(1) + "=")), line)
+    if not line or "=" not in line:
+        return ConfigError("overrides", " ".join(overrides), first_line(e))
+    key, value = line.split("=", 1)
+    if "Ambiguous value" in text:
+        return ConfigError(key, value, f"a sweep needs -m (moonprop -m {line}); a list is written {key}=[{value}]")
+    if "Sweeping over Hydra's configuration" in text:
+        return ConfigError(key, value, f"Hydra's settings take one value (to sweep, give the app's key: "
+                                       f"{key.rpartition('.')[2]}={value})")
+    if "An item is already at" in text or "Multiple values for" in text:
+        return ConfigError(key, value, f"{key.lstrip('+')} is already in the config: set it without '+', "
+                                       f"{line.lstrip('+')}")
+    return ConfigError(key, value, first_line(e))
+
+
+def key_error(hydra: Hydra, config_name: str | None, overrides: list[str], key: str, value: object,
+              cause: BaseException) -> ConfigError:
+    """One line for an override that OmegaConf refused; an unknown key lists the keys beside it,
+    or names the choice of its config group that has it (`schedule.gamma` is step's)."""
+    if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        return ConfigError(key, value, first_line(cause))
+    parent_key, _, name = key.rpartition(".")
+    if parent_key == "hydra.sweeper.params":
+        return ConfigError(key, value, f"a new entry of the sweeper's params: add it with +{key}={value}")
+    known = [o for o in overrides if _override_of(key, [o]) is None]
+    with contextlib.suppress(Exception):
+        job = hydra.compose_config(config_name, known, run_mode=RunMode.RUN, with_log_configuration=False)
+        parent = OmegaConf.select(job, parent_key) if parent_key else without_hydra(job)
+        group = parent_key.replace(".", "/")
+        choice = OmegaConf.select(job, f"hydra.runtime.choices.{group}") if parent_key else None
+        if choice is not None:
+            having = [option for option in hydra.config_loader.get_group_options(group, config_name=config_name)
+                      if option != choice and _has_key(hydra, config_name, known, group, option, key)]
+            if having:
+                return ConfigError(key, value, f"a key of {group}={' or '.join(having)}, not of {group}={choice} "
+                                               f"(choose it with {group}={having[0]})")
+        if isinstance(parent, DictConfig):
+            return ConfigError(key, value, unknown_key_message(parent))
+    return ConfigError(key, value, first_line(cause))
+
+
+def _has_key(hydra: Hydra, config_name: str | None, overrides: list[str], group: str, option: str,
+             key: str) -> bool:
+    try:
+        job = hydra.compose_config(config_name, [*overrides, f"{group}={option}"], run_mode=RunMode.RUN,
+                                   with_log_configuration=False)
+    except Exception:
+        return False
+    parent_key, _, name = key.rpartition(".")
+    parent = OmegaConf.select(job, parent_key)
+    return isinstance(parent, DictConfig) and name in parent
+
+
+def without_hydra(job: DictConfig) -> DictConfig:
+    """The task's part of a composed config, as Hydra hands it to the app."""
+    return OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
+
+
+# ---- a sweep's jobs -------------------------------------------------------------------------------
+
+def sweep_jobs(hydra: Hydra, master: DictConfig) -> list[list[str]]:
+    """The override lists of a sweep's jobs, as its configured sweeper will generate them.
+
+    Hydra's basic sweeper: every job of the product of the command line and its `params`. A
+    sweeper that searches (moonprop's `search`, or any with a `jobs_to_check(arguments)`) cannot
+    know its jobs before their results, so it names the jobs that bound its space: each choice and
+    both ends of each interval. Another sweeper gets each value of its sweeps, one at a time.
+    """
+    with hydra_errors(hydra, master.hydra.job.config_name, []):
+        # as Hydra does it, with no callbacks (a sweeper's setup creates nothing: Hydra's creates
+        # its launcher; moonprop's search opens its study only when it starts)
+        context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks())
+        sweeper = Plugins.instance().instantiate_sweeper(config=master, hydra_context=context,
+                                                         task_function=lambda cfg: None)
+    arguments = list(master.hydra.overrides.task)
+    if hasattr(sweeper, "jobs_to_check"):
+        return sweeper.jobs_to_check(arguments)
+    space = [f"{k}={v}" for k, v in (master.hydra.sweeper.get("params") or {}).items()] + arguments
+    parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(space)
+    if type(sweeper).__name__ == "BasicSweeper":  # Hydra's plugin discovery loads its own copy of the class
+        with hydra_errors(hydra, master.hydra.job.config_name, space):
+            return [job for batch in sweeper.split_arguments(parsed, None) for job in batch]
+    return one_value_at_a_time(parsed)
 
 
 def override_values(o: Override) -> list[str]:
@@ -61,58 +266,73 @@ def override_values(o: Override) -> list[str]:
     return list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
 
 
-def job_overrides(overrides: list[str]) -> list[list[str]]:
-    """The override lists to check: the first value of every swept key, then each other value."""
-    parsed = parse(overrides)
+def one_value_at_a_time(parsed: list[Override]) -> list[list[str]]:
+    """The first value of every key, then each other value with the others' first: enough to
+    check every value of a search space whose jobs are not known in advance."""
+    def line(o: Override, value: str) -> str:
+        return o.get_key_element() if o.is_delete() else f"{o.get_key_element()}={value}"
+
     choices = [override_values(o) for o in parsed]
-    keys = [o.get_key_element() for o in parsed]
-    deletes = {i for i, o in enumerate(parsed) if o.is_delete()}
-
-    def line(i: int, value: str) -> str:
-        return keys[i] if i in deletes else f"{keys[i]}={value}"
-
-    base = [line(i, c[0]) for i, c in enumerate(choices)]
+    base = [line(o, c[0]) for o, c in zip(parsed, choices, strict=True)]
     jobs = [base]
-    for i, values in enumerate(choices):
-        for value in values[1:]:
-            jobs.append(base[:i] + [line(i, value)] + base[i + 1:])
+    for i, (o, values) in enumerate(zip(parsed, choices, strict=True)):
+        jobs += [base[:i] + [line(o, value)] + base[i + 1:] for value in values[1:]]
     return jobs
 
 
-def compose_job(overrides: list[str], config_name: str = "config") -> DictConfig:
-    """Compose like Hydra does, turning its multi-line composition errors into one line."""
+def plain(master: DictConfig, override: Override) -> bool:
+    """An override that sets one value of the task's config (`seed=3`, `model.hidden=[8]`), which
+    can be applied to a composed config instead of composing again. Config groups
+    (`schedule=cosine`, `+experiment=x`), Hydra's keys, packages and deletions need composing."""
+    key = override.key_or_group
+    if override.is_delete() or override.package is not None or "/" in key or key.startswith("hydra"):
+        return False
+    node = OmegaConf.select(master, key, default=None)
+    if isinstance(node, DictConfig) or key in OmegaConf.select(master, "hydra.runtime.choices", default={}):
+        return False
+    return "." in key or key in master  # a top-level name that is not a key may be a group
+
+
+def vary(task: DictConfig, override: Override, hydra: Hydra, config_name: str | None,
+         overrides: list[str]) -> DictConfig:
+    """A job's task config with one plain value changed, as composition would change it."""
+    task = copy.deepcopy(task)
+    key = override.key_or_group
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name, overrides=overrides, return_hydra_config=True)
-    except MissingConfigException as e:
-        group, _, name = (e.missing_cfg_file or "").rpartition("/")
-        if e.options:
-            options = [o for o in e.options if not o.endswith("_schema")]
-            raise ConfigError(group, name, f"one of {', '.join(options)}") from None
-        raise ConfigError("config", e.missing_cfg_file, str(e).splitlines()[0]) from None
-    except HydraException as e:
-        cause = e.__cause__ or e
-        key = getattr(cause, "full_key", None) or getattr(e, "full_key", None)
-        value = next((o.split("=", 1)[1] for o in overrides
-                      if key and o.lstrip("+~").split("=", 1)[0] == key and "=" in o), None)
-        if key:
-            raise key_error(compose_job([], config_name), key, value, cause) from None
-        raise ConfigError("overrides", " ".join(overrides), first_line(cause)) from None
+        OmegaConf.update(task, key, override.value(), force_add=override.is_add() or override.is_force_add())
+    except Exception as e:  # a wrong type or an unknown key, as composition would have said
+        raise key_error(hydra, config_name, overrides, key, override.get_value_element_as_str(), e) from None
+    return task
 
 
-def key_error(job: DictConfig, key: str, value: object, cause: BaseException) -> ConfigError:
-    """One line for an override that OmegaConf refused: an unknown key lists the keys beside it."""
-    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-        parent = without_hydra(job) if "." not in key else OmegaConf.select(job, key.rpartition(".")[0])
-        if isinstance(parent, DictConfig):
-            return ConfigError(key, value, unknown_key_message(parent))
-    return ConfigError(key, value, first_line(cause))
+def checked_jobs(hydra: Hydra, master: DictConfig, jobs: list[list[str]]) -> list[Config]:
+    """Compose and validate every job; each distinct composition and each value once."""
+    parser = OverridesParser.create(config_loader=hydra.config_loader)
+    composed: dict[tuple[str, ...], DictConfig] = {}  # the task's part of each composition
+    checked: dict[tuple[tuple[str, ...], str], Config] = {}
+    for job in jobs:
+        overrides = parser.parse_overrides(job)
+        refuse_schedule_name(overrides)
+        structure = tuple(o.input_line for o in overrides if not plain(master, o))
+        if structure not in composed:
+            composed[structure] = without_hydra(compose_job(hydra, master, list(structure)))
+            checked[(structure, "")] = validate(composed[structure])
+        for o in overrides:
+            if plain(master, o) and (structure, o.input_line) not in checked:
+                varied = vary(composed[structure], o, hydra, master.hydra.job.config_name, [*structure, o.input_line])
+                checked[(structure, o.input_line)] = validate(varied)
+    return list(checked.values())
 
 
-def without_hydra(job: DictConfig) -> DictConfig:
-    """The task's part of a composed config, as Hydra hands it to the app."""
-    return OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
+def refuse_schedule_name(overrides: list[Override]) -> None:
+    for o in overrides:
+        if o.key_or_group == "schedule.name" and not o.is_delete():
+            value = o.get_value_element_as_str()
+            raise ConfigError("schedule.name", value, f"the schedule is a config group: choose it with "
+                                                      f"schedule={value}")
 
+
+# ---- what the schema cannot know -----------------------------------------------------------------
 
 def writable(path: Path) -> bool:
     """Whether `path` (a folder, existing or not) could be created and written, creating nothing.
@@ -182,46 +402,42 @@ def check_environment(job: DictConfig, config: Config, multirun: bool) -> None:
 def check_search(job: DictConfig) -> None:
     """The app returns test accuracy: a search that minimises it would find the worst model."""
     sweeper = OmegaConf.select(job, "hydra.sweeper")
-    if "Optuna" in str(sweeper.get("_target_", "")) and str(sweeper.get("direction")).lower() != "maximize":
-        raise ConfigError("hydra.sweeper.direction", sweeper.get("direction"),
+    direction = str(sweeper.get("direction", "")).rpartition(".")[2].lower()  # Direction.minimize -> minimize
+    if "Optuna" in str(sweeper.get("_target_", "")) and direction != "maximize":
+        raise ConfigError("hydra.sweeper.direction", direction,
                           "maximize: moonprop returns the test accuracy (or use hydra/sweeper=search)")
+
+
+def composed(argv: list[str]) -> DictConfig:
+    """The config (Hydra's part included) that Hydra composes for a single run of this command line."""
+    args = get_args_parser().parse_args(argv)
+    with app_hydra(args) as (hydra, config_name):
+        return compose(hydra, config_name, args.overrides, RunMode.RUN)
 
 
 def check(argv: list[str]) -> list[Config]:
     """Validate every job the command line describes; raise ConfigError. Returns their configs."""
-    args, _ = get_args_parser().parse_known_args(argv)
-    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
+    args = get_args_parser().parse_args(argv)
+    commands = ["--multirun"] * args.multirun + ["--cfg"] * bool(args.cfg) + ["--info"] * bool(args.info) \
+        + ["--shell-completion"] * args.shell_completion + ["--run"] * args.run
+    if len(commands) > 1:
+        raise ConfigError("command", " ".join(commands), "one of --run, --multirun, --cfg, --info and "
+                                                        "--shell-completion at a time")
+    if only_prints(args):
         return []  # Hydra only prints: nothing is created
-    config_name = args.config_name or "config"
-    base, *variants = job_overrides(args.overrides)
-    base_job = compose_job(base, config_name)
-    jobs = [(base_job, validate(without_hydra(base_job)))]
-    for overrides in variants:
-        changed = next(line for line, base_line in zip(overrides, base, strict=True) if line != base_line)
-        job = vary(base_job, changed) or compose_job(overrides, config_name)
-        jobs.append((job, validate(without_hydra(job))))
-    if args.multirun:
-        check_search(base_job)
-    checked = set()
-    for job, config in jobs:
-        if (key := (config.tracking.uri, config.trainer.accelerator)) not in checked:
-            checked.add(key)
-            check_environment(job, config, args.multirun)
-    return [config for _, config in jobs]
+    with app_hydra(args) as (hydra, config_name):
+        multirun = args.multirun or hydra.get_mode(config_name, args.overrides) == RunMode.MULTIRUN
+        master = compose(hydra, config_name, args.overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)
+        if multirun:
+            configs = checked_jobs(hydra, master, sweep_jobs(hydra, master))
+            check_search(master)
+        else:
+            refuse_schedule_name(parse(args.overrides))
+            configs = [validate(without_hydra(master))]
+    environments = set()
+    for config in configs:
+        if (key := (config.tracking.uri, config.trainer.accelerator, config.resume)) not in environments:
+            environments.add(key)
+            check_environment(master, config, multirun)
+    return configs
 
-
-def vary(base_job: DictConfig, line: str) -> DictConfig | None:
-    """The base job with one plain value changed, without composing again (~50 ms a time, which
-    `seed='range(0,300)'` would pay 300 times); None where composition is needed: a config group
-    (`schedule=cosine`), one of Hydra's keys or a deletion."""
-    override = OverridesParser.create().parse_override(line)
-    key = override.key_or_group
-    if (override.is_delete() or "/" in key or key.startswith("hydra") or override.package is not None
-            or isinstance(OmegaConf.select(base_job, key, default=None), DictConfig)):
-        return None
-    job = copy.deepcopy(base_job)
-    try:
-        OmegaConf.update(job, key, override.value(), force_add=override.is_add() or override.is_force_add())
-    except Exception as e:  # a wrong type or an unknown key, as composition would have said
-        raise key_error(base_job, key, override.get_value_element_as_str(), e) from None
-    return job

@@ -6,6 +6,7 @@ that launches the sweep never imports MLflow, and opening the store overlaps wit
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import tempfile
@@ -40,17 +41,26 @@ def close_parent(uri: str, parent: str, sweep_dir: str) -> tuple[str, int]:
     return text, failed
 
 
-def kill_parent(uri: str, parent: str, reason: str, orphans: bool) -> None:
-    """A sweep stopped by Ctrl-C or SIGTERM: its parent run ends KILLED, not RUNNING forever. With
-    `orphans`, so do its jobs' runs still RUNNING: joblib ends its workers with their recorders."""
+def end_parent(uri: str, parent: str, status: str, reason: str, orphans: bool, sweep_dir: str | None = None) -> str:
+    """A sweep stopped before its end (Ctrl-C, SIGTERM, an error outside any job's training): its
+    parent run ends `status` with the reason as its `error` tag, not RUNNING forever. With
+    `orphans`, so do its jobs' runs still RUNNING: joblib ends its workers with their recorders.
+    With `sweep_dir`, the jobs that did run are summarised first; the text to show."""
     client = MlflowClient(uri)
     if orphans:
         experiment = client.get_run(parent).info.experiment_id
         running = f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
         for run in client.search_runs([experiment], running):
-            client.set_tag(run.info.run_id, "error", reason)
-            client.set_terminated(run.info.run_id, "KILLED")
-    client.set_terminated(parent, "KILLED")
+            client.set_tag(run.info.run_id, "error", f"the sweep ended {status} while this job ran: {reason}")
+            client.set_terminated(run.info.run_id, status)
+    client.set_tag(parent, "error", reason[:5000])
+    text = ""
+    if sweep_dir is not None:
+        with contextlib.suppress(Exception):  # the store may be what failed: the end matters more
+            if _rows(client, parent):  # a sweep that ran no job has nothing to summarise
+                _, text = summarise(client, parent, Path(sweep_dir))
+    client.set_terminated(parent, status)
+    return text
 
 
 def _rows(client: MlflowClient, parent: str) -> list[dict[str, Any]]:

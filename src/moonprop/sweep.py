@@ -31,6 +31,7 @@ class _Sweep(NamedTuple):
 
     uri: str
     parent: str  # the parent run's id
+    folder: Path  # hydra.sweep.dir
     launcher: str  # its class name: BasicLauncher, JoblibLauncher, SlurmLauncher, ...
     slurm_jobs: Path | None  # submitit's folder of a SLURM sweep's jobs, named by job id
 
@@ -48,13 +49,33 @@ def end_interrupted(signum: int) -> None:
     """A sweep stopped by Ctrl-C or SIGTERM: its parent run ends KILLED, not RUNNING forever, and
     so do the runs of jobs that ended with it (joblib's workers, killed with their recorders);
     a SLURM sweep's jobs are cancelled and end their runs KILLED themselves."""
-    if _under_way is None:
-        return
-    if _under_way.slurm_jobs is not None:
-        cancel_slurm_jobs(_under_way.slurm_jobs)
-    reason = f"the sweep was stopped by {signal.Signals(signum).name} while this job ran"
-    shared().call("kill_parent", uri=_under_way.uri, parent=_under_way.parent, reason=reason,
-                  orphans=_under_way.launcher == "JoblibLauncher")
+    _end("KILLED", f"stopped by {signal.Signals(signum).name}")
+
+
+def end_failed(reason: str) -> str | None:
+    """A sweep stopped by an error outside its jobs' training (a launcher that could not submit, a
+    sweeper's error, a job that died outside `train`): the parent run ends FAILED with the reason,
+    after a summary of the jobs that ran. The sweep's name, or None if no sweep was under way."""
+    under_way = _under_way
+    if under_way is None:
+        return None
+    drain_shared()  # in-process jobs: their last runs may still be closing
+    text = _end("FAILED", reason, summarise=True)
+    if text:
+        print(text, file=sys.stderr)
+    return f"sweep {under_way.folder.name}"
+
+
+def _end(status: str, reason: str, summarise: bool = False) -> str:
+    global _under_way
+    if (under_way := _under_way) is None:
+        return ""
+    _under_way = None
+    if under_way.slurm_jobs is not None:
+        cancel_slurm_jobs(under_way.slurm_jobs)
+    return shared().call("end_parent", uri=under_way.uri, parent=under_way.parent, status=status, reason=reason,
+                         orphans=under_way.launcher == "JoblibLauncher",
+                         sweep_dir=str(under_way.folder) if summarise else None)
 
 
 def cancel_slurm_jobs(folder: Path) -> None:
@@ -84,7 +105,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _under_way
         launcher = launcher_name(config.hydra.launcher)
-        uri = resolve_uri(config.tracking.uri)
+        uri = resolve_uri(config.tracking.uri, config.hydra.runtime.cwd)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         recorder = shared()  # in-process jobs use it next; other launchers, for the summary
@@ -98,7 +119,7 @@ class SweepCallback(Callback):
         parent = recorder.answer(ticket)
         (sweep_dir / PARENT_FILE).write_text(parent)
         slurm_jobs = Path(str(config.hydra.launcher.submitit_folder)).parent if launcher == "SlurmLauncher" else None
-        _under_way = _Sweep(uri, parent, launcher, slurm_jobs)  # submitit_folder: .../%j
+        _under_way = _Sweep(uri, parent, sweep_dir, launcher, slurm_jobs)  # submitit_folder: .../%j
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global failed_jobs, _under_way

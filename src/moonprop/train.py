@@ -35,12 +35,13 @@ def checkpoint_state(path: str) -> dict[str, Any]:
 
 def train(cfg: Config, recorder: Recorder, run_dir: Path, overrides: list[str] | None = None,
           tags: dict[str, str] | None = None, parent_run_id: str | None = None,
-          close_in_background: bool = False) -> float:
+          close_in_background: bool = False, launch_dir: str | None = None) -> float:
     """Train and record one run; returns the final test accuracy (what a sweeper maximises).
 
     Interrupted by Ctrl-C or SIGTERM, it writes `run_dir/checkpoints/last.ckpt`; `resume=` that
     path continues the same MLflow run where it stopped. With `close_in_background` (a sweep's
-    jobs in one process), the next job trains while the recorder closes this run.
+    jobs in one process), the next job trains while the recorder closes this run. A relative
+    SQLite store is the one in `launch_dir`, where moonprop was started (a job may run elsewhere).
     """
     torch.set_num_threads(cfg.trainer.threads)  # 2 threads made this tiny model 14-56x slower
     datamodule = MoonsDataModule(cfg.data, cfg.seed)
@@ -53,7 +54,7 @@ def train(cfg: Config, recorder: Recorder, run_dir: Path, overrides: list[str] |
              "overrides.yaml": OmegaConf.to_yaml(overrides)}
     with stopper.handling_signals(), recorder.run(
             background_end=close_in_background,
-            uri=resolve_uri(cfg.tracking.uri), experiment=cfg.tracking.experiment,
+            uri=resolve_uri(cfg.tracking.uri, launch_dir), experiment=cfg.tracking.experiment,
             run_name=cfg.tracking.run_name, params=run_params, tags=tags or {}, texts=texts,
             parent_run_id=parent_run_id, resolution=cfg.plot.resolution, num_epochs=cfg.data.num_batches,
             resume_run_id=checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None):
