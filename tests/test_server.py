@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import mlflow_command, moonprop
+from .conftest import mlflow_command, moonprop, require, slurm_is_up
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +42,21 @@ def test_parallel_sweep_through_a_tracking_server(server, workdir):
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"summary.csv", "summary.md", "boundaries.png", "curves.png"} <= names
     assert "s3cret" not in str(parent.data.tags)
+
+
+def test_slurm_sweep_through_a_tracking_server(server, workdir):
+    """The README's recipe for a cluster: SLURM jobs log through a tracking server, not a shared
+    SQLite file; every job nested under the sweep's parent, everything read back through it."""
+    require(slurm_is_up(), "no SLURM cluster with an idle node: run `scripts/slurm-cluster start` as root")
+    moonprop("-m", "data.num_batches=3", "seed=0,1", f"tracking.uri={server}", "tracking.experiment=cluster",
+             "hydra/launcher=slurm", cwd=workdir, timeout=600)
+    assert not (workdir / "outputs" / "mlflow.db").exists()
+    client = MlflowClient(server)
+    runs = client.search_runs([client.get_experiment_by_name("cluster").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "test/acc")] == [0, 1, 2, 3]
+        assert "boundary.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert list(workdir.glob("outputs/sweeps/*/.submitit/*/*_log.out"))  # ran as SLURM jobs
