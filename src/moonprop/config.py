@@ -103,7 +103,7 @@ class TrackingConfig:
 @dataclass
 class PlotConfig:
     every_n_epochs: int = option(1, "a boundary image every n epochs (the first and last always)")
-    resolution: int = option(160, "width of the boundary image in pixels (height follows the plane's shape)")
+    resolution: int = option(480, "width of the boundary pictures and animation in pixels (height follows the plane)")
 
 
 @dataclass

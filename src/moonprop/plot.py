@@ -1,12 +1,17 @@
-"""Pictures of a run, drawn with numpy and Pillow: a matplotlib figure per frame costs ~100 ms, these
-a few ms, and their small palettes keep 150 PNGs and a GIF well under 2 MB.
+"""Pictures of a run and of a sweep, drawn with numpy and Pillow: a matplotlib figure per frame
+costs ~100 ms, these a few ms.
 
-Every image is in palette mode ("P") with the one palette below, so GIF frames share it.
+A run's pictures are in palette mode ("P") with the one palette below, so that GIF frames share it
+and PNGs stay small. They are meant to be read at 100% where MLflow shows them (its image card
+shows the picture at its natural size, never larger): 480 px wide by default, text with capitals
+11 px tall or more, and edges smoothed with blends the palette holds, since a palette image cannot
+blend colours by itself.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,9 +21,25 @@ from PIL import Image, ImageDraw, ImageFont
 X_RANGE = (-1.5, 2.5)
 Y_RANGE = (-1.0, 1.5)
 SCORE_CLIP = 2.0  # the background saturates beyond |f(x)| = 2: the margin is at 1
+EVAL_STEP = 3  # the network is scored on every 3rd pixel and the scores interpolated (see `grid`)
 
-LEVELS = 16  # background shades: 8 blue (f < 0, upper moon) and 8 red (f > 0, lower moon)
-BLACK, WHITE, BLUE, RED, GREY, GREEN, ORANGE = range(LEVELS, LEVELS + 7)
+# ---- the palette ---------------------------------------------------------------------------------
+# 0..15: the background, 8 blue shades (f < 0, upper moon) then 8 red (f > 0, lower moon), dark to
+# light to dark; 16..47: each shade one and two thirds of the way to black (the edge of the boundary
+# line); then each named colour as three entries, a third, two thirds and all of the way from white
+# (the edges of text on a white ground).
+LEVELS = 16
+_NAMED = {"black": (0, 0, 0), "white": (255, 255, 255), "blue": (25, 60, 150), "red": (165, 25, 20),
+          "grey": (120, 120, 120), "green": (30, 140, 60), "orange": (225, 110, 10), "light": (215, 215, 215)}
+_NAMES = list(_NAMED)
+
+
+def ink(name: str, level: int = 3) -> int:
+    """The palette index of a named colour over white: level 3 is the colour itself, 1 and 2 blends."""
+    return 2 * LEVELS + LEVELS + 3 * _NAMES.index(name) + level - 1
+
+
+BLACK, WHITE, BLUE, RED, GREY, GREEN, ORANGE, LIGHT = (ink(n) for n in _NAMES)
 
 
 def _palette() -> list[int]:
@@ -26,14 +47,57 @@ def _palette() -> list[int]:
     blue, red, white = np.array([49, 99, 190]), np.array([200, 55, 45]), np.array([255, 255, 255])
     shades = [blue + (white - blue) * (0.35 + 0.6 * i / (half - 1)) for i in range(half)]  # dark->light
     shades += [red + (white - red) * (0.35 + 0.6 * i / (half - 1)) for i in reversed(range(half))]
-    named = [(0, 0, 0), (255, 255, 255), (25, 60, 150), (160, 20, 20), (150, 150, 150),
-             (30, 140, 60), (230, 120, 20)]
-    flat = [int(c) for rgb in [*shades, *named] for c in rgb]
+    edges = [shade * (1 - k / 3) for k in (1, 2) for shade in shades]  # toward black
+    named = [white + (np.array(c) - white) * k / 3 for c in _NAMED.values() for k in (1, 2, 3)]
+    flat = [int(round(c)) for rgb in [*shades, *edges, *named] for c in rgb]
     return flat + [0] * (768 - len(flat))
 
 
 PALETTE = _palette()
 
+
+def _new(size: tuple[int, int], colour: int = WHITE) -> Image.Image:
+    image = Image.new("P", size, colour)
+    image.putpalette(PALETTE)
+    return image
+
+
+# ---- text ----------------------------------------------------------------------------------------
+
+@functools.cache  # loading a font costs as much as drawing a frame's text
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def font_sizes(width: int) -> tuple[int, int]:
+    """(caption, small) font sizes for a picture `width` px wide: 18 and 16 px at 480 px and more,
+    whose capitals are 13 and 11 px tall, the size of MLflow's own text; smaller pictures scale down."""
+    return max(9, min(18, width * 18 // 480)), max(8, min(16, width * 16 // 480))
+
+
+def text_size(text: str, size: int) -> tuple[int, int]:
+    left, top, right, bottom = font(size).getbbox(text)
+    return right, bottom
+
+
+def write(image: Image.Image, xy: tuple[float, float], text: str, size: int, colour: str = "black",
+          anchor: str = "la") -> None:
+    """Text on a white ground, its edges smoothed with the colour's blends over white. `anchor` as
+    Pillow's: "la" left-ascender, "ra" right, "ma" middle, "lm" left-middle..."""
+    left, top, right, bottom = font(size).getbbox(text, anchor=anchor)
+    x, y = round(xy[0]) + left, round(xy[1]) + top
+    if right <= left or bottom <= top:
+        return
+    mask = Image.new("L", (right - left, bottom - top), 0)
+    ImageDraw.Draw(mask).text((-left, -top), text, fill=255, font=font(size), anchor=anchor)
+    box = (x, y, x + mask.width, y + mask.height)
+    level = (np.asarray(mask, dtype=np.uint16) * 3 + 127) // 255  # how much of each pixel is ink, in thirds
+    region = np.array(image.crop(box))
+    region[level > 0] = ink(colour, 1) - 1 + level[level > 0]
+    image.paste(Image.fromarray(region.astype(np.uint8), "P"), box[:2])
+
+
+# ---- a run's boundary ----------------------------------------------------------------------------
 
 def frame_size(resolution: int) -> tuple[int, int]:
     """(width, height) of a boundary image `resolution` pixels wide, square pixels."""
@@ -41,165 +105,279 @@ def frame_size(resolution: int) -> tuple[int, int]:
     return resolution, round(resolution * aspect)
 
 
-def grid(resolution: int) -> np.ndarray:
-    """Centres of the image's pixels in data coordinates, row-major from the top: shape (H*W, 2)."""
+def grid_size(resolution: int) -> tuple[int, int]:
+    """(width, height) of the grid the network is scored on: a third of the picture's each way."""
     w, h = frame_size(resolution)
-    xs = np.linspace(*X_RANGE, w, endpoint=False) + (X_RANGE[1] - X_RANGE[0]) / (2 * w)
-    ys = np.linspace(*Y_RANGE[::-1], h, endpoint=False) - (Y_RANGE[1] - Y_RANGE[0]) / (2 * h)
+    return max(2, round(w / EVAL_STEP)), max(2, round(h / EVAL_STEP))
+
+
+def grid(resolution: int) -> np.ndarray:
+    """Where the network is scored for a picture `resolution` px wide: the centres of a grid's
+    cells in data coordinates, row-major from the top, shape (gw * gh, 2).
+
+    A ReLU network is piecewise linear in its input, so its scores interpolated between points
+    3 px apart fall on the true ones except within a pixel or two of a kink: the zero level is
+    drawn where the network puts it, and scoring a ninth of the pixels keeps a frame within ~3 ms.
+    """
+    gw, gh = grid_size(resolution)
+    xs = X_RANGE[0] + (np.arange(gw) + 0.5) * (X_RANGE[1] - X_RANGE[0]) / gw
+    ys = Y_RANGE[1] - (np.arange(gh) + 0.5) * (Y_RANGE[1] - Y_RANGE[0]) / gh
     gx, gy = np.meshgrid(xs, ys)
     return np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
 
 
+def scores_image(scores: np.ndarray, resolution: int) -> np.ndarray:
+    """The scores on `grid(resolution)` interpolated bilinearly to every pixel, shape (h, w).
+    Pillow maps cell centres to pixel centres, as `grid` places them."""
+    gw, gh = grid_size(resolution)
+    coarse = Image.fromarray(np.ascontiguousarray(scores, dtype=np.float32).reshape(gh, gw), "F")
+    return np.asarray(coarse.resize(frame_size(resolution), Image.Resampling.BILINEAR))
+
+
 def _to_pixels(points: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    col = ((points[:, 0] - X_RANGE[0]) / (X_RANGE[1] - X_RANGE[0]) * w).astype(int)
-    row = ((Y_RANGE[1] - points[:, 1]) / (Y_RANGE[1] - Y_RANGE[0]) * h).astype(int)
+    col = np.floor((points[:, 0] - X_RANGE[0]) / (X_RANGE[1] - X_RANGE[0]) * w).astype(int)
+    row = np.floor((Y_RANGE[1] - points[:, 1]) / (Y_RANGE[1] - Y_RANGE[0]) * h).astype(int)
     return row, col
 
 
-@functools.cache  # loading the font costs as much as drawing a frame's text
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
+_DOT = [(dr, dc) for dr in range(-2, 3) for dc in range(-2, 3) if dr * dr + dc * dc <= 5]  # a 5 px disc
 
 
 def boundary(scores: np.ndarray, points: np.ndarray, labels: np.ndarray, resolution: int,
              caption: str) -> Image.Image:
-    """The decision boundary: background shaded by the raw score f(x), its zero level as a black
-    line, the test points coloured by their true class, `caption` in the corner.
+    """The decision boundary: background shaded by the raw score f(x), its zero level as a smooth
+    black line 2 px wide, the test points coloured by their true class, `caption` in the corner.
 
     `scores` are the network's outputs on `grid(resolution)`.
     """
     w, h = frame_size(resolution)
-    s = np.clip(scores.reshape(h, w), -SCORE_CLIP, SCORE_CLIP - 1e-6)
-    img = ((s + SCORE_CLIP) * (LEVELS / (2 * SCORE_CLIP))).astype(np.uint8)
-    positive = s > 0
-    edge = np.zeros_like(positive)
-    edge[:, 1:] |= positive[:, 1:] != positive[:, :-1]
-    edge[1:, :] |= positive[1:, :] != positive[:-1, :]
-    img[edge] = BLACK
+    s = scores_image(scores, resolution)
+    shade = ((np.clip(s, -SCORE_CLIP, SCORE_CLIP - 1e-6) + SCORE_CLIP) * (LEVELS / (2 * SCORE_CLIP))).astype(np.uint8)
+    # The line: how far each pixel is from the zero level, in pixels (|f| over its slope), turned
+    # into how much of the pixel a line 2 px wide covers, in thirds.
+    dy, dx = np.gradient(s)
+    distance = np.abs(s) / np.maximum(np.hypot(dx, dy), 1e-9)
+    cover = np.rint(np.clip(1.5 - distance, 0.0, 1.0) * 3).astype(np.uint8)
+    img = np.where(cover == 3, BLACK, np.where(cover > 0, shade + LEVELS * cover, shade)).astype(np.uint8)
 
     row, col = _to_pixels(points, w, h)
-    for dr in (-1, 0, 1):  # 3x3 dots; the outer ring of a 4x4 would blur 1000 points into a blob
-        for dc in (-1, 0, 1):
-            r, c = np.clip(row + dr, 0, h - 1), np.clip(col + dc, 0, w - 1)
-            img[r, c] = np.where(labels > 0, RED, BLUE)
+    colour = np.where(labels > 0, RED, BLUE).astype(np.uint8)
+    for dr, dc in _DOT:
+        img[np.clip(row + dr, 0, h - 1), np.clip(col + dc, 0, w - 1)] = colour
 
-    im = Image.fromarray(img, mode="P")
-    im.putpalette(PALETTE)
-    font = _font(max(9, resolution // 18))
-    draw = ImageDraw.Draw(im)
-    box = draw.textbbox((4, 3), caption, font=font)
-    draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=WHITE)
-    draw.text((4, 3), caption, fill=BLACK, font=font)
-    return im
+    image = Image.fromarray(img, "P")
+    image.putpalette(PALETTE)
+    if caption:
+        size = font_sizes(w)[0]
+        tw, th = text_size(caption, size)
+        pad = max(3, size // 3)
+        ImageDraw.Draw(image).rectangle((0, 0, tw + 3 * pad, th + 2 * pad), fill=WHITE)
+        write(image, (pad + pad // 2, pad), caption, size)
+    return image
 
 
-def animation_frame(top: Image.Image, acc: Sequence[float], loss: Sequence[float],
-                    num_epochs: int) -> Image.Image:
-    """The seed post's figure: the boundary above, test accuracy and loss curves below, drawn up
-    to the current epoch on axes that span the whole run."""
+# ---- a run's animation ---------------------------------------------------------------------------
+
+def nice_ticks(top: float, count: int = 4) -> list[float]:
+    """Round tick values from 0 to `top`: 0, 50, 100, 150 for 150 epochs."""
+    if top <= 0:
+        return [0.0]
+    raw = top / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    return [i * step for i in range(int(top / step + 1e-9) + 1)]
+
+
+def _label(value: float) -> str:
+    return f"{value:g}"
+
+
+def animation_frame(top: Image.Image, acc: Sequence[float], loss: Sequence[float], num_epochs: int) -> Image.Image:
+    """The seed post's figure: the boundary above, test accuracy and loss per epoch below, drawn up
+    to the current epoch on axes that span the whole run. Accuracy is read on the left axis (0 to
+    1), loss on the right (0 to its highest so far)."""
     w, h = top.size
-    ch = max(40, h // 2)
-    frame = Image.new("P", (w, h + ch), WHITE)
-    frame.putpalette(PALETTE)
+    caption, small = font_sizes(w)
+    panel = max(60, round(w * 0.36) + small)
+    frame = _new((w, h + panel))
     frame.paste(top, (0, 0))
     draw = ImageDraw.Draw(frame)
-    x0, x1, y0, y1 = 4, w - 4, h + 4, h + ch - 4  # plot area
-    draw.rectangle((x0, y0, x1, y1), outline=GREY)
-    loss_top = max(max(loss), 1e-9)
+    margin = text_size("0.00", small)[0] + small // 2
+    x0, x1, y0, y1 = margin, w - margin, h + small, h + panel - 2 * small - 12  # ticks and "epoch" below
+    draw.rectangle((x0, y0, x1, y1), outline=LIGHT)
+    loss_top = max(max(loss, default=0.0), 1e-9)
 
-    def points(values: Sequence[float], top_value: float) -> list[tuple[float, float]]:
-        return [(x0 + (x1 - x0) * i / max(num_epochs, 1), y1 - (y1 - y0) * min(v / top_value, 1.0))
-                for i, v in enumerate(values)]
+    def x(epoch: float) -> float:
+        return x0 + (x1 - x0) * epoch / max(num_epochs, 1)
 
+    def y(fraction: float) -> float:  # 1.0 sits 4 px under the frame, never on it
+        return y1 - (y1 - y0 - 4) * min(max(fraction, 0.0), 1.0)
+
+    for epoch in nice_ticks(num_epochs):
+        draw.line((x(epoch), y1, x(epoch), y1 + 3), fill=GREY)
+        write(frame, (x(epoch), y1 + 4), _label(epoch), small, "grey", anchor="ma")
+    write(frame, (x1, y1 + 4 + small), "epoch", small, "grey", anchor="ra")
+    for value in (0.0, 0.5, 1.0):
+        write(frame, (x0 - 4, y(value)), _label(value), small, "green", anchor="rm")
+    write(frame, (x1 + 4, y(1.0)), f"{loss_top:.2g}", small, "orange", anchor="lm")
+    write(frame, (x1 + 4, y(0.0)), "0", small, "orange", anchor="lm")
     if len(acc) > 1:
-        draw.line(points(loss, loss_top), fill=ORANGE, width=1)
-        draw.line(points(acc, 1.0), fill=GREEN, width=1)
+        draw.line([(x(i), y(v / loss_top)) for i, v in enumerate(loss)], fill=ORANGE, width=2)
+        draw.line([(x(i), y(v)) for i, v in enumerate(acc)], fill=GREEN, width=2)
     # the legend sits right of centre, where the curves are not once training settles:
     # accuracy near the top, loss near the bottom
-    font = _font(max(8, w // 22))
-    line = font.getbbox("Ag")[3] + 1
-    labels = [(f"test acc {acc[-1]:.3f}", GREEN), (f"test loss {loss[-1]:.3f}", ORANGE)]
-    x = x1 - 3 - max(draw.textlength(text, font=font) for text, _ in labels)
-    y = (y0 + y1) // 2 - line
+    labels = [(f"test acc {acc[-1]:.3f}", "green"), (f"test loss {loss[-1]:.3f}", "orange")] if acc else []
     for i, (text, colour) in enumerate(labels):
-        draw.text((x, y + i * line), text, fill=colour, font=font)
+        write(frame, (x1 - 6, (y0 + y1) / 2 + (i - 1) * (small + 4)), text, small, colour, anchor="ra")
     return frame
 
 
-def gif(frames: Sequence[Image.Image], path: str, frame_ms: int = 60, hold_ms: int = 1500) -> None:
+MAX_FRAMES = 100  # an animation of 480 x 470 frames: ~20 KB each in a GIF
+
+
+def animation_steps(num_epochs: int, every: int) -> set[int]:
+    """The epochs the animation shows: those pictured (every `every`, the first and the last),
+    thinned evenly to at most MAX_FRAMES, the last always."""
+    steps = sorted({*range(0, num_epochs + 1, every), num_epochs})
+    return {*steps[::math.ceil(len(steps) / MAX_FRAMES)], num_epochs}
+
+
+def gif(frames: Sequence[Image.Image], path: str, frame_ms: int = 80, hold_ms: int = 2000) -> None:
     """Write the animation; the last frame is held so that the final boundary can be read."""
     durations = [frame_ms] * (len(frames) - 1) + [hold_ms]
     frames[0].save(path, format="GIF", save_all=True, append_images=list(frames[1:]),
                    duration=durations, loop=0, disposal=1)
 
 
-# ---- a sweep's pictures -------------------------------------------------------------------------
+# ---- a sweep's pictures (RGB: they are drawn once per sweep) --------------------------------------
 
 SERIES = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+TEXT, MUTED, FRAME, FAILED, BEST = (30, 30, 30), (110, 110, 110), (200, 200, 200), (190, 20, 20), (30, 140, 60)
 
 
-def _swept(labels: Sequence[str]) -> list[dict[str, str]]:
-    """Each job's overrides ("a=1 b=2") as a dict, keeping only keys whose values differ."""
-    jobs = [dict(o.split("=", 1) for o in label.split() if "=" in o) for label in labels]
-    keys = [k for k in dict.fromkeys(k for job in jobs for k in job)
-            if len({job.get(k) for job in jobs}) > 1]
-    return [{k: job.get(k, "") for k in keys} for job in jobs]
-
-
-def small_multiples(jobs: Sequence[tuple[str, str, float | None, Image.Image | None]]) -> Image.Image:
-    """Every job's final boundary in one picture, one row per value of the first swept key and one
-    column per combination of the others, each titled with its values and test accuracy.
-
-    `jobs` are (overrides, status, test accuracy, final boundary or None) in job order.
-    """
-    swept = _swept([label for label, *_ in jobs])
-    row_key = next(iter(swept[0]), None) if swept else None
-    rows = list(dict.fromkeys(job.get(row_key, "") for job in swept)) if row_key else [""]
-    cols = list(dict.fromkeys(" ".join(f"{k}={v}" for k, v in job.items() if k != row_key) for job in swept))
-    size = next((im.size for *_, im in jobs if im is not None), (160, 100))
-    font = _font(10)
-    title_h, gap = 28, 6
-    cell_w, cell_h = size[0] + gap, size[1] + title_h + gap
-    canvas = Image.new("RGB", (len(cols) * cell_w + gap, len(rows) * cell_h + gap), "white")
-    draw = ImageDraw.Draw(canvas)
-    for (label, status, acc, im), job in zip(jobs, swept, strict=True):
-        r = rows.index(job.get(row_key, "")) if row_key else 0
-        c = cols.index(" ".join(f"{k}={v}" for k, v in job.items() if k != row_key))
-        x, y = gap + c * cell_w, gap + r * cell_h
-        title = " ".join(f"{k}={v}" for k, v in job.items()) or label
-        result = f"acc {acc:.3f}" if status == "FINISHED" and acc is not None else status
-        while draw.textlength(title, font=font) > size[0] and len(title) > 4:
-            title = title[:-2] + "…"  # noqa: PLW2901
-        draw.text((x, y), title, fill="black", font=font)
-        draw.text((x, y + 13), result, fill="black" if status == "FINISHED" else (200, 0, 0), font=font)
-        if im is not None:
-            canvas.paste(im.convert("RGB"), (x, y + title_h))
+def wrap(text: str, size: int, width: int) -> list[str]:
+    """`text` broken at spaces into lines at most `width` px wide (a word longer stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and text_size(f"{lines[-1]} {word}", size)[0] <= width:
+            lines[-1] += f" {word}"
         else:
-            draw.rectangle((x, y + title_h, x + size[0] - 1, y + title_h + size[1] - 1), fill=(225, 225, 225))
+            lines.append(word)
+    return lines or [""]
+
+
+def small_multiples(cells: Sequence[tuple[dict[str, str], str, Image.Image | None, bool]],
+                    tile_width: int = 240) -> Image.Image:
+    """Every job's final boundary in one picture, laid out by the swept values.
+
+    `cells` are (the job's swept values {key: value}, its result text, its final boundary or None,
+    whether it is the best job). With one swept key the tiles are titled by its value and wrap into
+    rows; with more, the first key's values label the rows and the others' the columns. Labels wrap
+    to their tile's width, so none is cut off; each tile's result covers the picture's own
+    caption (too small at half size); the best job is framed in green.
+    """
+    size = 16
+    keys = list(dict.fromkeys(k for values, *_ in cells for k in values))
+    aspect = (Y_RANGE[1] - Y_RANGE[0]) / (X_RANGE[1] - X_RANGE[0])
+    tile = (tile_width, round(tile_width * aspect))
+    line, gap = size + 5, 12
+
+    def text_of(values: dict[str, str], names: Sequence[str]) -> str:
+        return " ".join(f"{k}={values.get(k, '-')}" for k in names)
+
+    if len(keys) > 1:
+        rows = list(dict.fromkeys(values.get(keys[0], "-") for values, *_ in cells))
+        columns = list(dict.fromkeys(text_of(values, keys[1:]) for values, *_ in cells))
+        place = {i: (rows.index(values.get(keys[0], "-")), columns.index(text_of(values, keys[1:])))
+                 for i, (values, *_) in enumerate(cells)}
+        headers = [wrap(c, size, tile[0]) for c in columns]
+        row_names = [wrap(f"{keys[0]}={r}", size, 2 * tile[0] // 3) for r in rows]
+        titles = {i: [] for i in place}
+    else:
+        columns = [""] * min(len(cells), max(1, math.ceil(math.sqrt(len(cells) * 1.5))))
+        rows = [""] * math.ceil(len(cells) / len(columns))
+        place = {i: divmod(i, len(columns)) for i in range(len(cells))}
+        headers, row_names = [[] for _ in columns], [[] for _ in rows]
+        titles = {i: wrap(text_of(values, keys) or "the job", size, tile[0]) for i, (values, *_) in enumerate(cells)}
+    header_h = max(len(h) for h in headers) * line + (gap if any(headers) else 0)
+    left = max((text_size(name, size)[0] for lines in row_names for name in lines), default=0)
+    left = left + gap if left else 0
+    title_h = max(len(t) for t in titles.values()) * line if titles else 0
+    cell_w, cell_h = tile[0] + gap, title_h + tile[1] + gap
+    canvas = Image.new("RGB", (gap + left + len(columns) * cell_w, gap + header_h + len(rows) * cell_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, lines in enumerate(headers):
+        for k, text in enumerate(lines):
+            draw.text((gap + left + c * cell_w, gap + k * line), text, fill=TEXT, font=font(size))
+    for r, lines in enumerate(row_names):
+        top = gap + header_h + r * cell_h + title_h + (tile[1] - len(lines) * line) // 2
+        for k, text in enumerate(lines):
+            draw.text((gap, top + k * line), text, fill=TEXT, font=font(size))
+    for i, (_, result, image, best) in enumerate(cells):
+        r, c = place[i]
+        x, y = gap + left + c * cell_w, gap + header_h + r * cell_h
+        for k, text in enumerate(titles[i]):
+            draw.text((x, y + k * line), text, fill=TEXT, font=font(size))
+        y += title_h
+        if image is not None:
+            canvas.paste(image.convert("RGB").resize(tile, Image.Resampling.LANCZOS), (x, y))
+        else:
+            draw.rectangle((x, y, x + tile[0] - 1, y + tile[1] - 1), fill=(235, 235, 235))
+        # the result where the picture's own caption was, which is too small to read at half size
+        label = result + ("  best" if best else "")
+        draw.rectangle((x, y, x + max(text_size(label, size)[0] + 12, tile[0] // 2), y + line + 6), fill="white")
+        colour = FAILED if not result.startswith("acc") else BEST if best else TEXT
+        draw.text((x + 6, y + 4), label, fill=colour, font=font(size))
+        if best:
+            draw.rectangle((x - 3, y - 3, x + tile[0] + 2, y + tile[1] + 2), outline=BEST, width=3)
     return canvas
 
 
-def curves(series: Sequence[tuple[str, Sequence[float]]], width: int = 640, height: int = 360) -> Image.Image:
-    """The sweep's test-accuracy curves overlaid, one colour per job, with a legend."""
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font = _font(11)
-    x0, x1, y0, y1 = 40, width - 10, 10, height - 30 - 12 * min(len(series), 10)
-    draw.rectangle((x0, y0, x1, y1), outline=(150, 150, 150))
+def curves(series: Sequence[tuple[str, Sequence[float]]], width: int = 900, height: int = 420) -> Image.Image:
+    """The sweep's test-accuracy curves overlaid: an epoch axis, the accuracy axis zoomed to where
+    the curves differ (from their lowest value after the first tenth of training to 1), one colour
+    and dash per job, and a legend beside the plot naming each job with its final accuracy."""
+    size = 16
+    line = size + 6
     longest = max((len(v) for _, v in series), default=1)
-    lo = 0.5  # a coin toss: the floor of a useful classifier
-    for value in (0.5, 0.75, 1.0):
-        y = y1 - (y1 - y0) * (value - lo) / (1 - lo)
-        draw.text((4, y - 6), f"{value:.2f}", fill="black", font=font)
-    for i, (label, values) in enumerate(series):
-        colour = SERIES[i % len(SERIES)]
-        points = [(x0 + (x1 - x0) * k / max(longest - 1, 1), y1 - (y1 - y0) * (max(v, lo) - lo) / (1 - lo))
-                  for k, v in enumerate(values)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=1)
-        if i < 10:
-            draw.text((x0, y1 + 18 + 12 * i), f"{label}  ({values[-1]:.3f})" if values else label,
-                      fill=colour, font=font)
-    draw.text((x0, y1 + 3), "test accuracy per epoch", fill="black", font=font)
+    settled = [x for _, values in series for x in values[max(1, len(values) // 10):]] or [0.5]
+    lo = max(0.0, math.floor(min(settled) * 20) / 20 - 0.05)  # a multiple of 0.05 below the lowest
+    legend = [f"{label}  {values[-1]:.3f}" if values else label for label, values in series]
+    legend_w = max((text_size(t, size)[0] for t in legend), default=0) + 40
+    height = max(height, 60 + line * len(series))
+    image = Image.new("RGB", (width + legend_w, height), "white")
+    draw = ImageDraw.Draw(image)
+    x0, x1, y0, y1 = 64, width - 16, 36, height - 58
+    draw.text((x0, 8), "test accuracy per epoch", fill=TEXT, font=font(size))
+    draw.rectangle((x0, y0, x1, y1), outline=FRAME)
+
+    def x(epoch: float) -> float:
+        return x0 + (x1 - x0) * epoch / max(longest - 1, 1)
+
+    def y(value: float) -> float:  # 1.0 sits 8 px under the frame, never on it
+        return y1 - (y1 - y0 - 8) * (min(max(value, lo), 1.0) - lo) / (1.0 - lo)
+
+    for epoch in nice_ticks(longest - 1, 6):
+        draw.line((x(epoch), y1, x(epoch), y1 + 4), fill=MUTED)
+        draw.text((x(epoch), y1 + 6), _label(epoch), fill=MUTED, font=font(size), anchor="ma")
+    draw.text(((x0 + x1) / 2, y1 + 30), "epoch", fill=MUTED, font=font(size), anchor="ma")
+    step = 0.05 if 1 - lo <= 0.3 else 0.1
+    for k in range(int((1 - lo) / step + 1e-9) + 1):
+        value = 1.0 - k * step
+        draw.line((x0, y(value), x1, y(value)), fill=(240, 240, 240))
+        draw.text((x0 - 6, y(value)), f"{value:.2f}", fill=MUTED, font=font(size), anchor="rm")
+    for i, (_, values) in enumerate(series):
+        colour, dashed = SERIES[i % len(SERIES)], (i // len(SERIES)) % 2 == 1
+        points = [(x(k), y(v)) for k, v in enumerate(values)]
+        segments = [points[k:k + 4] for k in range(0, len(points) - 1, 6)] if dashed else [points]
+        for segment in segments:
+            if len(segment) > 1:
+                draw.line(segment, fill=colour, width=2)
+        ly = y0 + i * line + line // 2
+        sample = [(width, ly), (width + 12, ly)] if dashed else [(width, ly), (width + 28, ly)]
+        draw.line(sample, fill=colour, width=3)
+        if dashed:
+            draw.line([(width + 18, ly), (width + 28, ly)], fill=colour, width=3)
+        draw.text((width + 36, ly), legend[i], fill=TEXT, font=font(size), anchor="lm")
     return image

@@ -132,7 +132,6 @@ class Recorder:
         (the animation, the last uploads: ~0.3 s): in a sweep the next job trains meanwhile, and
         `drain()` waits for all of them before the sweep's summary.
         """
-        resolution = start.pop("resolution")  # the rest is RunWriter.open's
         self._seq += 1
         self._error, self.run_id, self.run_name = None, None, None
         self.send("start", self._seq, start)
@@ -142,11 +141,11 @@ class Recorder:
             # An error fails the run; an interruption (Ctrl-C, a signal, an exit) kills it.
             status = "FAILED" if isinstance(e, Exception) else "KILLED"
             error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            self.send("end", status, error, traceback.format_exc(), resolution)
+            self.send("end", status, error, traceback.format_exc())
             with contextlib.suppress(RecorderError):  # the first error is the one to report
                 self.wait("end")
             raise
-        self.send("end", "FINISHED", None, None, resolution)
+        self.send("end", "FINISHED", None, None)
         if background_end:
             self._unfinished.add(self._seq)
         else:
@@ -259,12 +258,12 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
                 run = RunWriter.open(**args[1])
                 reply(op, "ok", (run.id, run.name))
             elif op == "end":
-                status, error, details, resolution = args
+                status, error, details = args
                 if run is None:
                     reply(op, "error", "the run could not be opened")
                     continue
                 if status == "FINISHED":
-                    run.log_final_pictures(resolution)
+                    run.log_final_pictures()
                 finished, run = run, None
                 finished.close(status, error, details)
                 reply(op, "ok", finished.id)

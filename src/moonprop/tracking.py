@@ -86,16 +86,21 @@ class RunWriter:
         (self._staging / "images").mkdir(parents=True, exist_ok=True)
         self._images_tagged = False
         self._last_flush = time.monotonic()
-        # what the animation needs: boundary images and the test curves so far
+        # what the animation needs: its frames so far, the test curves so far, the last boundary
         self.frames: list[Image.Image] = []
+        self.frame_steps: set[int] = set()
+        self.num_epochs = 0
+        self.last_image: Image.Image | None = None
         self.curves: dict[str, list[float]] = {"test/acc": [], "test/loss": []}
 
     @classmethod
     def open(cls, uri: str, experiment: str, run_name: str | None, params: dict[str, str],
              tags: dict[str, str], texts: dict[str, str], parent_run_id: str | None = None,
-             resume_run_id: str | None = None, num_epochs: int = 0) -> RunWriter:
-        """Start a run with its params, tags and texts; or reopen `resume_run_id`, whose params
-        are already there, with its curves and pictures so far for the animation."""
+             resume_run_id: str | None = None, num_epochs: int = 0, plot_every: int = 1,
+             start_time_ms: int | None = None) -> RunWriter:
+        """Start a run with its params, tags and texts, its start time when training began (a
+        fresh store takes seconds to open); or reopen `resume_run_id`, whose params are already
+        there, with its curves and pictures so far for the animation."""
         with store_lock(uri):
             client = MlflowClient(tracking_uri=uri)
             experiment_id = get_experiment(client, experiment, uri)
@@ -105,21 +110,23 @@ class RunWriter:
                 client.delete_tag(resume_run_id, "error")
             info = client.get_run(resume_run_id).info
             writer = cls(client, resume_run_id, info.run_name, info.artifact_uri)
-            writer._reload(num_epochs)
+            writer.num_epochs, writer.frame_steps = num_epochs, plot.animation_steps(num_epochs, plot_every)
+            writer._reload()
             return writer
         tags = dict(tags)
         if commit := git_commit():
             tags[MLFLOW_GIT_COMMIT] = commit
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-        info = client.create_run(experiment_id, run_name=run_name, tags=tags).info
+        info = client.create_run(experiment_id, run_name=run_name, tags=tags, start_time=start_time_ms).info
         run_id, writer = info.run_id, cls(client, info.run_id, info.run_name, info.artifact_uri)
+        writer.num_epochs, writer.frame_steps = num_epochs, plot.animation_steps(num_epochs, plot_every)
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         for name, text in texts.items():
             client.log_text(run_id, text, name)
         return writer
 
-    def _reload(self, num_epochs: int) -> None:
+    def _reload(self) -> None:
         """The test curves and boundary images recorded before an interruption."""
         for key, curve in self.curves.items():
             history = sorted(self.client.get_metric_history(self.id, key), key=lambda m: m.step)
@@ -129,10 +136,11 @@ class RunWriter:
             by_step = sorted(local.glob("*+step+*[0-9a-f].png"), key=lambda p: int(p.name.split("+")[2]))
             for path in by_step:
                 step = int(path.name.split("+")[2])
-                image = Image.open(path)
-                image.load()
-                self.frames.append(plot.animation_frame(image, self.curves["test/acc"][:step + 1],
-                                                        self.curves["test/loss"][:step + 1], num_epochs))
+                if step in self.frame_steps:
+                    image = Image.open(path)
+                    image.load()
+                    self.frames.append(plot.animation_frame(image, self.curves["test/acc"][:step + 1],
+                                                            self.curves["test/loss"][:step + 1], self.num_epochs))
 
     def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int) -> None:
         self._pending += [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
@@ -141,16 +149,19 @@ class RunWriter:
                 curve.append(float(metrics[key]))
         self._maybe_flush()
 
-    def log_image(self, image: Image.Image, key: str, step: int, num_epochs: int) -> None:
+    def log_image(self, image: Image.Image, key: str, step: int) -> None:
         """Stage an image as MLflow's `log_image(key=..., step=...)` names it, which is what the
         UI's image grid and its step slider read: `images/<key, / as ~>+step+<step>+timestamp+
-        <ms>+<uuid>.png` and a `+compressed.webp` thumbnail beside it. Ours is lossless: smaller
-        than MLflow's upscaled lossy one for these flat-coloured pictures, and 10x faster."""
+        <ms>+<uuid>.png` and a `+compressed.webp` beside it. The UI's card shows the WebP at its
+        natural size and the PNG when clicked, so both are the whole picture; lossless, they are
+        smaller than MLflow's own lossy thumbnail for these flat-coloured pictures, and faster."""
         stem = f"{key.replace('/', '~')}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
-        image.save(self._staging / "images" / f"{stem}.png", compress_level=3)  # 1/3 of the default's time
+        image.save(self._staging / "images" / f"{stem}.png", compress_level=6)
         image.save(self._staging / "images" / f"{stem}+compressed.webp", lossless=True, quality=0, method=0)
-        self.frames.append(plot.animation_frame(image, self.curves["test/acc"], self.curves["test/loss"],
-                                                num_epochs))
+        self.last_image = image
+        if step in self.frame_steps:
+            self.frames.append(plot.animation_frame(image, self.curves["test/acc"], self.curves["test/loss"],
+                                                    self.num_epochs))
         self._maybe_flush()
 
     def log_file(self, name: str, data: bytes) -> None:
@@ -159,12 +170,12 @@ class RunWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
-    def log_final_pictures(self, resolution: int) -> None:
+    def log_final_pictures(self) -> None:
         """The last boundary as `boundary.png`, and the whole run as `training.gif`."""
-        if not self.frames:
-            return
-        self.frames[-1].crop((0, 0, *plot.frame_size(resolution))).save(self._staging / "boundary.png")
-        plot.gif(self.frames, str(self._staging / "training.gif"))
+        if self.last_image is not None:
+            self.last_image.save(self._staging / "boundary.png", compress_level=6)
+        if self.frames:
+            plot.gif(self.frames, str(self._staging / "training.gif"))
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
