@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -21,6 +22,16 @@ def test_short_run_records_everything(workdir):
 
     for key in ("test/acc", "test/loss"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1, 2, 3, 4, 5]
+    # honest numbers: accuracy the exact ratio of 1000 test points, losses the shortest decimal of
+    # their float32, and the run's time span covers every metric it recorded
+    history = client.get_metric_history(run.info.run_id, "test/acc")
+    assert all(m.value * 1000 == round(m.value * 1000) and len(repr(m.value)) <= 5 for m in history)
+    for m in client.get_metric_history(run.info.run_id, "test/loss") + client.get_metric_history(
+            run.info.run_id, "train/loss"):
+        assert repr(m.value) == str(np.float32(m.value))
+    stamps = [m.timestamp for key in ("test/acc", "train/loss")
+              for m in client.get_metric_history(run.info.run_id, key)]
+    assert run.info.start_time <= min(stamps) and max(stamps) <= run.info.end_time
     for key in ("train/loss", "lr"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3, 4, 5]
     lrs = [m.value for m in client.get_metric_history(run.info.run_id, "lr")]
@@ -46,7 +57,8 @@ def test_short_run_records_everything(workdir):
 
     local = client.download_artifacts(run.info.run_id, "", str(workdir / "dl"))
     gif = Image.open(f"{local}/training.gif")
-    assert gif.n_frames == 6
+    assert gif.n_frames == 6 and gif.width == 480
+    assert Image.open(f"{local}/boundary.png").size == (480, 300)
     assert "data.num_batches=5" in open(f"{local}/overrides.yaml").read()
     net = load_weights(f"{local}/model/weights.pt")
     assert sum(p.numel() for p in net.parameters()) == 337

@@ -81,7 +81,8 @@ def test_loss_gradient_matches_numpy_reference():
 
 
 def test_accuracy_counts_sign_agreement():
-    assert accuracy(torch.tensor([0.5, -2.0, 1.0, -0.1]), torch.tensor([1.0, -1.0, -1.0, 1.0])).item() == 0.5
+    assert accuracy(torch.tensor([0.5, -2.0, 1.0, -0.1]), torch.tensor([1.0, -1.0, -1.0, 1.0])) == 0.5
+    assert accuracy(torch.ones(1000), torch.tensor([1.0] * 999 + [-1.0])) == 0.999  # the exact ratio
 
 
 def test_weights_round_trip(tmp_path):

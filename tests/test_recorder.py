@@ -25,10 +25,12 @@ def recorder() -> Iterator[Recorder]:
 
 def test_a_sweeps_parent_run_is_opened_and_ended_in_the_recorder(tmp_path: Path, recorder: Recorder):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    ticket = recorder.ask("open_parent", uri=uri, experiment="e", sweep_id="s1", overrides="seed=1,2")
+    ticket = recorder.ask("open_parent", uri=uri, experiment="e", name="sweep seed (s1)", sweep_id="s1", keys=["seed"],
+                          overrides="seed=1,2")
     parent = recorder.answer(ticket)
     run = MlflowClient(uri).get_run(parent)
-    assert (run.info.run_name, run.info.status, run.data.tags["sweep.overrides"]) == ("sweep s1", "RUNNING", "seed=1,2")
+    assert (run.info.run_name, run.info.status, run.data.tags["sweep.overrides"]) == ("sweep seed (s1)", "RUNNING",
+                                                                                      "seed=1,2")
 
     client = MlflowClient(uri)
     orphan = client.create_run(run.info.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
@@ -43,7 +45,7 @@ def test_a_failed_call_raises_its_error_and_the_recorder_goes_on(tmp_path: Path,
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(RecorderError, match=r"^MLflow: MlflowException: Run .*no-such-run.* not found"):
         recorder.call("end_parent", uri=uri, parent="no-such-run", status="FAILED", reason="", orphans=False)
-    assert recorder.call("open_parent", uri=uri, experiment="e", sweep_id="s2", overrides="")
+    assert recorder.call("open_parent", uri=uri, experiment="e", name="sweep s2", sweep_id="s2", keys=[], overrides="")
 
 
 @pytest.mark.parametrize("uri, expected", [

@@ -27,9 +27,16 @@ def check_sweep(client: MlflowClient, jobs: int) -> None:
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"summary.csv", "summary.md", "boundaries.png", "curves.png"} <= names
     csv = open(client.download_artifacts(parent.info.run_id, "summary.csv")).read().splitlines()
-    assert csv[0].startswith("job,overrides,status,test_acc") and len(csv) == jobs + 1
+    assert csv[0].startswith("job,name,overrides,status,test_acc") and len(csv) == jobs + 1
     best = max(children, key=lambda c: c.data.metrics["test/acc"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics == {}  # no one-value chart for the experiment's chart view
+    # every job named by the values it was given for the swept keys, unique in the sweep
+    names = [c.info.run_name for c in children]
+    assert len(set(names)) == jobs and all("=" in n for n in names)
+    swept = parent.data.tags["sweep.keys"].split(",")
+    assert parent.info.run_name.startswith("sweep ")
+    assert all(k.rpartition(".")[2] in parent.info.run_name for k in swept)
 
 
 SWEEP = ("-m", "data.num_batches=3", "seed=0,1", "schedule=linear,cosine")
@@ -38,7 +45,10 @@ SWEEP = ("-m", "data.num_batches=3", "seed=0,1", "schedule=linear,cosine")
 def test_default_launcher_runs_jobs_in_one_process(workdir):
     proc = moonprop(*SWEEP, cwd=workdir)
     check_sweep(default_store(workdir), 4)
-    assert "best: job" in proc.stderr and "| job | overrides | status |" in proc.stderr
+    _, children = sweep_runs(default_store(workdir))
+    assert [c.info.run_name for c in children] == ["seed=0 schedule=linear", "seed=0 schedule=cosine",
+                                                   "seed=1 schedule=linear", "seed=1 schedule=cosine"]
+    assert "best: job" in proc.stderr and "| job | name | status |" in proc.stderr
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_workers(workdir):

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -25,6 +26,12 @@ from moonprop.model import save_weights
 from moonprop.recorder import Recorder
 
 BOUNDARY_KEY = "test/boundary"  # the prefix puts the image grid next to the test/acc chart
+
+
+def shortest(x: float) -> float:
+    """A float32 result as the shortest decimal that reads back as the same float32: a loss of
+    float32 0.1 is recorded as 0.1, not as its float64 expansion 0.10000000149011612."""
+    return float(str(np.float32(x)))
 
 
 class MlflowCallback(pl.Callback):
@@ -43,20 +50,20 @@ class MlflowCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._send_metrics({"train/loss": outputs["loss"].item(), "lr": outputs["lr"]}, self._step(trainer))
+        self._send_metrics({"train/loss": shortest(outputs["loss"].item()), "lr": outputs["lr"]}, self._step(trainer))
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         step = self._step(trainer)
-        acc, loss = outputs["acc"].item(), outputs["loss"].item()
+        acc, loss = outputs["acc"], shortest(outputs["loss"].item())
         self.test_acc = acc
         self._send_metrics({"test/acc": acc, "test/loss": loss}, step)
         if step % self.cfg.every_n_epochs == 0 or step == self.num_epochs:
             with torch.no_grad():
                 scores = pl_module(self.grid.to(pl_module.device)).cpu().numpy()
             image = plot.boundary(scores, self.points, self.labels, self.cfg.resolution,
-                                  f"epoch {step}  acc {acc:.3f}")
-            self.recorder.send("image", image, BOUNDARY_KEY, step, self.num_epochs)
+                                  f"epoch {step}   test acc {acc:.3f}")
+            self.recorder.send("image", image, BOUNDARY_KEY, step)
         self.recorder.check()
 
     def state_dict(self) -> dict[str, Any]:

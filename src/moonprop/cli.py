@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from moonprop import sweep
-from moonprop.config import ConfigError, first_line, redact, validate
+from moonprop.config import ConfigError, first_line, validate
 from moonprop.recorder import close_shared, shared
 
 EXIT_BAD_INPUT = 2
@@ -50,11 +50,12 @@ def app(cfg: DictConfig) -> float:
         print(f"moonprop: run {recorder.run_name} FINISHED: test acc {acc:.3f} in "
               f"{time.perf_counter() - start:.1f} s (run id {recorder.run_id}, folder {run_dir})", file=sys.stderr)
         return acc
-    job = f"job {hc.job.num} ({' '.join(redact(o) for o in overrides)})"
+    in_sweep = sweep.this_job(config.tracking.run_name)
+    job = f"job {hc.job.num} ({in_sweep.name})"
     try:
         # Only the in-process launcher runs the next job in this process, and drains the recorder
         # before the summary: a joblib worker or a SLURM job may be ended as soon as it returns.
-        acc = train(config, recorder, run_dir, overrides, tags | sweep.job_tags(), sweep.parent_run_id(hc.sweep.dir),
+        acc = train(config, recorder, run_dir, overrides, tags | in_sweep.tags, in_sweep.parent, in_sweep.name,
                     close_in_background=sweep.launcher_name(hc.launcher) == "BasicLauncher",
                     launch_dir=hc.runtime.cwd)
     except Exception as e:  # recorded FAILED in MLflow; the other jobs go on, the summary counts it

@@ -41,9 +41,10 @@ def hinge_l2_loss(scores: Tensor, y: Tensor, params: list[Tensor], alpha: float)
     return data_loss + reg_loss
 
 
-def accuracy(scores: Tensor, y: Tensor) -> Tensor:
-    """Share of points on the right side of the zero level (labels are -1 / +1)."""
-    return ((scores > 0) == (y > 0)).float().mean()
+def accuracy(scores: Tensor, y: Tensor) -> float:
+    """Share of points on the right side of the zero level (labels are -1 / +1), as the exact
+    ratio: 999 of 1000 is 0.999, where a float32 mean would be 0.9990000128746033."""
+    return int(((scores > 0) == (y > 0)).sum()) / len(y)
 
 
 def save_weights(net: MLP, path: str | os.PathLike[str] | BinaryIO) -> None:

@@ -34,7 +34,7 @@ class MoonsClassifier(pl.LightningModule):
     def _common_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x, y = batch
         scores = self(x)
-        return hinge_l2_loss(scores, y, list(self.parameters()), self.alpha), accuracy(scores, y)
+        return hinge_l2_loss(scores, y, list(self.parameters()), self.alpha), scores
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
         loss, _ = self._common_step(batch)
@@ -45,8 +45,9 @@ class MoonsClassifier(pl.LightningModule):
             self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[0]))
         return {"loss": loss, "lr": lr}
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        loss, acc = self._common_step(batch)
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
+        loss, scores = self._common_step(batch)
+        acc = accuracy(scores, batch[1])
         if self.trainer.progress_bar_callback is not None:
             self.log_dict({"test/loss": loss, "test/acc": acc}, prog_bar=True, batch_size=len(batch[0]))
         return {"loss": loss, "acc": acc}

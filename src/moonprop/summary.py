@@ -20,13 +20,13 @@ from moonprop import plot
 from moonprop.tracking import ensure_store, get_experiment
 
 
-def open_parent(uri: str, experiment: str, sweep_id: str, overrides: str) -> str:
+def open_parent(uri: str, experiment: str, name: str, sweep_id: str, keys: list[str], overrides: str) -> str:
     """Create the store if needed (once, before parallel jobs could race to create it) and the
     sweep's parent run; its id."""
     ensure_store(uri)
     client = MlflowClient(uri)
-    run = client.create_run(get_experiment(client, experiment, uri), run_name=f"sweep {sweep_id}",
-                            tags={"sweep.id": sweep_id, "sweep.overrides": overrides,
+    run = client.create_run(get_experiment(client, experiment, uri), run_name=name,
+                            tags={"sweep.id": sweep_id, "sweep.overrides": overrides, "sweep.keys": ",".join(keys),
                                   "mlflow.note.content": f"moonprop -m {overrides}"})
     return run.info.run_id
 
@@ -71,32 +71,43 @@ def _rows(client: MlflowClient, parent: str) -> list[dict[str, Any]]:
         end = run.info.end_time or run.info.start_time
         rows.append({
             "job": int(run.data.tags.get("sweep.job", 0)),
+            "name": run.info.run_name,
             "overrides": run.data.tags.get("sweep.overrides", ""),
             "status": run.info.status,
             "test_acc": run.data.metrics.get("test/acc"),
             "test_loss": run.data.metrics.get("test/loss"),
-            "wall_s": round((end - run.info.start_time) / 1000, 2),
+            "wall_s": round((end - run.info.start_time) / 1000, 2),  # training and recording
             "run_id": run.info.run_id,
         })
     return rows
 
 
 def _markdown(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
-    def fmt(v: Any) -> str:
-        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+    digits = {"test_acc": 3, "test_loss": 4, "wall_s": 2}
 
-    keys = ["job", "overrides", "status", "test_acc", "test_loss", "wall_s", "run_id"]
+    def fmt(key: str, v: Any) -> str:
+        return "-" if v is None else f"{v:.{digits[key]}f}" if key in digits else str(v)
+
+    keys = ["job", "name", "status", "test_acc", "test_loss", "wall_s", "run_id"]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(k, r[k]) for k in keys) + " |" for r in rows]
     if best:
-        lines += ["", f"best: job {best['job']} ({best['overrides']}), test_acc {best['test_acc']:.4f}"]
+        lines += ["", f"best: job {best['job']} ({best['name']}), test_acc {best['test_acc']:.3f}"]
     return "\n".join(lines) + "\n"
+
+
+def swept_values(overrides: str, keys: list[str]) -> dict[str, str]:
+    """A job's values of the swept keys, under their short names: {"hidden": "[8]", ...}."""
+    from moonprop.sweep import short_names  # sweep.py imports Hydra, which this process has anyway
+
+    given = dict(o.lstrip("+~").split("=", 1) for o in overrides.split() if "=" in o)
+    return {short: given[key] for key, short in short_names(keys).items() if key in given}
 
 
 def summarise(client: MlflowClient, parent: str, sweep_dir: Path) -> tuple[list[dict[str, Any]], str]:
     """The sweep's answer on its parent run: a table (CSV, Markdown, summary.md in the sweep
-    folder), the best job, every final boundary side by side and the accuracy curves overlaid.
-    Returns the jobs and the text for the terminal."""
+    folder), the best job named in tags, every final boundary laid out by the swept values and the
+    accuracy curves overlaid. Returns the jobs and the text for the terminal."""
     rows = _rows(client, parent)
     finished = [r for r in rows if r["status"] == "FINISHED" and r["test_acc"] is not None]
     best = max(finished, key=lambda r: r["test_acc"]) if finished else None
@@ -108,11 +119,12 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path) -> tuple[list[
     writer.writerows(rows)
     client.log_text(parent, buf.getvalue(), "summary.csv")
     client.log_text(parent, table, "summary.md")
-    if best:
-        client.set_tag(parent, "best_run_id", best["run_id"])
-        client.set_tag(parent, "best_overrides", best["overrides"])
-        client.log_metric(parent, "best/test_acc", best["test_acc"])
+    if best:  # tags, not a metric: one value per sweep would only make a chart of a single bar
+        for key, value in {"best_run_id": best["run_id"], "best_name": best["name"],
+                           "best_overrides": best["overrides"], "best_test_acc": str(best["test_acc"])}.items():
+            client.set_tag(parent, key, value)
 
+    keys = [k for k in client.get_run(parent).data.tags.get("sweep.keys", "").split(",") if k]
     boundaries: dict[int, Image.Image | None] = {}
     curves: dict[int, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,10 +136,11 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path) -> tuple[list[
                 boundaries[r["job"]] = None
             history = client.get_metric_history(r["run_id"], "test/acc")
             curves[r["job"]] = [m.value for m in sorted(history, key=lambda m: m.step)]
-        grid = plot.small_multiples([(r["overrides"], r["status"], r["test_acc"], boundaries[r["job"]])
-                                     for r in rows])
-        grid.save(Path(tmp) / "boundaries.png")
-        plot.curves([(r["overrides"], curves[r["job"]]) for r in rows]).save(Path(tmp) / "curves.png")
+        cells = [(swept_values(r["overrides"], keys) if keys else {"job": r["name"]},
+                  f"acc {r['test_acc']:.3f}" if r in finished else r["status"], boundaries[r["job"]], r is best)
+                 for r in rows]
+        plot.small_multiples(cells).save(Path(tmp) / "boundaries.png")
+        plot.curves([(r["name"], curves[r["job"]]) for r in rows]).save(Path(tmp) / "curves.png")
         client.log_artifact(parent, str(Path(tmp) / "boundaries.png"))
         client.log_artifact(parent, str(Path(tmp) / "curves.png"))
     (sweep_dir / "summary.md").write_text(table)

@@ -9,6 +9,8 @@ shared file system) can read.
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 import sys
@@ -16,13 +18,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from moonprop.config import redact, resolve_uri
 from moonprop.recorder import drain_shared, shared
 
-PARENT_FILE = ".mlflow_parent_run_id"
+SWEEP_FILE = ".moonprop_sweep.json"  # the parent run, the swept keys: what every job needs to know
 failed_jobs = 0  # set by on_multirun_end; the CLI exits non-zero when it is not 0
 
 
@@ -86,17 +89,61 @@ def cancel_slurm_jobs(folder: Path) -> None:
         subprocess.run(["scancel", *ids], check=False, timeout=30)
 
 
-def parent_run_id(sweep_dir: str) -> str | None:
-    """The sweep's parent run, for a job of that sweep."""
-    path = Path(sweep_dir) / PARENT_FILE
-    return path.read_text().strip() if path.exists() else None
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep varies: those with several values (`a,b`, `range()`, `choice()`,
+    `interval()`) on the command line or in `hydra.sweeper.params`."""
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+    return list(dict.fromkeys(o.key_or_group for o in overrides if o.is_sweep_override()))
 
 
-def job_tags() -> dict[str, str]:
-    """What a job's run carries to find it in its sweep: the sweep, its number, its overrides."""
+def short_names(keys: list[str]) -> dict[str, str]:
+    """`model.hidden` -> `hidden` where no other swept key ends the same way."""
+    last = [k.rpartition(".")[2] for k in keys]
+    return {k: short if last.count(short) == 1 else k for k, short in zip(keys, last, strict=True)}
+
+
+def _short_value(value: str) -> str:
+    """A value as a name shows it: a search's 0.5306827194 as 0.5307."""
+    if re.fullmatch(r"-?\d*\.\d{5,}(e-?\d+)?", value):
+        return f"{float(value):.4g}"
+    return value
+
+
+def job_name(overrides: list[str], keys: list[str], number: int, numbered: bool) -> str:
+    """A sweep job's run name: the values it was given for the swept keys, `hidden=[8]
+    schedule=cosine`; a search's trials (whose values may repeat) also by their number, `#3 ...`."""
+    given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    names = short_names(keys)
+    text = " ".join(f"{names[k]}={_short_value(given[k])}" for k in keys if k in given)
+    return f"#{number} {text}".strip() if numbered or not text else text
+
+
+def sweep_name(keys: list[str], sweep_id: str) -> str:
+    """The parent run's name: the swept keys and when it started, `sweep hidden, schedule (2026-...)`."""
+    return f"sweep {', '.join(short_names(keys).values())} ({sweep_id})" if keys else f"sweep {sweep_id}"
+
+
+class Job(NamedTuple):
+    """How a job's run sits in its sweep."""
+
+    parent: str | None  # the sweep's parent run
+    name: str
+    tags: dict[str, str]
+
+
+def this_job(run_name: str | None) -> Job:
+    """The job Hydra is running: its parent run (from the sweep folder, which every launcher's
+    jobs can read), its name (`run_name`, or the values it was given), and the tags that find it
+    in its sweep: the sweep, its number, its overrides."""
     hc = HydraConfig.get()
-    return {"sweep.id": Path(str(hc.sweep.dir)).name, "sweep.job": str(hc.job.num),
-            "sweep.overrides": " ".join(redact(o) for o in hc.overrides.task)}
+    path = Path(str(hc.sweep.dir)) / SWEEP_FILE
+    sweep = json.loads(path.read_text()) if path.exists() else {}
+    overrides = [redact(o) for o in hc.overrides.task]
+    name = run_name or job_name(overrides, sweep.get("keys", []), hc.job.num, sweep.get("numbered", True))
+    tags = {"sweep.id": Path(str(hc.sweep.dir)).name, "sweep.job": str(hc.job.num),
+            "sweep.overrides": " ".join(overrides)}
+    return Job(sweep.get("parent"), name, tags)
 
 
 class SweepCallback(Callback):
@@ -108,16 +155,19 @@ class SweepCallback(Callback):
         uri = resolve_uri(config.tracking.uri, config.hydra.runtime.cwd)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        keys = swept_keys(config)
         recorder = shared()  # in-process jobs use it next; other launchers, for the summary
         ticket = recorder.ask("open_parent", uri=uri, experiment=config.tracking.experiment,
-                              sweep_id=sweep_dir.name,
+                              name=sweep_name(keys, sweep_dir.name), sweep_id=sweep_dir.name, keys=keys,
                               overrides=" ".join(redact(o) for o in config.hydra.overrides.task))
         if launcher == "BasicLauncher":
             # The jobs will import Lightning here anyway: do it while the recorder imports MLflow
             # and opens the store on the other core (~4 s each).
             import moonprop.train  # noqa: F401
         parent = recorder.answer(ticket)
-        (sweep_dir / PARENT_FILE).write_text(parent)
+        # Hydra's grid gives every job its own values; a search may give two trials the same ones
+        numbered = str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1] != "BasicSweeper"
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent": parent, "keys": keys, "numbered": numbered}))
         slurm_jobs = Path(str(config.hydra.launcher.submitit_folder)).parent if launcher == "SlurmLauncher" else None
         _under_way = _Sweep(uri, parent, sweep_dir, launcher, slurm_jobs)  # submitit_folder: .../%j
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ def checkpoint_state(path: str) -> dict[str, Any]:
 
 
 def train(cfg: Config, recorder: Recorder, run_dir: Path, overrides: list[str] | None = None,
-          tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+          tags: dict[str, str] | None = None, parent_run_id: str | None = None, run_name: str | None = None,
           close_in_background: bool = False, launch_dir: str | None = None) -> float:
     """Train and record one run; returns the final test accuracy (what a sweeper maximises).
 
@@ -55,8 +56,9 @@ def train(cfg: Config, recorder: Recorder, run_dir: Path, overrides: list[str] |
     with stopper.handling_signals(), recorder.run(
             background_end=close_in_background,
             uri=resolve_uri(cfg.tracking.uri, launch_dir), experiment=cfg.tracking.experiment,
-            run_name=cfg.tracking.run_name, params=run_params, tags=tags or {}, texts=texts,
-            parent_run_id=parent_run_id, resolution=cfg.plot.resolution, num_epochs=cfg.data.num_batches,
+            run_name=run_name or cfg.tracking.run_name, params=run_params, tags=tags or {}, texts=texts,
+            parent_run_id=parent_run_id, plot_every=cfg.plot.every_n_epochs, num_epochs=cfg.data.num_batches,
+            start_time_ms=int(time.time() * 1000),
             resume_run_id=checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None):
         trainer = pl.Trainer(
             accelerator=cfg.trainer.accelerator,
