@@ -23,6 +23,6 @@ test:
 bench:
 	$(BIN)/python benchmarks/bench.py
 
-# the UI for the default store, on this machine only; no job runner (it would start ~10 processes)
+# the UI for the default store, on this machine only; prints the addresses that open on the runs
 ui:
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+	$(BIN)/python scripts/ui.py --store outputs/mlflow.db --port 5000

@@ -1,11 +1,13 @@
-"""The MLflow UI, checked in a real headless Chromium against a real run: what a user looks for.
+"""The MLflow UI, checked in a real headless Chromium against real runs: what a person looks for.
 
 Needs Debian's chromium (scripts/system-deps installs it) and the `playwright` package, which drives
-that browser (no browser download). Screenshots land in outputs/ui-test/ for a look after a failure.
+that browser (no browser download). Each test starts a fresh browser (no remembered choices), at
+1400 x 1000. Screenshots land in outputs/ui-test/ for a look after a failure.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -18,11 +20,20 @@ SHOTS = REPO / "outputs" / "ui-test"
 # as root in a container, without the machine's closed network getting in the way
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
+IMAGE = "img[src*='test~boundary']"
+
+
+def make_ui_addresses(store: Path) -> list[tuple[str, str]]:
+    """What `make ui` (scripts/ui.py) reads from the store to print its addresses."""
+    spec = importlib.util.spec_from_file_location("ui_script", REPO / "scripts" / "ui.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.experiments(store)
 
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    """A finished 5-epoch run, and `mlflow ui` on 127.0.0.1 serving its store."""
+    """A finished 5-epoch run and a 4-job sweep, and `mlflow ui` on 127.0.0.1 serving their store."""
     require(Path(CHROMIUM).exists(), "no chromium: install Debian's chromium (scripts/system-deps)")
     try:
         import playwright  # noqa: F401
@@ -30,12 +41,14 @@ def ui(tmp_path_factory):
         require(False, "the playwright package is not installed (pip install -e '.[test]')")
     work = tmp_path_factory.mktemp("ui")
     moonprop("data.num_batches=5", "tracking.run_name=ui-check", cwd=work)
+    moonprop("-m", "data.num_batches=3", "model.hidden=[8],[16,16]", "schedule=linear,cosine", cwd=work)
     client = default_store(work)
     experiment = client.get_experiment_by_name("moonprop").experiment_id
-    (run,) = client.search_runs([experiment])
-    with mlflow_command("ui", "--backend-store-uri", f"sqlite:///{work}/outputs/mlflow.db", log=work / "ui.log") as url:
+    (run,) = client.search_runs([experiment], "attributes.run_name = 'ui-check'")
+    store = work / "outputs" / "mlflow.db"
+    with mlflow_command("ui", "--backend-store-uri", f"sqlite:///{store}", log=work / "ui.log") as url:
         SHOTS.mkdir(parents=True, exist_ok=True)
-        yield url, experiment, run.info.run_id
+        yield url, experiment, run, store
 
 
 @pytest.fixture
@@ -59,37 +72,101 @@ def open_page(page, url: str, shot: str, wait_for: str) -> None:
         page.screenshot(path=str(SHOTS / shot), full_page=True)
 
 
-def test_run_is_in_the_experiment_list(ui, page):
-    url, experiment, _ = ui
+def on_screen(page, selector: str) -> dict:
+    """Where the first element of `selector` is, its natural width, and whether the point at its
+    centre is the element itself: nothing covers it and no scroll area hides it."""
+    return page.locator(selector).first.evaluate(
+        "e => { const r = e.getBoundingClientRect(), x = r.left + r.width / 2, y = r.top + r.height / 2;"
+        " return {visible: document.elementFromPoint(x, y) === e, natural: e.naturalWidth, width: r.width,"
+        " bottom: r.bottom}; }")
+
+
+def test_the_address_make_ui_prints_opens_on_the_runs_named_by_what_they_vary(ui, page):
+    url, experiment, _, store = ui
+    assert make_ui_addresses(store) == [(int(experiment), "moonprop")]
     open_page(page, f"{url}/#/experiments/{experiment}/runs?workflowType=machine_learning", "runs.png",
               "text=ui-check")
-    assert page.locator("text=ui-check").first.is_visible()
+    assert page.get_by_text("sweep hidden, schedule", exact=True).first.is_visible()
+    page.locator("button[data-component-id$='runnamecellrenderer.tsx_46']").first.click()  # the sweep's jobs
+    page.get_by_text("hidden=[8] schedule=linear", exact=True).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(SHOTS / "runs-sweep.png"))
+    for name in ("ui-check", "hidden=[8] schedule=linear", "hidden=[8] schedule=cosine",
+                 "hidden=[16,16] schedule=linear", "hidden=[16,16] schedule=cosine"):
+        assert page.get_by_text(name, exact=True).first.is_visible()
 
 
-def test_accuracy_chart_and_boundary_images_with_step_control(ui, page):
-    url, experiment, run_id = ui
-    open_page(page, f"{url}/#/experiments/{experiment}/runs/{run_id}/model-metrics?workflowType=machine_learning",
-              "model-metrics.png", "img[src*='test~boundary']")
+def test_from_the_root_one_click_on_model_training_leads_to_the_runs(ui, page):
+    """MLflow 3.17 lands a fresh browser on its GenAI view (the README shows why nothing recorded
+    can change that); its "Model training" switch, once clicked, is remembered by the browser."""
+    url, experiment, _, _ = ui
+    open_page(page, f"{url}/", "root.png", "text=moonprop")
+    page.get_by_text("Model training", exact=True).first.click()
+    page.get_by_text("moonprop", exact=True).first.click()
+    page.get_by_text("ui-check", exact=True).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(SHOTS / "root-then-runs.png"))
+    assert "workflowType=genai" not in page.url and "/overview" not in page.url
+
+
+def test_the_boundary_card_with_its_step_slider(ui, page):
+    url, experiment, run, _ = ui
+    open_page(page, f"{url}/#/experiments/{experiment}/runs/{run.info.run_id}/model-metrics"
+                    "?workflowType=machine_learning", "model-metrics.png", IMAGE)
     body = page.inner_text("body")
     assert "test/boundary" in body and "acc" in body and "Step" in body  # the test/acc chart beside the images
-    image = page.locator("img[src*='test~boundary']").first
+    image = page.locator(IMAGE).first
     assert "step%2B0%2B" in image.get_attribute("src")
-    assert image.evaluate("img => img.complete && img.naturalWidth") == 160  # the picture itself loaded
+    image.wait_for(state="visible")
+    page.wait_for_function(f"() => document.querySelector(\"{IMAGE}\").naturalWidth > 0")
+    assert on_screen(page, IMAGE)["natural"] == 480  # the whole picture, shown at most at this size
+    # MLflow's card lists every param of the run above the picture (README: why)
+    params = ", ".join(f"{k}={v}" for k, v in run.data.params.items())
+    assert any(set(params.split(", ")) == set(text.split(", "))
+               for text in page.locator("div").all_inner_texts() if text.startswith("data."))
     slider = page.locator("[role=slider]").first
     assert slider.get_attribute("aria-valuemax") == "5"
     slider.focus()
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
-    page.wait_for_function("() => document.querySelector(\"img[src*='test~boundary']\").src.includes('step%2B2%2B')")
+    page.wait_for_function(f"() => document.querySelector(\"{IMAGE}\").src.includes('step%2B2%2B')")
     page.screenshot(path=str(SHOTS / "model-metrics-step-2.png"), full_page=True)
 
 
+def test_the_picture_is_on_screen_with_the_cards_run_params_off_and_large_when_expanded(ui, page):
+    """What the README tells: the card's "Configure" > "Show run parameters" off puts the picture
+    where the params were; the expand button shows it at its natural size."""
+    url, experiment, run, _ = ui
+    open_page(page, f"{url}/#/experiments/{experiment}/runs/{run.info.run_id}/model-metrics"
+                    "?workflowType=machine_learning", "card.png", IMAGE)
+    card = page.locator("[data-testid=experiment-view-compare-runs-card-menu]")
+    title = page.get_by_text("test/boundary", exact=True).first.bounding_box()
+    boxes = [card.nth(i).bounding_box() for i in range(card.count())]
+    menu = next(card.nth(i) for i, box in enumerate(boxes) if abs(box["y"] - title["y"]) < 20 and box["x"] > title["x"])
+    menu.click()
+    page.get_by_role("menuitem", name="Configure").click()
+    page.get_by_text("Show run parameters").click()
+    page.get_by_text("Save changes").click()
+    page.wait_for_function(f"() => document.querySelector(\"{IMAGE}\").naturalWidth > 0")
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SHOTS / "card-without-params.png"))
+    assert on_screen(page, IMAGE)["visible"]
+
+    expand = page.locator("button").filter(has=page.locator("svg")).all()
+    expand = [b for b in expand if (box := b.bounding_box()) and abs(box["y"] - title["y"]) < 20
+              and title["x"] < box["x"] < menu.bounding_box()["x"]]
+    expand[0].click()
+    page.get_by_role("dialog").locator(IMAGE).first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SHOTS / "card-expanded.png"))
+    shown = on_screen(page, f"[role=dialog] {IMAGE}")
+    assert shown["visible"] and shown["width"] == 480
+
+
 def test_animation_is_among_the_artifacts(ui, page):
-    url, experiment, run_id = ui
-    open_page(page, f"{url}/#/experiments/{experiment}/runs/{run_id}/artifacts?workflowType=machine_learning",
-              "artifacts.png", "text=training.gif")
+    url, experiment, run, _ = ui
+    open_page(page, f"{url}/#/experiments/{experiment}/runs/{run.info.run_id}/artifacts"
+                    "?workflowType=machine_learning", "artifacts.png", "text=training.gif")
     page.locator("text=training.gif").first.click()
-    # the viewer shows the GIF (loaded as a blob): the 160 x 150 animation frame, boundary above curves
-    page.wait_for_function("() => [...document.images].some(i => i.complete && i.naturalWidth === 160"
-                           " && i.naturalHeight === 150)", timeout=30_000)
+    # the viewer shows the GIF (loaded as a blob): 480 px wide, the boundary above the curves
+    page.wait_for_function("() => [...document.images].some(i => i.complete && i.naturalWidth === 480"
+                           " && i.naturalHeight > 450)", timeout=30_000)
     page.screenshot(path=str(SHOTS / "artifact-gif.png"))

@@ -120,8 +120,9 @@ def job_name(overrides: list[str], keys: list[str], number: int, numbered: bool)
 
 
 def sweep_name(keys: list[str], sweep_id: str) -> str:
-    """The parent run's name: the swept keys and when it started, `sweep hidden, schedule (2026-...)`."""
-    return f"sweep {', '.join(short_names(keys).values())} ({sweep_id})" if keys else f"sweep {sweep_id}"
+    """The parent run's name: `sweep hidden, schedule` (its folder, if it sweeps no key); the
+    runs table shows when it started, and its `sweep.id` tag its folder."""
+    return f"sweep {', '.join(short_names(keys).values())}" if keys else f"sweep {sweep_id}"
 
 
 class Job(NamedTuple):
