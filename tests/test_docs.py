@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -13,3 +15,17 @@ def test_config_reference_is_generated_from_the_schema_and_current():
     for key in ("`data.num_batches`", "`model.hidden`", "`loss.alpha`", "`schedule.start`", "`schedule.gamma`",
                 "`trainer.accelerator`", "`tracking.uri`", "`plot.every_n_epochs`", "`seed`", "`resume`"):
         assert key in text
+
+
+@pytest.mark.parametrize("name", ["training.gif", "sweep-boundaries.png", "sweep-curves.png", "ui-card.png"])
+def test_readme_pictures_were_made_by_the_current_code(name):
+    """Each picture carries the digest of the code that draws it (scripts/make_docs_images.py)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import make_docs_images
+    finally:
+        sys.path.pop(0)
+    recorded = make_docs_images.recorded_digest(ROOT / "docs" / name)
+    assert recorded == make_docs_images.sources_digest(), \
+        f"docs/{name} is older than the code that draws it: run python scripts/make_docs_images.py"
+    assert f"docs/{name}" in (ROOT / "README.md").read_text()
