@@ -78,8 +78,16 @@ def test_animation_frame_adds_curves_with_an_epoch_axis_below(tmp_path):
     below = np.array(frame)[300:]
     assert (below == plot.GREEN).any() and (below == plot.ORANGE).any() and (below == plot.GREY).any()
     later = plot.animation_frame(top, [0.5, 0.7, 0.9, 0.95], [1.0, 0.5, 0.2, 0.1], num_epochs=150)
-    plot.gif([frame, later], str(tmp_path / "a.gif"))
-    assert Image.open(tmp_path / "a.gif").n_frames == 2
+    animation = plot.Animation()
+    for f in (frame, later, later):
+        animation.add(f)
+    animation.save(str(tmp_path / "a.gif"))
+    gif = Image.open(tmp_path / "a.gif")
+    assert gif.n_frames == 3 and gif.info["loop"] == 0
+    for i, expected in enumerate((frame, later, later)):  # each frame as drawn, though only its changes are stored
+        gif.seek(i)
+        assert (np.asarray(gif.convert("RGB")) == np.asarray(expected.convert("RGB"))).all()
+    assert gif.info["duration"] == 2000  # the last frame is held
 
 
 @pytest.mark.parametrize("epochs, every, frames", [(150, 1, 76), (5, 1, 6), (3000, 10, 76), (7, 3, 4)])

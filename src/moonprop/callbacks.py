@@ -62,7 +62,10 @@ class MlflowCallback(pl.Callback):
             with torch.no_grad():
                 scores = pl_module(self.grid.to(pl_module.device)).cpu().numpy()
             image = self.pictures.draw(scores, f"epoch {step}   test acc {acc:.3f}")
-            self.recorder.send("image", image, BOUNDARY_KEY, step)
+            # Encoding the picture is the recorder's job, unless it is behind (opening a fresh
+            # store, say): then the trainer, which would only wait for it at the end, does it.
+            encoded = plot.webp(image) if self.recorder.backlog() > 2 else None
+            self.recorder.send("image", image, BOUNDARY_KEY, step, encoded)
         self.recorder.check()
 
     def state_dict(self) -> dict[str, Any]:

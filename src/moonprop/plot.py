@@ -11,11 +11,12 @@ blend colours by itself.
 from __future__ import annotations
 
 import functools
+import io
 import math
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import GifImagePlugin, Image, ImageDraw, ImageFont
 
 # The plane shown: the moons span x in [-1, 2], y in [-0.5, 1] plus noise.
 X_RANGE = (-1.5, 2.5)
@@ -259,11 +260,53 @@ def animation_steps(num_epochs: int, every: int) -> set[int]:
     return {*steps[::math.ceil(len(steps) / MAX_FRAMES)], num_epochs}
 
 
-def gif(frames: Sequence[Image.Image], path: str, frame_ms: int = 80, hold_ms: int = 2000) -> None:
-    """Write the animation; the last frame is held so that the final boundary can be read."""
-    durations = [frame_ms] * (len(frames) - 1) + [hold_ms]
-    frames[0].save(path, format="GIF", save_all=True, append_images=list(frames[1:]),
-                   duration=durations, loop=0, disposal=1)
+def webp(image: Image.Image) -> bytes:
+    """A picture as lossless WebP: ~10 KB and ~2 ms for a 480 px frame (PNG: 10-13 KB, 2.4 ms)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", lossless=True, quality=0, method=0)
+    return buffer.getvalue()
+
+
+class Animation:
+    """A GIF encoded a frame at a time as the run goes (Pillow's getheader/getdata), each frame
+    only where it differs from the one before: at the end of the run only the last frame is left
+    to encode, and only two frames are kept in memory. The last frame is held, so that the final
+    boundary can be read."""
+
+    def __init__(self, frame_ms: int = 80, hold_ms: int = 2000) -> None:
+        self.frame_ms, self.hold_ms = frame_ms, hold_ms
+        self.chunks: list[bytes] = []
+        self.frames = 0
+        self._pending: Image.Image | None = None  # the newest frame: its duration is not known yet
+        self._previous: np.ndarray | None = None
+
+    def add(self, frame: Image.Image) -> None:
+        if self._pending is not None:
+            self._encode(self._pending, self.frame_ms)
+        self._pending = frame
+
+    def _encode(self, frame: Image.Image, duration_ms: int) -> None:
+        pixels = np.asarray(frame)
+        if self._previous is None or self._previous.shape != pixels.shape:
+            header, _ = GifImagePlugin.getheader(frame, info={"loop": 0, "duration": duration_ms})
+            self.chunks += header
+            box: tuple[int, int, int, int] | None = (0, 0, *frame.size)
+        else:
+            changed = np.argwhere(pixels != self._previous)
+            box = None if len(changed) == 0 else (int(changed[:, 1].min()), int(changed[:, 0].min()),
+                                                  int(changed[:, 1].max()) + 1, int(changed[:, 0].max()) + 1)
+        box = box or (0, 0, 1, 1)  # an unchanged frame still takes its time
+        self.chunks += GifImagePlugin.getdata(frame.crop(box), offset=box[:2], duration=duration_ms, disposal=1)
+        self._previous = pixels
+        self.frames += 1
+
+    def save(self, path: str) -> None:
+        if self._pending is not None:
+            self._encode(self._pending, self.hold_ms)
+            self._pending = None
+        with open(path, "wb") as f:
+            f.writelines(self.chunks)
+            f.write(b";")  # the GIF trailer
 
 
 # ---- a sweep's pictures (RGB: they are drawn once per sweep) --------------------------------------

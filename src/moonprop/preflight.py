@@ -426,9 +426,19 @@ def check(argv: list[str]) -> list[Config]:
     if only_prints(args):
         return []  # Hydra only prints: nothing is created
     with app_hydra(args) as (hydra, config_name):
-        multirun = args.multirun or hydra.get_mode(config_name, args.overrides) == RunMode.MULTIRUN
-        master = compose(hydra, config_name, args.overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)
+        # Hydra composes once to read hydra.mode (an experiment file may say MULTIRUN), then
+        # again; a single run's composition tells the mode too, so it is composed once here.
+        multirun, master = args.multirun, None
+        if not multirun:
+            try:
+                master = compose(hydra, config_name, args.overrides, RunMode.RUN)
+                multirun = master.hydra.mode == RunMode.MULTIRUN
+            except ConfigError:  # a sweep's values without -m: an error, unless the config says MULTIRUN
+                if hydra.get_mode(config_name, args.overrides) != RunMode.MULTIRUN:
+                    raise
+                multirun = True
         if multirun:
+            master = compose(hydra, config_name, args.overrides, RunMode.MULTIRUN)
             configs = checked_jobs(hydra, master, sweep_jobs(hydra, master))
             check_search(master)
         else:

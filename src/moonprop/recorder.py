@@ -66,6 +66,10 @@ class Recorder:
                 self._inbox.flush()
             self._inbox.close()
 
+    def backlog(self) -> int:
+        """Messages sent but not yet taken by the recorder: more than a few, and it is behind."""
+        return self._outbox.qsize()
+
     def send(self, *message: Any) -> None:
         if not self._pump.is_alive():
             raise RecorderError(f"the recorder process has stopped (exit code {self.proc.poll()})")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import io
 import shutil
 import subprocess
 import tempfile
@@ -87,8 +86,8 @@ class RunWriter:
         (self._staging / "images").mkdir(parents=True, exist_ok=True)
         self._images_tagged = False
         self._last_flush = time.monotonic()
-        # what the animation needs: its frames so far, the test curves so far, the last boundary
-        self.frames: list[Image.Image] = []
+        # what the animation needs: the GIF so far, the test curves so far, the last boundary
+        self.animation = plot.Animation()
         self.frame_steps: set[int] = set()
         self.num_epochs = 0
         self.last_image: Image.Image | None = None
@@ -140,7 +139,7 @@ class RunWriter:
                 if step in self.frame_steps:
                     image = Image.open(path)
                     image.load()
-                    self.frames.append(plot.animation_frame(image, self.curves["test/acc"][:step + 1],
+                    self.animation.add(plot.animation_frame(image, self.curves["test/acc"][:step + 1],
                                                             self.curves["test/loss"][:step + 1], self.num_epochs))
 
     def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int) -> None:
@@ -150,21 +149,20 @@ class RunWriter:
                 curve.append(float(metrics[key]))
         self._maybe_flush()
 
-    def log_image(self, image: Image.Image, key: str, step: int) -> None:
+    def log_image(self, image: Image.Image, key: str, step: int, encoded: bytes | None = None) -> None:
         """Stage an image as MLflow's `log_image(key=..., step=...)` names it, which is what the
         UI's image card and its step slider read: `images/<key, / as ~>+step+<step>+timestamp+
         <ms>+<uuid>.webp` and a `+compressed.webp` beside it. The card and its expand dialog show
         the compressed one at its natural size, a click the other: both are the whole picture,
-        encoded once (lossless WebP: 8 KB and 1.6 ms for a 480 px frame, where PNG takes 10 KB
-        and 2.4 ms, and MLflow's own 256 px lossy thumbnail would blur the text)."""
+        encoded once as lossless WebP (`encoded`, when the trainer had the time to do it), where
+        MLflow's own 256 px lossy thumbnail would blur the text."""
         stem = f"{key.replace('/', '~')}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
-        buffer = io.BytesIO()
-        image.save(buffer, format="WEBP", lossless=True, quality=0, method=0)
+        data = encoded or plot.webp(image)
         for name in (f"{stem}.webp", f"{stem}+compressed.webp"):
-            (self._staging / "images" / name).write_bytes(buffer.getbuffer())
+            (self._staging / "images" / name).write_bytes(data)
         self.last_image = image
         if step in self.frame_steps:
-            self.frames.append(plot.animation_frame(image, self.curves["test/acc"], self.curves["test/loss"],
+            self.animation.add(plot.animation_frame(image, self.curves["test/acc"], self.curves["test/loss"],
                                                     self.num_epochs))
         self._maybe_flush()
 
@@ -178,8 +176,8 @@ class RunWriter:
         """The last boundary as `boundary.png`, and the whole run as `training.gif`."""
         if self.last_image is not None:
             self.last_image.save(self._staging / "boundary.png", compress_level=6)
-        if self.frames:
-            plot.gif(self.frames, str(self._staging / "training.gif"))
+        if self.last_image is not None:
+            self.animation.save(str(self._staging / "training.gif"))
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
