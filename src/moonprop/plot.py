@@ -14,6 +14,7 @@ import functools
 import io
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import GifImagePlugin, Image, ImageDraw, ImageFont
@@ -210,35 +211,62 @@ def _label(value: float) -> str:
     return f"{value:g}"
 
 
+class _Panel(NamedTuple):
+    """The curves' panel under a run's boundary: its geometry and what every frame shares."""
+
+    image: Image.Image  # the axes, their ticks and labels
+    x0: int
+    x1: int
+    y0: int
+    y1: int
+    small: int  # font size
+
+    def x(self, epoch: float, num_epochs: int) -> float:
+        return self.x0 + (self.x1 - self.x0) * epoch / max(num_epochs, 1)
+
+    def y(self, fraction: float) -> float:  # 1.0 sits 4 px under the frame, never on it
+        return self.y1 - (self.y1 - self.y0 - 4) * min(max(fraction, 0.0), 1.0)
+
+
+@functools.lru_cache(maxsize=8)  # one per run: drawing the axes' text costs more than the curves
+def _panel(width: int, num_epochs: int) -> _Panel:
+    caption, small = font_sizes(width)
+    height = max(60, round(width * 0.36) + small)
+    margin = text_size("0.00", small)[0] + small // 2
+    panel = _Panel(_new((width, height)), margin, width - margin, small, height - 2 * small - 12, small)
+    image, x, y = panel.image, panel.x, panel.y
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((panel.x0, panel.y0, panel.x1, panel.y1), outline=LIGHT)
+    for epoch in nice_ticks(num_epochs):  # ticks and "epoch" below the axes
+        draw.line((x(epoch, num_epochs), panel.y1, x(epoch, num_epochs), panel.y1 + 3), fill=GREY)
+        write(image, (x(epoch, num_epochs), panel.y1 + 4), _label(epoch), small, "grey", anchor="ma")
+    write(image, (panel.x1, panel.y1 + 4 + small), "epoch", small, "grey", anchor="ra")
+    for value in (0.0, 0.5, 1.0):
+        write(image, (panel.x0 - 4, y(value)), _label(value), small, "green", anchor="rm")
+    write(image, (panel.x1 + 4, y(0.0)), "0", small, "orange", anchor="lm")
+    return panel
+
+
 def animation_frame(top: Image.Image, acc: Sequence[float], loss: Sequence[float], num_epochs: int) -> Image.Image:
     """The seed post's figure: the boundary above, test accuracy and loss per epoch below, drawn up
     to the current epoch on axes that span the whole run. Accuracy is read on the left axis (0 to
     1), loss on the right (0 to its highest so far)."""
     w, h = top.size
-    caption, small = font_sizes(w)
-    panel = max(60, round(w * 0.36) + small)
-    frame = _new((w, h + panel))
+    panel = _panel(w, num_epochs)
+    frame = _new((w, h + panel.image.height))
     frame.paste(top, (0, 0))
+    frame.paste(panel.image, (0, h))
     draw = ImageDraw.Draw(frame)
-    margin = text_size("0.00", small)[0] + small // 2
-    x0, x1, y0, y1 = margin, w - margin, h + small, h + panel - 2 * small - 12  # ticks and "epoch" below
-    draw.rectangle((x0, y0, x1, y1), outline=LIGHT)
-    loss_top = max(max(loss, default=0.0), 1e-9)
+    small, x1, y0, y1 = panel.small, panel.x1, panel.y0 + h, panel.y1 + h
 
     def x(epoch: float) -> float:
-        return x0 + (x1 - x0) * epoch / max(num_epochs, 1)
+        return panel.x(epoch, num_epochs)
 
-    def y(fraction: float) -> float:  # 1.0 sits 4 px under the frame, never on it
-        return y1 - (y1 - y0 - 4) * min(max(fraction, 0.0), 1.0)
+    def y(fraction: float) -> float:
+        return panel.y(fraction) + h
 
-    for epoch in nice_ticks(num_epochs):
-        draw.line((x(epoch), y1, x(epoch), y1 + 3), fill=GREY)
-        write(frame, (x(epoch), y1 + 4), _label(epoch), small, "grey", anchor="ma")
-    write(frame, (x1, y1 + 4 + small), "epoch", small, "grey", anchor="ra")
-    for value in (0.0, 0.5, 1.0):
-        write(frame, (x0 - 4, y(value)), _label(value), small, "green", anchor="rm")
+    loss_top = max(max(loss, default=0.0), 1e-9)
     write(frame, (x1 + 4, y(1.0)), f"{loss_top:.2g}", small, "orange", anchor="lm")
-    write(frame, (x1 + 4, y(0.0)), "0", small, "orange", anchor="lm")
     if len(acc) > 1:
         draw.line([(x(i), y(v / loss_top)) for i, v in enumerate(loss)], fill=ORANGE, width=2)
         draw.line([(x(i), y(v)) for i, v in enumerate(acc)], fill=GREEN, width=2)
