@@ -7,8 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-from moonprop.model import load_weights
-
 from .conftest import default_store, epoch_images, moonprop
 
 
@@ -48,7 +46,7 @@ def test_short_run_records_everything(workdir):
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40  # this checkout's commit
 
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"boundary.png", "training.gif", "config.yaml", "overrides.yaml", "model", "images"} <= names
+    assert {"boundary.png", "training.gif", "config.yaml", "overrides.yaml", "images"} <= names
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     pngs = sorted(epoch_images(client, run.info.run_id))
     assert len(pngs) == 6 and len([p for p in images if p.endswith("+compressed.webp")]) == 6
@@ -60,7 +58,11 @@ def test_short_run_records_everything(workdir):
     assert gif.n_frames == 6 and gif.width == 480
     assert Image.open(f"{local}/boundary.png").size == (480, 300)
     assert "data.num_batches=5" in open(f"{local}/overrides.yaml").read()
-    net = load_weights(f"{local}/model/weights.pt")
+    # the network, as the run's MLflow model (tests/test_models.py has the rest)
+    import mlflow.pytorch
+
+    model = client.get_logged_model(client.get_run(run.info.run_id).outputs.model_outputs[0].model_id)
+    net = mlflow.pytorch.load_model(model.artifact_location)
     assert sum(p.numel() for p in net.parameters()) == 337
     assert net(torch.zeros(4, 2)).shape == (4,)
 

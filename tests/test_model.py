@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from moonprop.model import MLP, accuracy, hinge_l2_loss, load_weights, save_weights
+from moonprop.model import MLP, accuracy, hinge_l2_loss
 
 
 def test_seed_network_has_337_parameters():
@@ -85,9 +85,12 @@ def test_accuracy_counts_sign_agreement():
     assert accuracy(torch.ones(1000), torch.tensor([1.0] * 999 + [-1.0])) == 0.999  # the exact ratio
 
 
-def test_weights_round_trip(tmp_path):
-    net = MLP([5, 3], torch.Generator().manual_seed(3))
-    save_weights(net, tmp_path / "w.pt")
-    loaded = load_weights(tmp_path / "w.pt")
-    x = torch.randn(10, 2)
-    assert torch.equal(net(x), loaded(x))
+def test_the_network_as_torchscript_scores_any_number_of_points(tmp_path):
+    """What a run's MLflow model holds: the network traced on two points (callbacks.py), saved and
+    loaded without moonprop's code, scoring as many points as it is given."""
+    net = MLP([5, 3], torch.Generator().manual_seed(3)).eval()
+    torch.jit.save(torch.jit.trace(net, torch.zeros(2, 2)), tmp_path / "model.pth")
+    loaded = torch.jit.load(tmp_path / "model.pth")
+    for n in (1, 10, 1000):
+        x = torch.randn(n, 2)
+        assert torch.equal(net(x), loaded(x)) and loaded(x).shape == (n,)

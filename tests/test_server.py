@@ -22,7 +22,7 @@ def server(tmp_path_factory) -> Iterator[str]:
 def test_parallel_sweep_through_a_tracking_server(server, workdir):
     with_credentials = server.replace("http://", "http://alice:s3cret@")
     moonprop("-m", "data.num_batches=3", "seed=0,1", "schedule=linear,cosine",
-             f"tracking.uri={with_credentials}", "tracking.experiment=served",
+             f"tracking.uri={with_credentials}", "tracking.experiment=served", "tracking.registered_model=served",
              "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=workdir, timeout=600)
     assert not (workdir / "outputs" / "mlflow.db").exists()  # nothing went to the local store
 
@@ -37,10 +37,17 @@ def test_parallel_sweep_through_a_tracking_server(server, workdir):
         assert [m.step for m in client.get_metric_history(child.info.run_id, "test/acc")] == [0, 1, 2, 3]
         assert len(epoch_images(client, child.info.run_id)) == 4
         assert child.data.params["tracking.uri"] == server.replace("http://", "http://***@")
+        # the network as a logged model, through the server's artifact proxy; the datasets
+        (output,) = child.outputs.model_outputs
+        assert client.get_logged_model(output.model_id).source_run_id == child.info.run_id
+        assert {d.tags[0].value for d in child.inputs.dataset_inputs} == {"test", "train"}
         assert "s3cret" not in str(child.data.params) + str(child.data.tags)
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"summary.csv", "summary.md", "boundaries.png", "curves.png"} <= names
     assert "s3cret" not in str(parent.data.tags)
+    (version,) = client.search_model_versions("name = 'served'")  # the sweep's best only
+    assert version.run_id == parent.data.tags["best_run_id"]
+    assert client.get_model_version_by_alias("served", "sweep-best").version == version.version
 
 
 def test_slurm_sweep_through_a_tracking_server(server, workdir):

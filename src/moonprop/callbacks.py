@@ -9,6 +9,7 @@ grid with a step slider beside `test/acc`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import signal
 import time
@@ -22,7 +23,6 @@ import torch
 
 from moonprop import plot
 from moonprop.config import PlotConfig
-from moonprop.model import save_weights
 from moonprop.recorder import Recorder
 
 BOUNDARY_KEY = "test/boundary"  # the prefix puts the image grid next to the test/acc chart
@@ -77,9 +77,13 @@ class MlflowCallback(pl.Callback):
         self.test_acc = state_dict["test_acc"]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        buf = io.BytesIO()
-        save_weights(pl_module.net, buf)
-        self.recorder.send("file", "model/weights.pt", buf.getvalue())
+        # The trained network as TorchScript, which MLflow loads without moonprop's code; the
+        # recorder logs it as the run's MLflow model (logged_model.py).
+        network = copy.deepcopy(pl_module.net).cpu().eval()
+        buffer = io.BytesIO()
+        with torch.no_grad():
+            torch.jit.save(torch.jit.trace(network, torch.zeros(2, 2)), buffer)
+        self.recorder.send("model", buffer.getvalue(), str(torch.__version__))
 
 
 class Interrupted(BaseException):

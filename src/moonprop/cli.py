@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -25,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from moonprop import sweep
-from moonprop.config import ConfigError, first_line, validate
+from moonprop.config import ConfigError, first_line, redact, validate
 from moonprop.recorder import close_shared, shared
 
 EXIT_BAD_INPUT = 2
@@ -46,11 +47,13 @@ def app(cfg: DictConfig) -> float:
     start = time.perf_counter()
     tags = {"hydra.job.name": hc.job.name, "hydra.output_dir": str(run_dir)}
     if hc.mode != RunMode.MULTIRUN:
+        tags["mlflow.source.name"] = shlex.join(["moonprop", *(redact(a) for a in sys.argv[1:])])  # as run
         acc = train(config, recorder, run_dir, overrides, tags, launch_dir=hc.runtime.cwd)
         print(f"moonprop: run {recorder.run_name} FINISHED: test acc {acc:.3f} in "
               f"{time.perf_counter() - start:.1f} s (run id {recorder.run_id}, folder {run_dir})", file=sys.stderr)
         return acc
     in_sweep = sweep.this_job(config.tracking.run_name)
+    tags["mlflow.source.name"] = shlex.join(["moonprop", *in_sweep.overrides])  # what runs this job alone
     job = f"job {hc.job.num} ({in_sweep.name})"
     try:
         # Only the in-process launcher runs the next job in this process, and drains the recorder

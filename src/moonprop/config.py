@@ -97,7 +97,9 @@ class TrainerConfig:
 class TrackingConfig:
     uri: str | None = option(None, "MLflow tracking URI; null is the SQLite store outputs/mlflow.db")
     experiment: str = option("moonprop", "MLflow experiment name")
-    run_name: str | None = option(None, "MLflow run name; null lets MLflow pick one")
+    run_name: str | None = option(None, "MLflow run name; null: MLflow picks one, a sweep names each job by its values")
+    registered_model: str | None = option(None, "register the run's model as a new version of this MLflow "
+                                                "registered model; in a sweep only the best job's, aliased sweep-best")
 
 
 @dataclass
@@ -215,6 +217,8 @@ def validate(cfg: DictConfig) -> Config:
            f"one of {', '.join(ACCELERATORS)}")
     _check(_positive_int(c.trainer.threads), "trainer.threads", c.trainer.threads, "a positive integer")
     _check(bool(c.tracking.experiment), "tracking.experiment", c.tracking.experiment, "a non-empty name")
+    _check(c.tracking.registered_model is None or bool(c.tracking.registered_model.strip()),
+           "tracking.registered_model", c.tracking.registered_model, "null or a non-empty name")
     _check(_positive_int(c.plot.every_n_epochs), "plot.every_n_epochs", c.plot.every_n_epochs,
            "a positive integer")
     _check(_positive_int(c.plot.resolution) and 16 <= c.plot.resolution <= 2048, "plot.resolution",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -58,6 +61,20 @@ class MoonsDataModule(pl.LightningDataModule):
         super().__init__()
         self.cfg, self.seed = cfg, seed
         self.test = moons(cfg.test_size, cfg.noise, seed, _TEST)
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """The test set and the training stream as a run records them (MLflow dataset inputs): a
+        name, the context, how to draw them again, and a digest that changes whenever they would."""
+        cfg, seed = self.cfg, self.seed
+        how = {"generator": "moonprop.data.moons: sklearn.datasets.make_moons, labels -1 (upper) / +1 (lower)",
+               "noise": str(cfg.noise), "seed": str(seed)}
+        specs = [("moons-test", "test", {**how, "stream": f"SeedSequence({seed}, spawn_key=({_TEST}, 0))",
+                                         "points": str(cfg.test_size)}),
+                 ("moons-train", "train", {**how, "stream": f"SeedSequence({seed}, spawn_key=({_TRAIN}, epoch))",
+                                           "batches": str(cfg.num_batches), "points_per_batch": str(cfg.batch_size)})]
+        return [{"name": name, "context": context, "source": source,
+                 "digest": hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:8]}
+                for name, context, source in specs]
 
     def train_batch(self, epoch: int) -> Batch:
         return moons(self.cfg.batch_size, self.cfg.noise, self.seed, _TRAIN, epoch)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from typing import BinaryIO
-
 import torch
 from torch import Tensor, nn
 
@@ -45,17 +42,3 @@ def accuracy(scores: Tensor, y: Tensor) -> float:
     """Share of points on the right side of the zero level (labels are -1 / +1), as the exact
     ratio: 999 of 1000 is 0.999, where a float32 mean would be 0.9990000128746033."""
     return int(((scores > 0) == (y > 0)).sum()) / len(y)
-
-
-def save_weights(net: MLP, path: str | os.PathLike[str] | BinaryIO) -> None:
-    """The trained network as a small file (~3 KB): its layer sizes and its state dict."""
-    hidden = [m.out_features for m in net if isinstance(m, nn.Linear)][:-1]
-    torch.save({"hidden": hidden, "state_dict": net.state_dict()}, path)
-
-
-def load_weights(path: str | os.PathLike[str]) -> MLP:
-    """The network written by `save_weights`, ready to score points."""
-    saved = torch.load(path, weights_only=True)
-    net = MLP(saved["hidden"])
-    net.load_state_dict(saved["state_dict"])
-    return net.eval()

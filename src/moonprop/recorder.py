@@ -272,7 +272,8 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
                 finished.close(status, error, details)
                 reply(op, "ok", finished.id)
             elif run is not None and not broken:
-                {"metrics": run.log_metrics, "image": run.log_image, "file": run.log_file}[op](*args)
+                {"metrics": run.log_metrics, "image": run.log_image, "file": run.log_file,
+                 "model": run.log_model}[op](*args)
         except Exception as e:
             broken = True
             reply(op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")

@@ -16,7 +16,7 @@ from typing import Any
 from mlflow import MlflowClient
 from PIL import Image
 
-from moonprop import plot
+from moonprop import logged_model, plot
 from moonprop.tracking import ensure_store, get_experiment
 
 
@@ -31,11 +31,12 @@ def open_parent(uri: str, experiment: str, name: str, sweep_id: str, keys: list[
     return run.info.run_id
 
 
-def close_parent(uri: str, parent: str, sweep_dir: str) -> tuple[str, int]:
-    """Write the summary on the parent run and end it; the text to show and the number of jobs
-    that did not finish."""
+def close_parent(uri: str, parent: str, sweep_dir: str, registered_model: str | None = None) -> tuple[str, int]:
+    """Write the summary on the parent run (registering the best job's model under
+    `registered_model`, if given) and end it; the text to show and the number of jobs that did
+    not finish."""
     client = MlflowClient(uri)
-    jobs, text = summarise(client, parent, Path(sweep_dir))
+    jobs, text = summarise(client, parent, Path(sweep_dir), registered_model)
     failed = sum(job["status"] != "FINISHED" for job in jobs)
     client.set_terminated(parent, "FAILED" if failed or not jobs else "FINISHED")
     return text, failed
@@ -104,10 +105,12 @@ def swept_values(overrides: str, keys: list[str]) -> dict[str, str]:
     return {short: given[key] for key, short in short_names(keys).items() if key in given}
 
 
-def summarise(client: MlflowClient, parent: str, sweep_dir: Path) -> tuple[list[dict[str, Any]], str]:
+def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
+              registered_model: str | None = None) -> tuple[list[dict[str, Any]], str]:
     """The sweep's answer on its parent run: a table (CSV, Markdown, summary.md in the sweep
-    folder), the best job named in tags, every final boundary laid out by the swept values and the
-    accuracy curves overlaid. Returns the jobs and the text for the terminal."""
+    folder), the best job named in tags (its model registered under `registered_model`, aliased
+    `sweep-best`), every final boundary laid out by the swept values and the accuracy curves
+    overlaid. Returns the jobs and the text for the terminal."""
     rows = _rows(client, parent)
     finished = [r for r in rows if r["status"] == "FINISHED" and r["test_acc"] is not None]
     best = max(finished, key=lambda r: r["test_acc"]) if finished else None
@@ -123,6 +126,11 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path) -> tuple[list[
         for key, value in {"best_run_id": best["run_id"], "best_name": best["name"],
                            "best_overrides": best["overrides"], "best_test_acc": str(best["test_acc"])}.items():
             client.set_tag(parent, key, value)
+        if registered_model and (model_id := logged_model.model_id_of(client, best["run_id"])):
+            version = logged_model.register(client, registered_model, model_id, best["run_id"],
+                                            alias=logged_model.BEST_ALIAS,
+                                            tags={"sweep.id": sweep_dir.name, "test_acc": str(best["test_acc"])})
+            client.set_tag(parent, "best_model_version", f"{registered_model}/{version}")
 
     keys = [k for k in client.get_run(parent).data.tags.get("sweep.keys", "").split(",") if k]
     boundaries: dict[int, Image.Image | None] = {}

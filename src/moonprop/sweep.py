@@ -130,6 +130,7 @@ class Job(NamedTuple):
 
     parent: str | None  # the sweep's parent run
     name: str
+    overrides: list[str]  # its own, credentials redacted
     tags: dict[str, str]
 
 
@@ -144,7 +145,7 @@ def this_job(run_name: str | None) -> Job:
     name = run_name or job_name(overrides, sweep.get("keys", []), hc.job.num, sweep.get("numbered", True))
     tags = {"sweep.id": Path(str(hc.sweep.dir)).name, "sweep.job": str(hc.job.num),
             "sweep.overrides": " ".join(overrides)}
-    return Job(sweep.get("parent"), name, tags)
+    return Job(sweep.get("parent"), name, overrides, tags)
 
 
 class SweepCallback(Callback):
@@ -189,6 +190,7 @@ class SweepCallback(Callback):
 
         drain_shared()  # in-process jobs: their last runs may still be closing
         text, failed_jobs = shared().call("close_parent", uri=_under_way.uri, parent=_under_way.parent,
-                                          sweep_dir=str(config.hydra.sweep.dir))
+                                          sweep_dir=str(config.hydra.sweep.dir),
+                                          registered_model=config.tracking.registered_model)
         print(text, file=sys.stderr)
         _under_way = None

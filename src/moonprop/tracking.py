@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import getpass
+import json
 import shutil
 import subprocess
 import tempfile
@@ -18,14 +20,23 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, SourceType
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_LOGGED_IMAGES, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_LOGGED_IMAGES,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
 from PIL import Image
 
-from moonprop import plot
+from moonprop import logged_model, plot
 
 FLUSH_EVERY_S = 1.0
 EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI sees a live run at most a second late
@@ -91,16 +102,23 @@ class RunWriter:
         self.frame_steps: set[int] = set()
         self.num_epochs = 0
         self.last_image: Image.Image | None = None
+        self.network: tuple[bytes, str] | None = None  # TorchScript and torch's version, once trained
+        self.registered_model: str | None = None
+        self.test_set: tuple[str, str] | None = None  # the test set's dataset name and digest
         self.curves: dict[str, list[float]] = {"test/acc": [], "test/loss": []}
 
     @classmethod
     def open(cls, uri: str, experiment: str, run_name: str | None, params: dict[str, str],
              tags: dict[str, str], texts: dict[str, str], parent_run_id: str | None = None,
              resume_run_id: str | None = None, num_epochs: int = 0, plot_every: int = 1,
-             start_time_ms: int | None = None) -> RunWriter:
-        """Start a run with its params, tags and texts, its start time when training began (a
-        fresh store takes seconds to open); or reopen `resume_run_id`, whose params are already
-        there, with its curves and pictures so far for the animation."""
+             start_time_ms: int | None = None, datasets: list[dict[str, Any]] | None = None,
+             registered_model: str | None = None) -> RunWriter:
+        """Start a run with its params, tags, texts and dataset inputs, its source (the command as
+        the tag `mlflow.source.name`, else `moonprop`; the user; the git commit) and its start
+        time when training began (a fresh store takes seconds to open); or reopen `resume_run_id`,
+        whose params are already there, with its curves and pictures so far for the animation. A
+        finished run's network is logged as its MLflow model, registered under `registered_model`
+        if given."""
         with store_lock(uri):
             client = MlflowClient(tracking_uri=uri)
             experiment_id = get_experiment(client, experiment, uri)
@@ -112,8 +130,11 @@ class RunWriter:
             writer = cls(client, resume_run_id, info.run_name, info.artifact_uri)
             writer.num_epochs, writer.frame_steps = num_epochs, plot.animation_steps(num_epochs, plot_every)
             writer._reload()
+            writer.registered_model, writer.test_set = registered_model, _test_set(datasets)
             return writer
-        tags = dict(tags)
+        # what MLflow's fluent API records of a run's source, so that the UI's Source and User fill in
+        tags = {MLFLOW_SOURCE_NAME: "moonprop", MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL),
+                MLFLOW_USER: getpass.getuser(), **tags}
         if commit := git_commit():
             tags[MLFLOW_GIT_COMMIT] = commit
         if parent_run_id:
@@ -121,7 +142,10 @@ class RunWriter:
         info = client.create_run(experiment_id, run_name=run_name, tags=tags, start_time=start_time_ms).info
         run_id, writer = info.run_id, cls(client, info.run_id, info.run_name, info.artifact_uri)
         writer.num_epochs, writer.frame_steps = num_epochs, plot.animation_steps(num_epochs, plot_every)
+        writer.registered_model, writer.test_set = registered_model, _test_set(datasets)
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        if datasets:
+            client.log_inputs(run_id, datasets=[_dataset_input(d) for d in datasets])
         for name, text in texts.items():
             client.log_text(run_id, text, name)
         return writer
@@ -166,6 +190,10 @@ class RunWriter:
                                                     self.num_epochs))
         self._maybe_flush()
 
+    def log_model(self, torchscript: bytes, torch_version: str) -> None:
+        """The trained network, logged as the run's MLflow model when the run finishes."""
+        self.network = (torchscript, torch_version)
+
     def log_file(self, name: str, data: bytes) -> None:
         """Stage a file at `name` (a path inside the run's artifacts)."""
         path = self._staging / name
@@ -199,20 +227,40 @@ class RunWriter:
         self._last_flush = time.monotonic()
 
     def close(self, status: str, error: str | None = None, details: str | None = None) -> None:
-        """Flush and end the run FINISHED, FAILED or KILLED; an error is kept as a tag and a file."""
+        """Flush and end the run FINISHED (its model logged), FAILED or KILLED; an error is kept as
+        a tag and a file. A finished run whose record cannot be completed ends FAILED."""
         try:
             with contextlib.ExitStack() as stack:
                 if status != "FINISHED":  # keep what can be kept; the store may be what failed
                     stack.enter_context(contextlib.suppress(Exception))
                 self.flush()
+                if status == "FINISHED" and self.network:
+                    logged_model.log(self.client, self.id, *self.network, step=self.num_epochs,
+                                     test_set=self.test_set, registered_model=self.registered_model)
                 if error:
                     self.client.set_tag(self.id, "error", error[:5000])
                 if details:
                     self.client.log_text(self.id, details, "error.txt")
             self.client.set_terminated(self.id, status)
+        except Exception as e:
+            with contextlib.suppress(Exception):  # never RUNNING forever
+                self.client.set_tag(self.id, "error", f"recording the run failed: {type(e).__name__}: {e}"[:5000])
+                self.client.set_terminated(self.id, "FAILED")
+            raise
         finally:
             if self._local is None:
                 shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def _test_set(datasets: list[dict[str, Any]] | None) -> tuple[str, str] | None:
+    return next(((d["name"], d["digest"]) for d in datasets or [] if d["context"] == "test"), None)
+
+
+def _dataset_input(spec: dict[str, Any]) -> DatasetInput:
+    """A dataset as MLflow records it: its source a code source whose tags say how to draw it."""
+    dataset = Dataset(name=spec["name"], digest=spec["digest"], source_type="code",
+                      source=json.dumps({"tags": spec["source"]}))
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, spec["context"])])
 
 
 @contextlib.contextmanager

@@ -58,7 +58,8 @@ def train(cfg: Config, recorder: Recorder, run_dir: Path, overrides: list[str] |
             uri=resolve_uri(cfg.tracking.uri, launch_dir), experiment=cfg.tracking.experiment,
             run_name=run_name or cfg.tracking.run_name, params=run_params, tags=tags or {}, texts=texts,
             parent_run_id=parent_run_id, plot_every=cfg.plot.every_n_epochs, num_epochs=cfg.data.num_batches,
-            start_time_ms=int(time.time() * 1000),
+            start_time_ms=int(time.time() * 1000), datasets=datamodule.datasets(),
+            registered_model=None if parent_run_id else cfg.tracking.registered_model,  # a sweep registers its best
             resume_run_id=checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None):
         trainer = pl.Trainer(
             accelerator=cfg.trainer.accelerator,
