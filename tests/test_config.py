@@ -18,7 +18,7 @@ def test_default_config_is_the_seed_experiment():
         "loss": {"alpha": 1e-4},
         "schedule": {"name": "linear", "start": 1.0, "end": 0.1},
         "trainer": {"accelerator": "auto", "threads": 1},
-        "tracking": {"uri": None, "experiment": "moonprop", "run_name": None},
+        "tracking": {"uri": None, "experiment": "moonprop", "run_name": None, "registered_model": None},
         "plot": {"every_n_epochs": 1, "resolution": 480},
         "seed": 0,
         "resume": None,
