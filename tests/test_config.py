@@ -147,6 +147,5 @@ def test_project_launcher_and_sweeper_configs_compose():
     slurm = composed(["hydra/launcher=slurm"]).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher")
     assert slurm.signal_delay_s < slurm.timeout_min * 60  # the warning signal must not come at the start
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     search = composed(["hydra/sweeper=search"]).hydra.sweeper
     assert search.direction == "maximize" and set(search.params) == {"model.hidden", "schedule.start", "loss.alpha"}

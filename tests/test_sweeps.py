@@ -86,21 +86,3 @@ def test_threads_are_pinned_so_workers_times_threads_fit_the_cores(n_jobs, cores
     monkeypatch.setattr(cli.os, "sched_getaffinity", lambda _: set(range(cores)))
     hc = OmegaConf.create({"mode": RunMode.MULTIRUN, "launcher": {"n_jobs": n_jobs}})
     assert cli.threads_per_job(hc) == expected
-
-
-def test_optuna_search_maximises_test_accuracy(workdir):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    proc = moonprop("-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=3", "data.num_batches=3", cwd=workdir)
-    client = default_store(workdir)
-    parent, children = sweep_runs(client)
-    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
-    best = max(c.data.metrics["test/acc"] for c in children)
-    assert f"Best value: {best}" in proc.stdout + proc.stderr  # optuna's answer is the highest accuracy
-    assert {"model.hidden", "schedule.start", "loss.alpha"} <= set(children[0].data.tags["sweep.overrides"]
-                                                                    .replace("=", " ").split())
-
-
-def test_a_search_that_would_minimise_accuracy_is_refused(workdir):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    proc = moonprop("-m", "hydra/sweeper=optuna", "loss.alpha=interval(0,1e-3)", cwd=workdir, check=False)
-    assert proc.returncode == 2 and "hydra.sweeper.direction" in proc.stderr and "maximize" in proc.stderr

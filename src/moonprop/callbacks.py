@@ -86,6 +86,34 @@ class MlflowCallback(pl.Callback):
         self.recorder.send("model", buffer.getvalue(), str(torch.__version__))
 
 
+class PruneHopeless(pl.Callback):
+    """A search's trial (hydra/sweeper=search): every epoch's test accuracy goes to the trial's
+    Optuna study, and when the study's pruner judges the trial hopeless, training stops at that
+    epoch's end (Lightning's own stop: the run ends, records and logs its model as usual)."""
+
+    def __init__(self, storage: str, study: str, trial_id: int, pruner: Any) -> None:
+        import optuna
+
+        from hydra_plugins.moonprop_search.search import pruner_of, storage_of
+
+        loaded = optuna.load_study(study_name=study, storage=storage_of(storage), pruner=pruner_of(pruner))
+        self.trial = optuna.trial.Trial(loaded, trial_id)
+        self.pruned_at: int | None = None
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking:  # step 0, the untrained network: nothing to judge yet
+            return
+        epoch = trainer.current_epoch + 1
+        self.trial.report(outputs["acc"], epoch)
+        if self.trial.should_prune():
+            from hydra_plugins.moonprop_search.search import PRUNED_AT
+
+            self.pruned_at = epoch
+            self.trial.set_user_attr(PRUNED_AT, epoch)
+            trainer.should_stop = True
+
+
 class Interrupted(BaseException):
     """Training stopped on a signal (SIGINT, SIGTERM) at an epoch's end, after a checkpoint.
 

@@ -58,7 +58,7 @@ def app(cfg: DictConfig) -> float:
     try:
         # Only the in-process launcher runs the next job in this process, and drains the recorder
         # before the summary: a joblib worker or a SLURM job may be ended as soon as it returns.
-        acc = train(config, recorder, run_dir, overrides, tags | in_sweep.tags, in_sweep.parent, in_sweep.name,
+        acc = train(config, recorder, run_dir, overrides, tags, in_sweep,
                     close_in_background=sweep.launcher_name(hc.launcher) == "BasicLauncher",
                     launch_dir=hc.runtime.cwd)
     except Exception as e:  # recorded FAILED in MLflow; the other jobs go on, the summary counts it

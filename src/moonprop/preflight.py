@@ -403,9 +403,8 @@ def check_search(job: DictConfig) -> None:
     """The app returns test accuracy: a search that minimises it would find the worst model."""
     sweeper = OmegaConf.select(job, "hydra.sweeper")
     direction = str(sweeper.get("direction", "")).rpartition(".")[2].lower()  # Direction.minimize -> minimize
-    if "Optuna" in str(sweeper.get("_target_", "")) and direction != "maximize":
-        raise ConfigError("hydra.sweeper.direction", direction,
-                          "maximize: moonprop returns the test accuracy (or use hydra/sweeper=search)")
+    if str(sweeper.get("_target_", "")).endswith("SearchSweeper") and direction != "maximize":
+        raise ConfigError("hydra.sweeper.direction", direction, "maximize: moonprop returns the test accuracy")
 
 
 def composed(argv: list[str]) -> DictConfig:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -37,7 +39,7 @@ def close_parent(uri: str, parent: str, sweep_dir: str, registered_model: str | 
     not finish."""
     client = MlflowClient(uri)
     jobs, text = summarise(client, parent, Path(sweep_dir), registered_model)
-    failed = sum(job["status"] != "FINISHED" for job in jobs)
+    failed = sum(job["status"] not in ("FINISHED", "PRUNED") for job in jobs)
     client.set_terminated(parent, "FAILED" if failed or not jobs else "FINISHED")
     return text, failed
 
@@ -74,7 +76,8 @@ def _rows(client: MlflowClient, parent: str) -> list[dict[str, Any]]:
             "job": int(run.data.tags.get("sweep.job", 0)),
             "name": run.info.run_name,
             "overrides": run.data.tags.get("sweep.overrides", ""),
-            "status": run.info.status,
+            # a search's trial stopped early by its pruner is FINISHED in MLflow, PRUNED here
+            "status": "PRUNED" if "optuna.pruned" in run.data.tags else run.info.status,
             "test_acc": run.data.metrics.get("test/acc"),
             "test_loss": run.data.metrics.get("test/loss"),
             "wall_s": round((end - run.info.start_time) / 1000, 2),  # training and recording
@@ -133,6 +136,9 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
             client.set_tag(parent, "best_model_version", f"{registered_model}/{version}")
 
     keys = [k for k in client.get_run(parent).data.tags.get("sweep.keys", "").split(",") if k]
+    if not rows:  # no job got as far as its run: nothing to draw
+        (sweep_dir / "summary.md").write_text(table)
+        return rows, f"\nsweep {sweep_dir.name}: no job recorded a run"
     boundaries: dict[int, Image.Image | None] = {}
     curves: dict[int, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,6 +158,16 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
         client.log_artifact(parent, str(Path(tmp) / "boundaries.png"))
         client.log_artifact(parent, str(Path(tmp) / "curves.png"))
     (sweep_dir / "summary.md").write_text(table)
-    text = (f"\nsweep {sweep_dir.name}: {len(finished)} of {len(rows)} jobs finished\n{table}\n"
+    search = sweep_dir / "optimization_results.yaml"  # hydra/sweeper=search's answer
+    if search.exists():
+        results = yaml.safe_load(search.read_text())
+        client.log_artifact(parent, str(search))
+        for key in ("best_params", "importances", "trials"):
+            if key in results:
+                client.set_tag(parent, f"search.{key}", json.dumps(results[key]))
+        client.set_tag(parent, "search.study", results["study"])
+    pruned = sum(r["status"] == "PRUNED" for r in rows)
+    text = (f"\nsweep {sweep_dir.name}: {len(finished)} of {len(rows)} jobs finished"
+            f"{f', {pruned} pruned' if pruned else ''}\n{table}\n"
             f"summary: {sweep_dir}/summary.md and the parent run {parent}")
     return rows, text

@@ -9,6 +9,7 @@ shared file system) can read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -20,12 +21,13 @@ from typing import Any, NamedTuple
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from moonprop.config import redact, resolve_uri
+from moonprop.config import first_line, redact, resolve_uri
 from moonprop.recorder import drain_shared, shared
 
 SWEEP_FILE = ".moonprop_sweep.json"  # the parent run, the swept keys: what every job needs to know
+TRIALS_FILE = ".moonprop_trials.json"  # hydra/sweeper=search's: each job's Optuna trial
 failed_jobs = 0  # set by on_multirun_end; the CLI exits non-zero when it is not 0
 
 
@@ -93,8 +95,11 @@ def swept_keys(config: DictConfig) -> list[str]:
     """The keys a sweep varies: those with several values (`a,b`, `range()`, `choice()`,
     `interval()`) on the command line or in `hydra.sweeper.params`."""
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-    overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
-    return list(dict.fromkeys(o.key_or_group for o in overrides if o.is_sweep_override()))
+    swept: dict[str, bool] = {}
+    for o in OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task)):
+        swept.pop(o.key_or_group, None)  # the command line's value wins over the params'
+        swept[o.key_or_group] = o.is_sweep_override()
+    return [key for key, is_swept in swept.items() if is_swept]
 
 
 def short_names(keys: list[str]) -> dict[str, str]:
@@ -132,20 +137,28 @@ class Job(NamedTuple):
     name: str
     overrides: list[str]  # its own, credentials redacted
     tags: dict[str, str]
+    trial: dict[str, Any] | None = None  # in a search: its Optuna trial (see callbacks.PruneHopeless)
 
 
 def this_job(run_name: str | None) -> Job:
     """The job Hydra is running: its parent run (from the sweep folder, which every launcher's
-    jobs can read), its name (`run_name`, or the values it was given), and the tags that find it
-    in its sweep: the sweep, its number, its overrides."""
+    jobs can read), its name (`run_name`, or the values it was given), the tags that find it in its
+    sweep (the sweep, its number, its overrides) and, in a search, its trial."""
     hc = HydraConfig.get()
-    path = Path(str(hc.sweep.dir)) / SWEEP_FILE
-    sweep = json.loads(path.read_text()) if path.exists() else {}
+    folder = Path(str(hc.sweep.dir))
+    sweep = json.loads((folder / SWEEP_FILE).read_text()) if (folder / SWEEP_FILE).exists() else {}
     overrides = [redact(o) for o in hc.overrides.task]
-    name = run_name or job_name(overrides, sweep.get("keys", []), hc.job.num, sweep.get("numbered", True))
-    tags = {"sweep.id": Path(str(hc.sweep.dir)).name, "sweep.job": str(hc.job.num),
-            "sweep.overrides": " ".join(overrides)}
-    return Job(sweep.get("parent"), name, overrides, tags)
+    tags = {"sweep.id": folder.name, "sweep.job": str(hc.job.num), "sweep.overrides": " ".join(overrides)}
+    number, trial = hc.job.num, None
+    trials = folder / TRIALS_FILE  # written by hydra/sweeper=search before it launches a batch
+    if trials.exists() and (found := json.loads(trials.read_text()).get(str(hc.job.num))):
+        number = found["trial"]
+        tags |= {"optuna.study": found["study"], "optuna.trial": str(found["trial"])}
+        trial = {"storage": found["storage"], "study": found["study"], "trial_id": found["trial_id"],
+                 "pruner": OmegaConf.to_container(pruner) if isinstance(pruner := hc.sweeper.get("pruner"), DictConfig)
+                 else pruner}
+    name = run_name or job_name(overrides, sweep.get("keys", []), number, sweep.get("numbered", True))
+    return Job(sweep.get("parent"), name, overrides, tags, trial)
 
 
 class SweepCallback(Callback):
@@ -189,8 +202,15 @@ class SweepCallback(Callback):
             getattr(executor, "terminate", executor.shutdown)()
 
         drain_shared()  # in-process jobs: their last runs may still be closing
-        text, failed_jobs = shared().call("close_parent", uri=_under_way.uri, parent=_under_way.parent,
-                                          sweep_dir=str(config.hydra.sweep.dir),
-                                          registered_model=config.tracking.registered_model)
+        try:
+            text, failed_jobs = shared().call("close_parent", uri=_under_way.uri, parent=_under_way.parent,
+                                              sweep_dir=str(config.hydra.sweep.dir),
+                                              registered_model=config.tracking.registered_model)
+        except Exception as e:  # Hydra would only warn, and leave the parent RUNNING
+            failed_jobs = max(failed_jobs, 1)
+            print(f"moonprop: the sweep's summary failed: {first_line(e)}", file=sys.stderr)
+            with contextlib.suppress(Exception):
+                _end("FAILED", f"summarising the sweep failed: {type(e).__name__}: {first_line(e)}")
+            return
         print(text, file=sys.stderr)
         _under_way = None

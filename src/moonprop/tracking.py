@@ -190,6 +190,10 @@ class RunWriter:
                                                     self.num_epochs))
         self._maybe_flush()
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.id, key, value)
+
     def log_model(self, torchscript: bytes, torch_version: str) -> None:
         """The trained network, logged as the run's MLflow model when the run finishes."""
         self.network = (torchscript, torch_version)

@@ -1,0 +1,233 @@
+"""`hydra/sweeper=search`: a Hydra sweeper on a maintained Optuna (>= 4).
+
+It reads its search space as Hydra's Optuna sweeper does (`hydra.sweeper.params` and the command
+line: `choice(...)`, `a,b,c`, `range(...)`, `interval(a,b)`, `tag(log, interval(a,b))`), so that
+plugin's docs and habits carry over, and adds what that plugin cannot on optuna 2:
+
+- the study lives in a storage (`outputs/optuna.db` by default, any Optuna storage URL, or
+  `journal:PATH` for a cluster's shared file system), and the same command continues it: the
+  study's name is derived from the search unless `study_name` is given;
+- trials are asked `n_jobs` at a time, so that a parallel launcher (joblib, SLURM) runs a batch;
+- each trial reports its test accuracy to the study as it trains, and the pruner (MedianPruner by
+  default) stops hopeless trials at an epoch's end (`moonprop.search_trial`, in the job).
+
+Hydra requires sweepers to live in the `hydra_plugins` package, and imports every module there on
+every start: Optuna is imported only when a search runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+TRIALS_FILE = ".moonprop_trials.json"  # in the sweep folder: each job's trial, for its pruning
+PRUNED_AT = "pruned_at"  # the user attribute a pruned trial's job sets: the epoch it stopped after
+
+
+def distribution(override: Override) -> Any:
+    """The Optuna distribution of a swept override, or None for a fixed value (as Hydra's Optuna
+    sweeper maps them; values of a choice are encoded as the command line writes them)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if not override.is_sweep_override():
+        return None
+    value = override.value()
+    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if override.is_range_sweep():  # range(start, stop, step): stop excluded, as Hydra's range is
+        if any(isinstance(x, float) for x in (value.start, value.stop, value.step)):
+            steps = math.floor((value.stop - value.start) / value.step - 1e-9)
+            return FloatDistribution(value.start, value.start + steps * value.step, step=value.step)
+        return IntDistribution(int(value.start), int(value.stop) - int(value.step), step=int(value.step))
+    if override.is_interval_sweep():
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log_scale)
+        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
+    raise ValueError(f"{override.input_line}: not a search space hydra/sweeper=search knows")
+
+
+def space_of(lines: list[str]) -> tuple[dict[str, Override], dict[str, str]]:
+    """The swept overrides by key, and the fixed ones (`key=value`); a later line wins, so that
+    the command line overrides `hydra.sweeper.params` (`model.hidden=[16,16]` fixes it)."""
+    swept: dict[str, Override] = {}
+    fixed: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        key = override.get_key_element()
+        swept.pop(key, None)
+        fixed.pop(key, None)
+        if override.is_sweep_override():
+            swept[key] = override
+        else:
+            fixed[key] = override.get_value_element_as_str()
+    return swept, fixed
+
+
+def storage_of(url: str) -> Any:
+    """An Optuna storage from its URL; `journal:PATH` is a journal file (NFS-friendly)."""
+    if url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(url.removeprefix("journal:")).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def pruner_of(config: Any) -> Any:
+    """The pruner its config names (`_target_` and arguments); `none` or null: never prune."""
+    import optuna
+
+    if config is None or (isinstance(config, str) and config.lower() == "none"):
+        return optuna.pruners.NopPruner()
+    return instantiate(config)
+
+
+def sampler_of(config: Any, earlier_trials: int) -> Any:
+    """The sampler its config names. A study that goes on gets its seed moved on by the trials it
+    has: the same seed again would ask for the first trials again (TPE starts at random)."""
+    if earlier_trials and "seed" in config and config.seed is not None:
+        return instantiate(config, seed=int(config.seed) + earlier_trials)
+    return instantiate(config)
+
+
+class SearchSweeper(Sweeper):
+    def __init__(self, direction: str, study_name: str | None, storage: str | None, n_trials: int, n_jobs: int,
+                 sampler: Any, pruner: Any, params: DictConfig | None) -> None:
+        """`sampler` and `pruner` are configs (`_recursive_: false`): nothing imports Optuna until
+        the search runs, and a study that goes on reseeds its sampler."""
+        self.direction, self.study_name, self.storage_url = direction, study_name, storage
+        self.n_trials, self.n_jobs = n_trials, n_jobs
+        self.sampler, self.pruner = sampler, pruner
+        self.params = dict(params or {})
+        self.config: DictConfig | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        """Creates nothing (moonprop checks every search before it starts): the study is opened
+        when the search runs."""
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def space(self, arguments: list[str]) -> tuple[dict[str, Override], dict[str, str]]:
+        return space_of([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+
+    def jobs_to_check(self, arguments: list[str]) -> list[list[str]]:
+        """The jobs that bound the search space, for moonprop's checks before it starts: the first
+        value of every key, then each other choice and the other end of each interval."""
+        swept, fixed = self.space(arguments)
+        bounds: dict[str, list[str]] = {}
+        for key, override in swept.items():
+            if override.is_interval_sweep():
+                bounds[key] = [str(override.value().start), str(override.value().end)]
+            else:
+                bounds[key] = list(override.sweep_string_iterator())
+        base = {**{k: v[0] for k, v in bounds.items()}, **fixed}
+        jobs = [[f"{k}={v}" for k, v in base.items()]]
+        for key, values in bounds.items():
+            jobs += [[f"{k}={value if k == key else v}" for k, v in base.items()] for value in values[1:]]
+        return jobs
+
+    def study_id(self, arguments: list[str]) -> str:
+        """The study's name: given, or derived from the search (its space, its fixed values, the
+        direction and the primary config), so that the same command continues the same study."""
+        if self.study_name:
+            return str(self.study_name)
+        swept, fixed = self.space(arguments)
+        search = {"space": sorted(o.input_line for o in swept.values()), "fixed": sorted(fixed.items()),
+                  "direction": self.direction, "config": str(self.config.hydra.job.config_name)}  # type: ignore[union-attr]
+        return "search-" + hashlib.sha256(json.dumps(search).encode()).hexdigest()[:10]
+
+    def storage(self) -> str:
+        """The storage's URL: `hydra.sweeper.storage`, or outputs/optuna.db where moonprop started."""
+        assert self.config is not None
+        return self.storage_url or f"sqlite:///{Path(self.config.hydra.runtime.cwd, 'outputs', 'optuna.db')}"
+
+    def sweep(self, arguments: list[str]) -> Any:
+        import optuna
+
+        assert self.config is not None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        swept, fixed = self.space(arguments)
+        distributions = {key: distribution(o) for key, o in swept.items()}
+        name, url = self.study_id(arguments), self.storage()
+        storage = storage_of(url)
+        earlier = len(optuna.load_study(study_name=name, storage=storage).trials) \
+            if name in [s.study_name for s in optuna.get_all_study_summaries(storage)] else 0
+        study = optuna.create_study(study_name=name, storage=storage, direction=self.direction,
+                                    sampler=sampler_of(self.sampler, earlier), pruner=pruner_of(self.pruner),
+                                    load_if_exists=True)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        log.info(f"Study {name} in {url}: {earlier} trials so far, {self.n_trials} more")
+        job, crashed = 0, []
+        while job < self.n_trials:
+            trials = [study.ask(distributions) for _ in range(min(self.n_jobs, self.n_trials - job))]
+            batch = [[*(f"{k}={v}" for k, v in trial.params.items()), *(f"{k}={v}" for k, v in fixed.items())]
+                     for trial in trials]
+            jobs = {str(job + i): {"storage": url, "study": name, "trial_id": trial._trial_id, "trial": trial.number}
+                    for i, trial in enumerate(trials)}
+            path = sweep_dir / TRIALS_FILE
+            known = json.loads(path.read_text()) if path.exists() else {}
+            path.write_text(json.dumps({**known, **jobs}))
+            self.validate_batch_is_legal(batch)
+            for trial, result in zip(trials, self.launcher.launch(batch, initial_job_idx=job), strict=True):
+                self.tell(study, trial, result)
+                if result.status == JobStatus.FAILED:  # died outside training, which records its own failures
+                    crashed.append(f"trial {trial.number}: {type(result._return_value).__name__}: "
+                                   f"{result._return_value}")
+            job += len(trials)
+        self.report(study, sweep_dir)
+        if crashed:  # as Hydra's basic sweeper does with a job's exception: the sweep fails
+            raise RuntimeError(f"{len(crashed)} of {self.n_trials} trials failed: {crashed[0]}")
+
+    @staticmethod
+    def tell(study: Any, trial: Any, result: Any) -> None:
+        """A trial's end: its test accuracy, pruned (its job stopped it), or failed."""
+        from optuna.trial import TrialState
+
+        value = result.return_value if result.status == JobStatus.COMPLETED else None
+        if study._storage.get_trial(trial._trial_id).user_attrs.get(PRUNED_AT) is not None:
+            study.tell(trial, state=TrialState.PRUNED)
+        elif isinstance(value, (int, float)) and math.isfinite(value):
+            study.tell(trial, float(value))
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+
+    def report(self, study: Any, sweep_dir: Path) -> None:
+        """The study's answer in the sweep folder (as Hydra's Optuna sweeper writes it) and the log."""
+        from optuna.trial import TrialState
+
+        states = [t.state for t in study.trials]
+        counts = {s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        results: dict[str, Any] = {"name": "search", "study": study.study_name, "trials": counts}
+        if counts["complete"]:
+            best = study.best_trial
+            results |= {"best_params": best.params, "best_value": best.value, "best_trial": best.number}
+            log.info(f"Best trial: #{best.number} {best.params}, value {best.value}")
+        if counts["complete"] >= 2:  # what mattered: Optuna's fANOVA importance of each parameter
+            import optuna
+
+            with contextlib.suppress(Exception):  # too few distinct values, say: no importances
+                results["importances"] = {k: round(v, 4) for k, v in
+                                          optuna.importance.get_param_importances(study).items()}
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
