@@ -10,6 +10,8 @@ invocation, so that ratios compare like with like; single runs are medians over 
     and through joblib with 2 workers; the marginal cost of a job is (sweep - one run) / (N - 1).
     Their CPU seconds (all processes) over their wall time say how many cores each kept busy:
     2 workers on 2 cores can be at most 2 / (that of the in-process sweep) times faster;
+  - a 30-trial search (hydra/sweeper=search) with its default pruner and without: wall time, best
+    accuracy, trials pruned;
   - one boundary frame's rendering, a default run's artifact bytes, the peak memory of a run
     (trainer and recorder together, PSS), and `moonprop --help` / `--cfg job`.
 """
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -142,6 +145,17 @@ def main() -> None:
             # cores kept busy on average: 2 / this bounds what 2 workers can gain over it
             results[f"{name}_cores_used"] = cpu / wall
         results["sweep_marginal_per_job_s"] = (results["sweep_s"] - results["moonprop_run_s"]) / (n - 1)
+
+        # a 30-trial search, pruned and not: what pruning saves, and what it costs in the answer
+        for name, extra in (("search30", []), ("search30_unpruned", ["hydra.sweeper.pruner=none"])):
+            cwd = tmp_path / name
+            cwd.mkdir()
+            timed(MOONPROP + ["data.num_batches=1"], cwd)
+            results[f"{name}_s"] = timed(MOONPROP + ["-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=30",
+                                                     *extra], cwd)[0]
+            (answer,) = cwd.glob("outputs/sweeps/*/optimization_results.yaml")
+            results[f"{name}_best_acc"] = float(re.search(r"best_value: ([0-9.]+)", answer.read_text()).group(1))
+            results[f"{name}_pruned"] = float(re.search(r"pruned: (\d+)", answer.read_text()).group(1))
 
         results["frame_ms"] = frame_ms()
         results["help_s"] = median([timed(MOONPROP + ["--help"], tmp_path)[0] for _ in range(args.reps)])
