@@ -92,18 +92,26 @@ def test_default_experiment_reproduces_the_seed(workdir):
 
 def test_installed_wheel_finds_its_configs(tmp_path):
     """Not only from a checkout: a wheel carries conf/ inside the package."""
+    import shutil
     import subprocess
     import sys
     import zipfile
 
     from .conftest import REPO
 
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ behind
+    for part in ("src", "pyproject.toml", "README.md"):
+        copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
+        copy(REPO / part, source / part, **({"ignore": shutil.ignore_patterns("*.egg-info", "__pycache__")}
+                                           if (REPO / part).is_dir() else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True)
+                    str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("moonprop-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for conf in ("config.yaml", "schedule/cosine.yaml", "hydra/launcher/slurm.yaml", "hydra/sweeper/search.yaml"):
+    for conf in ("config.yaml", "schedule/cosine.yaml", "hydra/launcher/slurm.yaml", "hydra/sweeper/search.yaml",
+                 "experiment/seeds.yaml"):
         assert f"moonprop/conf/{conf}" in names
+    assert "hydra_plugins/moonprop_search/search.py" in names  # the search sweeper, where Hydra looks
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
                     str(wheel)], check=True, capture_output=True)
     proc = subprocess.run([sys.executable, "-m", "moonprop", "--cfg", "job", "schedule=cosine"], cwd=tmp_path,
