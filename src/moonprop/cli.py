@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from moonprop import sweep
-from moonprop.config import ConfigError, first_line, redact, validate
+from moonprop.config import ConfigError, first_line, redact, resolve_uri, validate
 from moonprop.recorder import close_shared, shared
 
 EXIT_BAD_INPUT = 2
@@ -36,10 +36,13 @@ CONFIG_PATH, CONFIG_NAME = "conf", "config"  # the packaged configs; preflight c
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def app(cfg: DictConfig) -> float:
     config = validate(cfg)  # again: a Python caller or a search sampler may get here directly
-    recorder = shared()  # started first: it imports MLflow on the other core while we import Lightning
+    hc = HydraConfig.get()
+    # The recorder starts first: it imports MLflow and opens the store on the other core while
+    # this process imports Lightning (~3 s each on a fresh store).
+    recorder = shared()
+    recorder.prepare(resolve_uri(config.tracking.uri, hc.runtime.cwd), config.tracking.experiment)
     from moonprop.train import train
 
-    hc = HydraConfig.get()
     run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
     config.trainer.threads = min(config.trainer.threads, threads_per_job(hc))
     if config.resume:  # a path on the command line means one in the folder moonprop was started in

@@ -66,6 +66,11 @@ class Recorder:
                 self._inbox.flush()
             self._inbox.close()
 
+    def prepare(self, uri: str, experiment: str) -> None:
+        """Have the recorder open the store and the experiment of a run to come: on a fresh store
+        that takes seconds, which then overlap with the trainer's import of Lightning."""
+        self.send("prepare", uri, experiment)
+
     def backlog(self) -> int:
         """Messages sent but not yet taken by the recorder: more than a few, and it is behind."""
         return self._outbox.qsize()
@@ -224,7 +229,7 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
     # of retries (the CLI has checked that it answered at the start).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    from moonprop.tracking import RunWriter
+    from moonprop.tracking import RunWriter, prepare
 
     # after MLflow's import, which sets its own: "Creating initial MLflow database tables..." is noise
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -255,6 +260,10 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
             except Exception as e:
                 reply(op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}", about=ticket)
                 traceback.print_exc(file=sys.stderr)
+            continue
+        if op == "prepare":  # a run is coming: open its store now, while the trainer imports Lightning
+            with contextlib.suppress(Exception):  # the run's start reports whatever is wrong
+                prepare(*args)
             continue
         try:
             if op == "start":

@@ -284,6 +284,12 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def prepare(uri: str, experiment: str) -> None:
+    """Create the store and the experiment of a run to come, if they do not exist yet."""
+    with store_lock(uri):
+        get_experiment(MlflowClient(tracking_uri=uri), experiment, uri)
+
+
 def ensure_store(uri: str) -> None:
     """Create the store (schema and all) now if it does not exist, before parallel jobs start."""
     with store_lock(uri):
