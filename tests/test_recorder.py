@@ -79,3 +79,34 @@ def test_a_trainer_killed_in_the_middle_of_a_message_leaves_the_run_failed(tmp_p
     assert proc.wait(timeout=60) == 0, err[-2000:]
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FAILED" and "ended without closing" in run.data.tags["error"]
+
+
+def test_parallel_runs_log_the_same_dataset(tmp_path: Path):
+    """Parallel jobs of one sweep share their test set: MLflow's store looks a dataset up, then
+    inserts it, so one of two simultaneous inserts breaks the unique constraint; a second try
+    finds the other's row."""
+    import threading
+
+    from mlflow.entities import Dataset, DatasetInput
+
+    from moonprop.tracking import log_inputs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e")
+    runs = [client.create_run(experiment).info.run_id for _ in range(8)]
+    start, errors = threading.Barrier(len(runs)), []
+
+    def log(run_id: str) -> None:
+        start.wait()
+        try:
+            log_inputs(MlflowClient(uri), run_id, [DatasetInput(Dataset("moons-test", "abc", "code", "{}"))])
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=log, args=(run,)) for run in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and all(len(client.get_run(r).inputs.dataset_inputs) == 1 for r in runs)

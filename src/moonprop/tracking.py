@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, SourceType
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag, SourceType
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import (
     MLFLOW_DATASET_CONTEXT,
@@ -119,35 +119,38 @@ class RunWriter:
         whose params are already there, with its curves and pictures so far for the animation. A
         finished run's network is logged as its MLflow model, registered under `registered_model`
         if given."""
-        with store_lock(uri):
-            client = MlflowClient(tracking_uri=uri)
-            experiment_id = get_experiment(client, experiment, uri)
+        client, experiment_id = prepare(uri, experiment)
         if resume_run_id:
             client.update_run(resume_run_id, status="RUNNING")
             with contextlib.suppress(MlflowException):  # the interruption is over; error.txt stays
                 client.delete_tag(resume_run_id, "error")
             info = client.get_run(resume_run_id).info
-            writer = cls(client, resume_run_id, info.run_name, info.artifact_uri)
-            writer.num_epochs, writer.frame_steps = num_epochs, plot.animation_steps(num_epochs, plot_every)
-            writer._reload()
-            writer.registered_model, writer.test_set = registered_model, _test_set(datasets)
-            return writer
-        # what MLflow's fluent API records of a run's source, so that the UI's Source and User fill in
-        tags = {MLFLOW_SOURCE_NAME: "moonprop", MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL),
-                MLFLOW_USER: getpass.getuser(), **tags}
-        if commit := git_commit():
-            tags[MLFLOW_GIT_COMMIT] = commit
-        if parent_run_id:
-            tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-        info = client.create_run(experiment_id, run_name=run_name, tags=tags, start_time=start_time_ms).info
-        run_id, writer = info.run_id, cls(client, info.run_id, info.run_name, info.artifact_uri)
+        else:
+            # what MLflow's fluent API records of a run's source, so that the UI's Source and User fill in
+            tags = {MLFLOW_SOURCE_NAME: "moonprop", MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL),
+                    MLFLOW_USER: getpass.getuser(), **tags}
+            if commit := git_commit():
+                tags[MLFLOW_GIT_COMMIT] = commit
+            if parent_run_id:
+                tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+            info = client.create_run(experiment_id, run_name=run_name, tags=tags, start_time=start_time_ms).info
+        writer = cls(client, info.run_id, info.run_name, info.artifact_uri)
         writer.num_epochs, writer.frame_steps = num_epochs, plot.animation_steps(num_epochs, plot_every)
         writer.registered_model, writer.test_set = registered_model, _test_set(datasets)
-        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-        if datasets:
-            client.log_inputs(run_id, datasets=[_dataset_input(d) for d in datasets])
-        for name, text in texts.items():
-            client.log_text(run_id, text, name)
+        if resume_run_id:
+            writer._reload()
+            return writer
+        try:
+            client.log_batch(info.run_id, params=[Param(k, v) for k, v in params.items()])
+            if datasets:
+                log_inputs(client, info.run_id, [_dataset_input(d) for d in datasets])
+            for name, text in texts.items():
+                client.log_text(info.run_id, text, name)
+        except Exception as e:  # the run exists: it must not stay RUNNING
+            with contextlib.suppress(Exception):
+                client.set_tag(info.run_id, "error", f"opening the run failed: {type(e).__name__}: {e}"[:5000])
+                client.set_terminated(info.run_id, "FAILED")
+            raise
         return writer
 
     def _reload(self) -> None:
@@ -191,24 +194,16 @@ class RunWriter:
         self._maybe_flush()
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.id, key, value)
+        self.client.log_batch(self.id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_model(self, torchscript: bytes, torch_version: str) -> None:
         """The trained network, logged as the run's MLflow model when the run finishes."""
         self.network = (torchscript, torch_version)
 
-    def log_file(self, name: str, data: bytes) -> None:
-        """Stage a file at `name` (a path inside the run's artifacts)."""
-        path = self._staging / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
     def log_final_pictures(self) -> None:
         """The last boundary as `boundary.png`, and the whole run as `training.gif`."""
         if self.last_image is not None:
             self.last_image.save(self._staging / "boundary.png", compress_level=6)
-        if self.last_image is not None:
             self.animation.save(str(self._staging / "training.gif"))
 
     def _maybe_flush(self) -> None:
@@ -260,6 +255,20 @@ def _test_set(datasets: list[dict[str, Any]] | None) -> tuple[str, str] | None:
     return next(((d["name"], d["digest"]) for d in datasets or [] if d["context"] == "test"), None)
 
 
+def log_inputs(client: MlflowClient, run_id: str, datasets: list[DatasetInput], tries: int = 5) -> None:
+    """The run's dataset inputs. Parallel runs logging the same dataset race in MLflow's store,
+    which looks a dataset up and then inserts it: the loser's insert breaks the unique constraint,
+    and a second try finds the winner's row."""
+    for attempt in range(tries):
+        try:
+            client.log_inputs(run_id, datasets=datasets)
+            return
+        except MlflowException:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def _dataset_input(spec: dict[str, Any]) -> DatasetInput:
     """A dataset as MLflow records it: its source a code source whose tags say how to draw it."""
     dataset = Dataset(name=spec["name"], digest=spec["digest"], source_type="code",
@@ -284,10 +293,11 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def prepare(uri: str, experiment: str) -> None:
-    """Create the store and the experiment of a run to come, if they do not exist yet."""
+def prepare(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """A client on the store and the experiment's id, both created if they do not exist yet."""
     with store_lock(uri):
-        get_experiment(MlflowClient(tracking_uri=uri), experiment, uri)
+        client = MlflowClient(tracking_uri=uri)
+        return client, get_experiment(client, experiment, uri)
 
 
 def ensure_store(uri: str) -> None:
