@@ -135,6 +135,11 @@ def test_every_value_of_the_space_is_checked_before_the_search_starts(workdir):
         check(["-m", "hydra/sweeper=search", "schedule.start=interval(0.0, 1.0)"])
     with pytest.raises(ConfigError, match=r"model.hidden\[0\]=0"):
         check(["-m", "hydra/sweeper=search", "model.hidden=choice([8],[0])"])
+    for setting, allowed in (("hydra.sweeper.n_jobs=0", "a positive integer"),
+                             ("hydra.sweeper.pruner=bogus", "an Optuna pruner"),
+                             ("hydra.sweeper.storage=journal:/proc/no/search.log", "a storage in a writable folder")):
+        with pytest.raises(ConfigError, match=allowed):
+            check(["-m", "hydra/sweeper=search", setting])
     proc = moonprop("-m", "hydra/sweeper=search", "hydra.sweeper.direction=minimize", cwd=workdir, check=False)
     assert proc.returncode == 2 and "hydra.sweeper.direction=minimize: maximize" in proc.stderr
     proc = moonprop("-m", "hydra/sweeper=optuna", cwd=workdir, check=False)  # one search, not two

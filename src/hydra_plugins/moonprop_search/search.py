@@ -131,20 +131,28 @@ class SearchSweeper(Sweeper):
         return space_of([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
 
     def jobs_to_check(self, arguments: list[str]) -> list[list[str]]:
-        """The jobs that bound the search space, for moonprop's checks before it starts: the first
-        value of every key, then each other choice and the other end of each interval."""
+        """For moonprop's checks before the search starts, which create nothing: its own settings
+        (raising moonprop's ConfigError), and the jobs that bound its space: the first value of
+        every key, then each other choice and the other end of each interval."""
+        from moonprop.config import ConfigError, first_line
+        from moonprop.preflight import one_value_at_a_time, parse, writable
+
+        for key in ("n_trials", "n_jobs"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"hydra.sweeper.{key}", value, "a positive integer")
+        for key, config in (("sampler", self.sampler), ("pruner", self.pruner)):
+            try:
+                sampler_of(config, 0) if key == "sampler" else pruner_of(config)
+            except Exception as e:
+                raise ConfigError(f"hydra.sweeper.{key}", config, f"an Optuna {key}: its _target_ and arguments"
+                                  + (", or none" if key == "pruner" else "") + f" ({first_line(e)})") from None
+        url = self.storage()
+        path = url.removeprefix("journal:").removeprefix("sqlite:///")
+        if path != url and not writable(Path(path).parent):
+            raise ConfigError("hydra.sweeper.storage", url, "a storage in a writable folder")
         swept, fixed = self.space(arguments)
-        bounds: dict[str, list[str]] = {}
-        for key, override in swept.items():
-            if override.is_interval_sweep():
-                bounds[key] = [str(override.value().start), str(override.value().end)]
-            else:
-                bounds[key] = list(override.sweep_string_iterator())
-        base = {**{k: v[0] for k, v in bounds.items()}, **fixed}
-        jobs = [[f"{k}={v}" for k, v in base.items()]]
-        for key, values in bounds.items():
-            jobs += [[f"{k}={value if k == key else v}" for k, v in base.items()] for value in values[1:]]
-        return jobs
+        return one_value_at_a_time([*swept.values(), *parse([f"{k}={v}" for k, v in fixed.items()])])
 
     def study_id(self, arguments: list[str]) -> str:
         """The study's name: given, or derived from the search (its space, its fixed values, the
@@ -169,12 +177,10 @@ class SearchSweeper(Sweeper):
         swept, fixed = self.space(arguments)
         distributions = {key: distribution(o) for key, o in swept.items()}
         name, url = self.study_id(arguments), self.storage()
-        storage = storage_of(url)
-        earlier = len(optuna.load_study(study_name=name, storage=storage).trials) \
-            if name in [s.study_name for s in optuna.get_all_study_summaries(storage)] else 0
-        study = optuna.create_study(study_name=name, storage=storage, direction=self.direction,
-                                    sampler=sampler_of(self.sampler, earlier), pruner=pruner_of(self.pruner),
-                                    load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=storage_of(url), direction=self.direction,
+                                    pruner=pruner_of(self.pruner), load_if_exists=True)
+        earlier = len(study.trials)
+        study.sampler = sampler_of(self.sampler, earlier)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -206,6 +212,7 @@ class SearchSweeper(Sweeper):
         from optuna.trial import TrialState
 
         value = result.return_value if result.status == JobStatus.COMPLETED else None
+        # read from the storage, where the job wrote it (the Trial object here keeps its own copy)
         if study._storage.get_trial(trial._trial_id).user_attrs.get(PRUNED_AT) is not None:
             study.tell(trial, state=TrialState.PRUNED)
         elif isinstance(value, (int, float)) and math.isfinite(value):
