@@ -36,7 +36,7 @@ def test_interpolated_scores_are_the_networks_where_it_is_linear():
 def _render(scores, points=None, labels=None, caption=""):
     points = np.zeros((0, 2)) if points is None else points
     labels = np.zeros(0) if labels is None else labels
-    return np.array(plot.boundary(scores, points, labels, 480, caption))
+    return np.array(plot.Boundary(points, labels, 480).draw(scores, caption))
 
 
 def test_background_follows_the_score_and_the_zero_level_is_a_smooth_line():
@@ -72,7 +72,7 @@ def test_text_is_as_tall_as_the_uis_own():
 
 
 def test_animation_frame_adds_curves_with_an_epoch_axis_below(tmp_path):
-    top = plot.boundary(np.ones(len(plot.grid(480))), np.zeros((0, 2)), np.zeros(0), 480, "epoch 3")
+    top = plot.Boundary(np.zeros((0, 2)), np.zeros(0), 480).draw(np.ones(len(plot.grid(480))), "epoch 3")
     frame = plot.animation_frame(top, [0.5, 0.7, 0.9], [1.0, 0.5, 0.2], num_epochs=150)
     assert frame.width == 480 and frame.height > 300 + 150
     below = np.array(frame)[300:]
@@ -102,7 +102,7 @@ def test_nice_ticks():
 
 
 def test_small_multiples_label_rows_and_columns_without_cutting_any_label():
-    tile = plot.boundary(np.ones(len(plot.grid(480))), np.zeros((0, 2)), np.zeros(0), 480, "")
+    tile = plot.Boundary(np.zeros((0, 2)), np.zeros(0), 480).draw(np.ones(len(plot.grid(480))))
     long = "[32,32,32,32,32,32,32,32]"
     cells = [({"hidden": h, "schedule": s, "alpha": "0.0001"}, "acc 0.990", tile, h == "[8]" and s == "cosine")
              for h in ("[8]", long) for s in ("linear", "cosine")]

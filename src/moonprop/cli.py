@@ -62,7 +62,7 @@ def app(cfg: DictConfig) -> float:
         # Only the in-process launcher runs the next job in this process, and drains the recorder
         # before the summary: a joblib worker or a SLURM job may be ended as soon as it returns.
         acc = train(config, recorder, run_dir, overrides, tags, in_sweep,
-                    close_in_background=sweep.launcher_name(hc.launcher) == "BasicLauncher",
+                    close_in_background=sweep.target_class(hc.launcher) == "BasicLauncher",
                     launch_dir=hc.runtime.cwd)
     except Exception as e:  # recorded FAILED in MLflow; the other jobs go on, the summary counts it
         print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {type(e).__name__}: {e}",

@@ -189,12 +189,6 @@ class Boundary:
         return image
 
 
-def boundary(scores: np.ndarray, points: np.ndarray, labels: np.ndarray, resolution: int,
-             caption: str) -> Image.Image:
-    """One boundary picture (`Boundary` draws a run's many); `scores` on `grid(resolution)`."""
-    return Boundary(points, labels, resolution).draw(scores, caption)
-
-
 # ---- a run's animation ---------------------------------------------------------------------------
 
 def nice_ticks(top: float, count: int = 4) -> list[float]:

@@ -54,6 +54,7 @@ from moonprop.config import (
     unknown_key_message,
     validate,
 )
+from moonprop.sweep import target_class
 
 SERVER_TIMEOUT_S = 5
 
@@ -131,8 +132,8 @@ def hydra_errors(hydra: Hydra, config_name: str | None, overrides: list[str]) ->
     except ConfigError:
         raise
     except OverrideParseException as e:
-        override = next((o for o in overrides if _unparsable(o)), " ".join(overrides))
-        raise syntax_error(override, e) from None
+        parse(overrides)  # raises the first unparsable override's own line
+        raise syntax_error(" ".join(overrides), e) from None
     except MissingConfigException as e:
         group, _, name = (e.missing_cfg_file or "").rpartition("/")
         if e.options:
@@ -148,14 +149,6 @@ def hydra_errors(hydra: Hydra, config_name: str | None, overrides: list[str]) ->
         if key and hasattr(cause, "value"):  # an element of a list: model.hidden[0]
             raise ConfigError(key, cause.value, first_line(cause)) from None
         raise hydra_message(e, overrides) from None
-
-
-def _unparsable(override: str) -> bool:
-    try:
-        OverridesParser.create().parse_overrides([override])
-        return False
-    except OverrideParseException:
-        return True
 
 
 def _override_of(key: str, overrides: list[str]) -> str | None:
@@ -403,7 +396,7 @@ def check_search(job: DictConfig) -> None:
     """The app returns test accuracy: a search that minimises it would find the worst model."""
     sweeper = OmegaConf.select(job, "hydra.sweeper")
     direction = str(sweeper.get("direction", "")).rpartition(".")[2].lower()  # Direction.minimize -> minimize
-    if str(sweeper.get("_target_", "")).endswith("SearchSweeper") and direction != "maximize":
+    if target_class(sweeper) == "SearchSweeper" and direction != "maximize":
         raise ConfigError("hydra.sweeper.direction", direction, "maximize: moonprop returns the test accuracy")
 
 

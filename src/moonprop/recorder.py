@@ -281,8 +281,8 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
                 finished.close(status, error, details)
                 reply(op, "ok", finished.id)
             elif run is not None and not broken:
-                {"metrics": run.log_metrics, "image": run.log_image, "file": run.log_file,
-                 "model": run.log_model, "tags": run.set_tags}[op](*args)
+                {"metrics": run.log_metrics, "image": run.log_image, "model": run.log_model,
+                 "tags": run.set_tags}[op](*args)
         except Exception as e:
             broken = True
             reply(op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")

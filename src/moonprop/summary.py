@@ -19,15 +19,14 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from moonprop import logged_model, plot
-from moonprop.tracking import ensure_store, get_experiment
+from moonprop.tracking import prepare
 
 
 def open_parent(uri: str, experiment: str, name: str, sweep_id: str, keys: list[str], overrides: str) -> str:
     """Create the store if needed (once, before parallel jobs could race to create it) and the
     sweep's parent run; its id."""
-    ensure_store(uri)
-    client = MlflowClient(uri)
-    run = client.create_run(get_experiment(client, experiment, uri), run_name=name,
+    client, experiment_id = prepare(uri, experiment)
+    run = client.create_run(experiment_id, run_name=name,
                             tags={"sweep.id": sweep_id, "sweep.overrides": overrides, "sweep.keys": ",".join(keys),
                                   "mlflow.note.content": f"moonprop -m {overrides}"})
     return run.info.run_id
@@ -60,8 +59,8 @@ def end_parent(uri: str, parent: str, status: str, reason: str, orphans: bool, s
     text = ""
     if sweep_dir is not None:
         with contextlib.suppress(Exception):  # the store may be what failed: the end matters more
-            if _rows(client, parent):  # a sweep that ran no job has nothing to summarise
-                _, text = summarise(client, parent, Path(sweep_dir))
+            rows, text = summarise(client, parent, Path(sweep_dir))
+            text = text if rows else ""  # a sweep that ran no job: its one line says enough
     client.set_terminated(parent, status)
     return text
 
@@ -115,6 +114,8 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
     `sweep-best`), every final boundary laid out by the swept values and the accuracy curves
     overlaid. Returns the jobs and the text for the terminal."""
     rows = _rows(client, parent)
+    if not rows:  # no job got as far as its run: nothing to summarise
+        return rows, f"\nsweep {sweep_dir.name}: no job recorded a run"
     finished = [r for r in rows if r["status"] == "FINISHED" and r["test_acc"] is not None]
     best = max(finished, key=lambda r: r["test_acc"]) if finished else None
     table = _markdown(rows, best)
@@ -136,9 +137,6 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
             client.set_tag(parent, "best_model_version", f"{registered_model}/{version}")
 
     keys = [k for k in client.get_run(parent).data.tags.get("sweep.keys", "").split(",") if k]
-    if not rows:  # no job got as far as its run: nothing to draw
-        (sweep_dir / "summary.md").write_text(table)
-        return rows, f"\nsweep {sweep_dir.name}: no job recorded a run"
     boundaries: dict[int, Image.Image | None] = {}
     curves: dict[int, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

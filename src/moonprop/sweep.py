@@ -44,10 +44,10 @@ class _Sweep(NamedTuple):
 _under_way: _Sweep | None = None
 
 
-def launcher_name(launcher: DictConfig) -> str:
-    """The class name of a `hydra.launcher` config's target: BasicLauncher is Hydra's default,
-    which runs the jobs one after another in this process."""
-    return str(launcher.get("_target_", "")).rsplit(".", 1)[-1]
+def target_class(node: DictConfig) -> str:
+    """The class name of a Hydra plugin config's target (`hydra.launcher`, `hydra.sweeper`):
+    BasicLauncher is Hydra's default, which runs the jobs one after another in this process."""
+    return str(node.get("_target_", "")).rsplit(".", 1)[-1]
 
 
 def end_interrupted(signum: int) -> None:
@@ -166,7 +166,7 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _under_way
-        launcher = launcher_name(config.hydra.launcher)
+        launcher = target_class(config.hydra.launcher)
         uri = resolve_uri(config.tracking.uri, config.hydra.runtime.cwd)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ class SweepCallback(Callback):
             import moonprop.train  # noqa: F401
         parent = recorder.answer(ticket)
         # Hydra's grid gives every job its own values; a search may give two trials the same ones
-        numbered = str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1] != "BasicSweeper"
+        numbered = target_class(config.hydra.sweeper) != "BasicSweeper"
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent": parent, "keys": keys, "numbered": numbered}))
         slurm_jobs = Path(str(config.hydra.launcher.submitit_folder)).parent if launcher == "SlurmLauncher" else None
         _under_way = _Sweep(uri, parent, sweep_dir, launcher, slurm_jobs)  # submitit_folder: .../%j
