@@ -12,6 +12,9 @@ invocation, so that ratios compare like with like; single runs are medians over 
     2 workers on 2 cores can be at most 2 / (that of the in-process sweep) times faster;
   - a 30-trial search (hydra/sweeper=search) with its default pruner and without: wall time, best
     accuracy, trials pruned;
+  - hydra/launcher=batched: a 40-seed sweep (a picture every 10 epochs) beside the in-process
+    launcher's, a 200-job one for the marginal cost of a job ((200 jobs - 40 jobs) / 160), and the
+    batched training loop alone (benchmarks/batched_loop.py) for 1 and for 100 models;
   - one boundary frame's rendering, a default run's artifact bytes, the peak memory of a run
     (trainer and recorder together, PSS), and `moonprop --help` / `--cfg job`.
 """
@@ -157,6 +160,24 @@ def main() -> None:
             results[f"{name}_best_acc"] = float(re.search(r"best_value: ([0-9.]+)", answer.read_text()).group(1))
             results[f"{name}_pruned"] = float(re.search(r"pruned: (\d+)", answer.read_text()).group(1))
 
+        # hydra/launcher=batched: a 40-seed sweep beside the in-process launcher, both with a picture
+        # every 10 epochs; a 200-job batched sweep for the marginal cost of a job; the loop alone
+        # for 1 and 100 models in one batch
+        for name, extra, jobs in (("sweep40", [], 40), ("sweep40_batched", ["hydra/launcher=batched"], 40),
+                                  ("sweep200_batched", ["hydra/launcher=batched"], 200)):
+            cwd = tmp_path / name
+            cwd.mkdir()
+            timed(MOONPROP + ["data.num_batches=1"], cwd)
+            sweep = ["-m", f"seed=range(0,{jobs})", "plot.every_n_epochs=10", *extra]
+            wall, peak, _, cpu = timed(MOONPROP + sweep, cwd)
+            results[f"{name}_s"], results[f"{name}_cpu_s"], results[f"{name}_peak_mb"] = wall, cpu, peak / 1024
+        results["batched_marginal_per_job_s"] = (results["sweep200_batched_s"] - results["sweep40_batched_s"]) / 160
+        for models in (1, 100):
+            loops = [json.loads(timed([sys.executable, str(ROOT / "benchmarks" / "batched_loop.py"), str(models)],
+                                      tmp_path)[2]) for _ in range(args.reps)]
+            results[f"batched_loop_{models}_s"] = median([loop["loop_s"] for loop in loops])
+            results[f"batched_loop_{models}_worst_acc"] = loops[0]["worst_test_acc"]
+
         results["frame_ms"] = frame_ms()
         results["help_s"] = median([timed(MOONPROP + ["--help"], tmp_path)[0] for _ in range(args.reps)])
         results["cfg_job_s"] = median([timed(MOONPROP + ["--cfg", "job"], tmp_path)[0] for _ in range(args.reps)])
@@ -166,8 +187,13 @@ def main() -> None:
         "sweep marginal / reference loop": (results["sweep_marginal_per_job_s"] / results["reference_loop_s"], 8.0,
                                             "<="),
         "sequential / 2 workers": (results["sweep_s"] / results["sweep_joblib2_s"], 1.6, ">="),
+        "batched / in-process, 40 seeds": (results["sweep40_batched_s"] / results["sweep40_s"], 0.35, "<="),
+        "100 models in a batch / 1": (results["batched_loop_100_s"] / results["batched_loop_1_s"], 3.0, "<="),
+        "100 models in a batch / reference loop": (results["batched_loop_100_s"] / results["reference_loop_s"], 3.0,
+                                                   "<="),
     }
     limits = {"frame_ms": (5.0, "<="), "artifact_mb": (4.0, "<="), "help_s": (1.5, "<="),
+              "batched_marginal_per_job_s": (0.1, "<="),
               "cfg_job_s": (1.5, "<="), "moonprop_peak_mb": (700.0, "<=")}
     machine = {"cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                             if line.startswith("model name")), platform.processor()),

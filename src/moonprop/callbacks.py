@@ -23,7 +23,7 @@ import torch
 
 from moonprop import plot
 from moonprop.config import PlotConfig
-from moonprop.recorder import Recorder
+from moonprop.recorder import Run
 
 BOUNDARY_KEY = "test/boundary"  # the prefix puts the image grid next to the test/acc chart
 
@@ -35,9 +35,9 @@ def shortest(x: float) -> float:
 
 
 class MlflowCallback(pl.Callback):
-    def __init__(self, recorder: Recorder, test: tuple[torch.Tensor, torch.Tensor], plot_cfg: PlotConfig,
+    def __init__(self, run: Run, test: tuple[torch.Tensor, torch.Tensor], plot_cfg: PlotConfig,
                  num_epochs: int, params: dict[str, str]) -> None:
-        self.recorder, self.cfg, self.num_epochs, self.params = recorder, plot_cfg, num_epochs, params
+        self.run, self.cfg, self.num_epochs, self.params = run, plot_cfg, num_epochs, params
         self.pictures = plot.Boundary(test[0].numpy(), test[1].numpy(), plot_cfg.resolution)
         self.grid = torch.from_numpy(self.pictures.grid)
         self.test_acc: float | None = None  # the latest: what the run returns
@@ -46,7 +46,7 @@ class MlflowCallback(pl.Callback):
         return 0 if trainer.sanity_checking else trainer.current_epoch + 1
 
     def _send_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.recorder.send("metrics", metrics, step, int(time.time() * 1000))
+        self.run.send("metrics", metrics, step, int(time.time() * 1000))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -64,26 +64,118 @@ class MlflowCallback(pl.Callback):
             image = self.pictures.draw(scores, f"epoch {step}   test acc {acc:.3f}")
             # Encoding the picture is the recorder's job, unless it is behind (opening a fresh
             # store, say): then the trainer, which would only wait for it at the end, does it.
-            encoded = plot.webp(image) if self.recorder.backlog() > 2 else None
-            self.recorder.send("image", image, BOUNDARY_KEY, step, encoded)
-        self.recorder.check()
+            encoded = plot.webp(image) if self.run.recorder.backlog() > 2 else None
+            self.run.send("image", image, BOUNDARY_KEY, step, encoded)
+        self.run.check()
 
     def state_dict(self) -> dict[str, Any]:
         # A checkpoint names its run, so that a resumed run continues the same MLflow record,
         # and keeps the params, so that it continues with the same settings.
-        return {"run_id": self.recorder.current_run_id(), "params": self.params, "test_acc": self.test_acc}
+        return {"run_id": self.run.id, "params": self.params, "test_acc": self.test_acc}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.test_acc = state_dict["test_acc"]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The trained network as TorchScript, which MLflow loads without moonprop's code; the
-        # recorder logs it as the run's MLflow model (logged_model.py).
-        network = copy.deepcopy(pl_module.net).cpu().eval()
-        buffer = io.BytesIO()
-        with torch.no_grad():
-            torch.jit.save(torch.jit.trace(network, torch.zeros(2, 2)), buffer)
-        self.recorder.send("model", buffer.getvalue(), str(torch.__version__))
+        self.run.send("model", torchscript(pl_module.net), str(torch.__version__))
+
+
+class BatchedMlflowCallback(pl.Callback):
+    """MlflowCallback for the jobs of a batched sweep (batched.py): each job's metrics, pictures
+    and model go to its own run, the same record it would have trained alone. The boundary
+    pictures of all jobs due for one come from one forward pass on the grid (in chunks of jobs,
+    to bound memory), and are encoded here: after the few seconds of training, this process has
+    the time, and the recorder does not.
+
+    A job that diverges (batched.BatchedMoonsClassifier.diverged), or whose run the store refuses
+    to write, leaves the batch: its run ends FAILED with the reason, the others go on.
+    """
+
+    CHUNK = 32  # jobs per forward pass on the grid: 32 x 24,000 points x 16 units is 50 MB
+
+    def __init__(self, runs: list[Run | None], test: tuple[torch.Tensor, torch.Tensor],
+                 plot_cfgs: list[PlotConfig], num_epochs: int, params: list[dict[str, str]]) -> None:
+        self.runs, self.cfgs, self.num_epochs, self.params = runs, plot_cfgs, num_epochs, params
+        self.pictures = [plot.Boundary(x.numpy(), y.numpy(), cfg.resolution)
+                         for x, y, cfg in zip(test[0], test[1], plot_cfgs, strict=True)]
+        self.test_size = test[1].shape[1]
+        self.test_acc: list[float | None] = [None] * len(runs)
+        self.errors: dict[int, str] = {}  # job -> why its run ended FAILED
+
+    def _step(self, trainer: pl.Trainer) -> int:
+        return 0 if trainer.sanity_checking else trainer.current_epoch + 1
+
+    def _active(self, pl_module: pl.LightningModule) -> list[int]:
+        return pl_module.active.nonzero().flatten().tolist()
+
+    def fail(self, pl_module: pl.LightningModule, job: int, error: str, details: str | None = None) -> None:
+        """Take `job` out of the batch and end its run FAILED."""
+        pl_module.active[job] = False
+        self.errors[job] = error
+        self.runs[job].end("FAILED", error, details, wait=False)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        for job, reason in pl_module.diverged.items():
+            if job not in self.errors:
+                self.fail(pl_module, job, reason)
+        step, now = self._step(trainer), int(time.time() * 1000)
+        losses = outputs["losses"].tolist()
+        for job in self._active(pl_module):
+            metrics = {"train/loss": shortest(losses[job]), "lr": outputs["rates"][job]}
+            self.runs[job].send("metrics", metrics, step, now)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        step, now = self._step(trainer), int(time.time() * 1000)
+        losses, correct = outputs["losses"].tolist(), outputs["correct"].tolist()
+        active = self._active(pl_module)
+        for job in active:
+            self.test_acc[job] = correct[job] / self.test_size  # the exact ratio, as model.accuracy
+            metrics = {"test/acc": self.test_acc[job], "test/loss": shortest(losses[job])}
+            self.runs[job].send("metrics", metrics, step, now)
+        due = [job for job in active if step % self.cfgs[job].every_n_epochs == 0 or step == self.num_epochs]
+        for chunk in range(0, len(due), self.CHUNK):
+            self._pictures(pl_module, due[chunk:chunk + self.CHUNK], step)
+        for job in active:  # a store error fails the job it touches
+            if error := self.runs[job].error():
+                self.fail(pl_module, job, f"RecorderError: {error}")
+        if not pl_module.active.any():
+            trainer.should_stop = True
+
+    def _pictures(self, pl_module: pl.LightningModule, jobs: list[int], step: int) -> None:
+        by_resolution: dict[int, list[int]] = {}
+        for job in jobs:
+            by_resolution.setdefault(self.cfgs[job].resolution, []).append(job)
+        for resolution, group in by_resolution.items():
+            grid = torch.from_numpy(plot.grid(resolution)).to(pl_module.device)
+            with torch.no_grad():
+                index = torch.tensor(group, device=pl_module.device)
+                scores = pl_module(grid.expand(len(group), *grid.shape), index).cpu().numpy()
+            for job, job_scores in zip(group, scores, strict=True):
+                image = self.pictures[job].draw(job_scores, f"epoch {step}   test acc {self.test_acc[job]:.3f}")
+                self.runs[job].send("image", image, BOUNDARY_KEY, step, plot.webp(image))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_ids": [run.id if run else None for run in self.runs], "params": self.params,
+                "test_acc": self.test_acc, "errors": self.errors}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.test_acc, self.errors = state_dict["test_acc"], state_dict["errors"]
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for job in self._active(pl_module):
+            self.runs[job].send("model", torchscript(pl_module.net.network(job)), str(torch.__version__))
+
+
+def torchscript(network: torch.nn.Module) -> bytes:
+    """A network as TorchScript, which MLflow loads without moonprop's code; the recorder logs it
+    as the run's MLflow model (logged_model.py)."""
+    network = copy.deepcopy(network).cpu().eval()
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(network, torch.zeros(2, 2)), buffer)
+    return buffer.getvalue()
 
 
 class PruneHopeless(pl.Callback):
@@ -121,9 +213,9 @@ class Interrupted(BaseException):
     the CLI exits with 128 + the signal's number, as a shell reports a process ended by it.
     """
 
-    def __init__(self, signum: int, epoch: int, checkpoint: Path) -> None:
+    def __init__(self, signum: int, epoch: int, how_to_continue: str) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name} after epoch {epoch}; "
-                         f"continue with: moonprop resume={checkpoint}")
+                         f"continue with: {how_to_continue}")
         self.signum = signum
 
 
@@ -132,8 +224,9 @@ class GracefulStop(pl.Callback):
     current epoch, a few milliseconds away, with a checkpoint to resume from; a second Ctrl-C
     stops at once. Lightning alone exits 0 on SIGTERM and 1 on Ctrl-C, and checkpoints neither."""
 
-    def __init__(self, checkpoint: Path) -> None:
+    def __init__(self, checkpoint: Path, how_to_continue: str | None = None) -> None:
         self.checkpoint = checkpoint
+        self.how_to_continue = how_to_continue or f"moonprop resume={checkpoint}"
         self.signum: int | None = None
 
     @contextlib.contextmanager
@@ -155,7 +248,7 @@ class GracefulStop(pl.Callback):
             self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(self.checkpoint)
             epoch = 0 if trainer.sanity_checking else trainer.current_epoch + 1
-            raise Interrupted(self.signum, epoch, self.checkpoint)
+            raise Interrupted(self.signum, epoch, self.how_to_continue)
 
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_if_signalled(trainer)

@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -26,44 +27,63 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from moonprop import sweep
-from moonprop.config import ConfigError, first_line, redact, resolve_uri, validate
+from moonprop.config import Config, ConfigError, first_line, redact, resolve_uri, validate
 from moonprop.recorder import close_shared, shared
 
 EXIT_BAD_INPUT = 2
 CONFIG_PATH, CONFIG_NAME = "conf", "config"  # the packaged configs; preflight composes with them too
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
-def app(cfg: DictConfig) -> float:
+class Task(NamedTuple):
+    """One run as Hydra's job gives it: what `train.train` and `train.train_batched` take."""
+
+    cfg: Config
+    run_dir: Path
+    overrides: list[str]
+    tags: dict[str, str]
+    job: sweep.Job | None  # in a sweep: how its run sits in it
+    launch_dir: str  # where moonprop was started: a relative SQLite store is there
+
+
+def task(cfg: DictConfig) -> Task:
+    """The run of the job Hydra is running (HydraConfig): its checked config, folder and tags."""
     config = validate(cfg)  # again: a Python caller or a search sampler may get here directly
     hc = HydraConfig.get()
-    # The recorder starts first: it imports MLflow and opens the store on the other core while
-    # this process imports Lightning (~3 s each on a fresh store).
-    recorder = shared()
-    recorder.prepare(resolve_uri(config.tracking.uri, hc.runtime.cwd), config.tracking.experiment)
-    from moonprop.train import train
-
     run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
     config.trainer.threads = min(config.trainer.threads, threads_per_job(hc))
     if config.resume:  # a path on the command line means one in the folder moonprop was started in
         config.resume = str(Path(hc.runtime.cwd, config.resume))
-    start = time.perf_counter()
     tags = {"hydra.job.name": hc.job.name, "hydra.output_dir": str(run_dir)}
     if hc.mode != RunMode.MULTIRUN:
         tags["mlflow.source.name"] = shlex.join(["moonprop", *(redact(a) for a in sys.argv[1:])])  # as run
-        acc = train(config, recorder, run_dir, overrides, tags, launch_dir=hc.runtime.cwd)
-        print(f"moonprop: run {recorder.run_name} FINISHED: test acc {acc:.3f} in "
-              f"{time.perf_counter() - start:.1f} s (run id {recorder.run_id}, folder {run_dir})", file=sys.stderr)
+        return Task(config, run_dir, overrides, tags, None, hc.runtime.cwd)
+    job = sweep.this_job(config.tracking.run_name)
+    tags["mlflow.source.name"] = shlex.join(["moonprop", *job.overrides])  # what runs this job alone
+    return Task(config, run_dir, overrides, tags, job, hc.runtime.cwd)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
+def app(cfg: DictConfig) -> float:
+    run = task(cfg)
+    # The recorder starts first: it imports MLflow and opens the store on the other core while
+    # this process imports Lightning (~3 s each on a fresh store).
+    recorder = shared()
+    recorder.prepare(resolve_uri(run.cfg.tracking.uri, run.launch_dir), run.cfg.tracking.experiment)
+    from moonprop.train import train
+
+    start = time.perf_counter()
+    if run.job is None:
+        acc = train(*run, recorder)
+        print(f"moonprop: run {recorder.last.name} FINISHED: test acc {acc:.3f} in "  # type: ignore[union-attr]
+              f"{time.perf_counter() - start:.1f} s (run id {recorder.last.id}, folder {run.run_dir})",  # type: ignore[union-attr]
+              file=sys.stderr)
         return acc
-    in_sweep = sweep.this_job(config.tracking.run_name)
-    tags["mlflow.source.name"] = shlex.join(["moonprop", *in_sweep.overrides])  # what runs this job alone
-    job = f"job {hc.job.num} ({in_sweep.name})"
+    job = f"job {HydraConfig.get().job.num} ({run.job.name})"
     try:
         # Only the in-process launcher runs the next job in this process, and drains the recorder
         # before the summary: a joblib worker or a SLURM job may be ended as soon as it returns.
-        acc = train(config, recorder, run_dir, overrides, tags, in_sweep,
-                    close_in_background=sweep.target_class(hc.launcher) == "BasicLauncher",
-                    launch_dir=hc.runtime.cwd)
+        in_process = sweep.target_class(HydraConfig.get().launcher) == "BasicLauncher"
+        acc = train(*run, recorder, close_in_background=in_process)
     except Exception as e:  # recorded FAILED in MLflow; the other jobs go on, the summary counts it
         print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {type(e).__name__}: {e}",
               file=sys.stderr)

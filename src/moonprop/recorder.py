@@ -34,6 +34,58 @@ class RecorderError(RuntimeError):
     """The tracking store refused a write; the message says why, in one line."""
 
 
+class Run:
+    """The parent's handle on one run the recorder writes: every message it sends names the run,
+    so that one recorder can write many runs at once (a batched sweep's jobs)."""
+
+    def __init__(self, recorder: Recorder, seq: int) -> None:
+        self.recorder, self.seq = recorder, seq
+        self._started: tuple[str, str] | None = None  # (id, name), once the store has opened it
+
+    def send(self, op: str, *args: Any) -> None:
+        """`metrics`, `image`, `model` or `tags`, as RunWriter's methods of those names take them."""
+        self.recorder.send(op, self.seq, *args)
+
+    def error(self) -> str | None:
+        """The run's first store error, if one has come back (never blocks)."""
+        self.recorder.poll()
+        return self.recorder._errors.get(self.seq)
+
+    def check(self) -> None:
+        """Raise the store's error if one has come back: a run whose record cannot be written
+        stops at once instead of training on for nothing."""
+        if error := self.error():
+            raise RecorderError(error)
+
+    def _start_reply(self) -> tuple[str, str]:
+        if self._started is None:
+            self._started = self.recorder._reply((self.seq, "start"))
+            if self._started is None:
+                raise RecorderError(self.recorder._errors.get(self.seq, "the run could not be opened"))
+        return self._started
+
+    @property
+    def id(self) -> str:
+        """The MLflow run id (waits for the store to open the run)."""
+        return self._start_reply()[0]
+
+    @property
+    def name(self) -> str:
+        return self._start_reply()[1]
+
+    def end(self, status: str, error: str | None = None, details: str | None = None, wait: bool = True) -> None:
+        """End the run FINISHED, FAILED or KILLED. Waiting, a store error of a finished run is raised;
+        not waiting, the recorder closes it in the background and `Recorder.drain` reports errors."""
+        self.send("end", status, error, details)
+        if not wait:
+            self.recorder._unfinished.add(self.seq)
+            return
+        self.recorder._reply((self.seq, "end"))
+        # a run that failed or was stopped reports its own error, not the store's
+        if status == "FINISHED" and (error := self.recorder._errors.get(self.seq)):
+            raise RecorderError(error)
+
+
 class Recorder:
     """The parent's end of the pipe."""
 
@@ -44,14 +96,13 @@ class Recorder:
         os.close(reply_w)
         self._inbox: BinaryIO = self.proc.stdin  # type: ignore[assignment]
         self._replies = os.fdopen(reply_r, "rb")
-        self._seq = 0  # the current run's number: replies say which run they are about
-        self._error: str | None = None  # the first error of the current run
+        self._seq = 0  # numbers the runs: every message and reply about a run carries its number
+        self._errors: dict[int, str] = {}  # each run's first error
         self._answers: dict[tuple[int, str], Any] = {}
-        self._unfinished: set[int] = set()  # runs whose end was sent but not yet confirmed
+        self._unfinished: set[int] = set()  # runs ended in the background, not yet confirmed
+        self._ended_in_background: set[int] = set()
         self._tickets = 0  # numbers the calls of summary.py's functions
-        self.earlier_errors: list[str] = []  # errors of runs that ended in the background
-        self.run_id: str | None = None
-        self.run_name: str | None = None
+        self.last: Run | None = None  # the run started last
         # A pipe holds 64 KB, four boundary images: sending from a thread keeps training from
         # waiting while the recorder is still importing MLflow or creating the store.
         self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
@@ -80,38 +131,28 @@ class Recorder:
             raise RecorderError(f"the recorder process has stopped (exit code {self.proc.poll()})")
         self._outbox.put(message)
 
-    def _read(self) -> tuple[str, str, Any]:
+    def _read(self) -> tuple[int, str, str, Any]:
         try:
             return pickle.load(self._replies)
         except EOFError:
             raise RecorderError(f"the recorder process has stopped (exit code {self.proc.poll()})") from None
 
-    def _take(self, reply: tuple[int, str, str, Any]) -> str | None:
-        """Note one reply; return its error if it is the current run's first."""
+    def _take(self, reply: tuple[int, str, str, Any]) -> None:
+        """Note one reply: the answer to a run's op or a ticket, and a run's first error."""
         seq, op, kind, value = reply
         if op == "call":  # answers a ticket, not a run
             self._answers[(seq, op)] = (kind, value)
-            return None
+            return
         self._answers[(seq, op)] = value if kind == "ok" else None
+        if kind == "error":
+            self._errors.setdefault(seq, value)
         if op == "end":
             self._unfinished.discard(seq)
-        if seq != self._seq or kind != "error":
-            if op == "start" and kind == "ok" and seq == self._seq:
-                self.run_id, self.run_name = value
-            if kind == "error":
-                self.earlier_errors.append(value)
-            return None
-        if self._error is None:
-            self._error = value
-            return value
-        return None
 
-    def check(self) -> None:
-        """Raise the store's error if one has come back (never blocks): a run whose record cannot
-        be written stops at once instead of training on for nothing."""
+    def poll(self) -> None:
+        """Take every reply that has come, without blocking."""
         while select.select([self._replies], [], [], 0)[0]:
-            if error := self._take(self._read()):
-                raise RecorderError(error)
+            self._take(self._read())
 
     def _reply(self, key: tuple[int, str]) -> Any:
         """Block until the reply `key` (a run's number or a ticket, and the op) has come."""
@@ -119,54 +160,43 @@ class Recorder:
             self._take(self._read())
         return self._answers.pop(key)
 
-    def wait(self, op: str) -> Any:
-        """Block until `op` of the current run is answered; raise the run's first error, if any."""
-        value = self._reply((self._seq, op))
-        if self._error:
-            raise RecorderError(self._error)
-        return value
-
-    def current_run_id(self) -> str:
-        """The id of the run being recorded (waits for the store to open it)."""
-        if self.run_id is None:
-            self.wait("start")
-        return self.run_id  # type: ignore[return-value]
+    def start(self, **start: Any) -> Run:
+        """Start recording a run (`start` as RunWriter.open takes it); the store opens it while
+        the caller goes on. End it with `Run.end`."""
+        self._seq += 1
+        self.send("start", self._seq, start)
+        self.last = Run(self, self._seq)
+        return self.last
 
     @contextlib.contextmanager
-    def run(self, background_end: bool = False, **start: Any) -> Iterator[Recorder]:
-        """Record one run (`start` as RunWriter.open takes it); it ends FINISHED, FAILED with the
-        error, or KILLED when interrupted (Ctrl-C, SIGTERM).
+    def run(self, background_end: bool = False, **start: Any) -> Iterator[Run]:
+        """Record one run; it ends FINISHED, FAILED with the error, or KILLED when interrupted
+        (Ctrl-C, SIGTERM).
 
         With `background_end`, a run that finished does not wait for the recorder to close it
         (the animation, the last uploads: ~0.3 s): in a sweep the next job trains meanwhile, and
         `drain()` waits for all of them before the sweep's summary.
         """
-        self._seq += 1
-        self._error, self.run_id, self.run_name = None, None, None
-        self.send("start", self._seq, start)
+        run = self.start(**start)
         try:
-            yield self
+            yield run
         except BaseException as e:
             # An error fails the run; an interruption (Ctrl-C, a signal, an exit) kills it.
             status = "FAILED" if isinstance(e, Exception) else "KILLED"
-            error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            self.send("end", status, error, traceback.format_exc())
-            with contextlib.suppress(RecorderError):  # the first error is the one to report
-                self.wait("end")
+            run.end(status, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, traceback.format_exc())
             raise
-        self.send("end", "FINISHED", None, None)
         if background_end:
-            self._unfinished.add(self._seq)
-        else:
-            self.wait("end")
+            self._ended_in_background.add(run.seq)
+        run.end("FINISHED", wait=not background_end)
 
     def drain(self) -> None:
         """Wait until every run ended in the background is closed; report their errors, if any."""
         while self._unfinished:
             self._take(self._read())
-        for error in self.earlier_errors:
-            print(f"moonprop: recording a finished run failed: {error}", file=sys.stderr)
-        self.earlier_errors = []
+        for seq in sorted(self._ended_in_background):
+            if error := self._errors.get(seq):
+                print(f"moonprop: recording a finished run failed: {error}", file=sys.stderr)
+        self._ended_in_background.clear()
 
     def ask(self, function: str, **kwargs: Any) -> int:
         """Have the recorder run one of summary.py's functions, after what it was sent before;
@@ -221,7 +251,7 @@ def close_shared() -> None:
 
 
 def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
-    """The child's loop: apply each message to the current run, answer `start` and `end`."""
+    """The child's loop: apply each message to the run it names, answer `start` and `end`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -234,58 +264,58 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
     # after MLflow's import, which sets its own: "Creating initial MLflow database tables..." is noise
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
-    seq: int | None = None  # the run being written, as the parent numbers them
-
-    def reply(op: str, kind: str, value: Any = None, about: int | None = None) -> None:
-        pickle.dump((seq if about is None else about, op, kind, value), replies)
+    def reply(seq: int, op: str, kind: str, value: Any = None) -> None:
+        pickle.dump((seq, op, kind, value), replies)
         replies.flush()
 
-    run: RunWriter | None = None
-    broken = False  # after a store error: report it once, then drop the run's writes until `end`
+    runs: dict[int, RunWriter] = {}  # the runs being written, by the parent's numbers
+    broken: set[int] = set()  # after a store error: report it once, then drop the run's writes until `end`
     while True:
         try:
             op, *args = pickle.load(inbox)
         except (EOFError, pickle.UnpicklingError):  # the pipe closed, between messages or within
             # one: a trainer killed while it wrote leaves a truncated message
-            if run is not None:
-                run.close("FAILED", "the training process ended without closing its run "
-                                    "(killed, or out of memory)")
+            for run in runs.values():
+                with contextlib.suppress(Exception):
+                    run.close("FAILED", "the training process ended without closing its run "
+                                        "(killed, or out of memory)")
             return
-        if op == "call":  # a sweep's parent run (summary.py): no part of the current run
+        if op == "call":  # a sweep's parent run (summary.py): no part of any run
             ticket, function, kwargs = args
             try:
                 from moonprop import summary
 
-                reply(op, "ok", getattr(summary, function)(**kwargs), about=ticket)
+                reply(ticket, op, "ok", getattr(summary, function)(**kwargs))
             except Exception as e:
-                reply(op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}", about=ticket)
+                reply(ticket, op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")
                 traceback.print_exc(file=sys.stderr)
             continue
         if op == "prepare":  # a run is coming: open its store now, while the trainer imports Lightning
             with contextlib.suppress(Exception):  # the run's start reports whatever is wrong
                 prepare(*args)
             continue
+        seq, *args = args
         try:
             if op == "start":
-                run, broken, seq = None, False, args[0]
-                run = RunWriter.open(**args[1])
-                reply(op, "ok", (run.id, run.name))
+                runs[seq] = RunWriter.open(**args[0])
+                reply(seq, op, "ok", (runs[seq].id, runs[seq].name))
             elif op == "end":
                 status, error, details = args
-                if run is None:
-                    reply(op, "error", "the run could not be opened")
+                broken.discard(seq)
+                if (run := runs.pop(seq, None)) is None:
+                    reply(seq, op, "error", "the run could not be opened")
                     continue
                 if status == "FINISHED":
                     run.log_final_pictures()
-                finished, run = run, None
-                finished.close(status, error, details)
-                reply(op, "ok", finished.id)
-            elif run is not None and not broken:
+                run.close(status, error, details)
+                reply(seq, op, "ok", run.id)
+            elif seq in runs and seq not in broken:
+                run = runs[seq]
                 {"metrics": run.log_metrics, "image": run.log_image, "model": run.log_model,
                  "tags": run.set_tags}[op](*args)
         except Exception as e:
-            broken = True
-            reply(op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")
+            broken.add(seq)
+            reply(seq, op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")
             traceback.print_exc(file=sys.stderr)
 
 

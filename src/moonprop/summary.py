@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from moonprop import logged_model, plot
@@ -30,6 +31,15 @@ def open_parent(uri: str, experiment: str, name: str, sweep_id: str, keys: list[
                             tags={"sweep.id": sweep_id, "sweep.overrides": overrides, "sweep.keys": ",".join(keys),
                                   "mlflow.note.content": f"moonprop -m {overrides}"})
     return run.info.run_id
+
+
+def reopen_parent(uri: str, parent: str) -> str:
+    """An interrupted sweep's parent run, running again for the jobs that continue; its id."""
+    client = MlflowClient(uri)
+    client.update_run(parent, status="RUNNING")
+    with contextlib.suppress(MlflowException):  # the interruption is over
+        client.delete_tag(parent, "error")
+    return parent
 
 
 def close_parent(uri: str, parent: str, sweep_dir: str, registered_model: str | None = None) -> tuple[str, int]:

@@ -161,6 +161,16 @@ def this_job(run_name: str | None) -> Job:
     return Job(sweep.get("parent"), name, overrides, tags, trial)
 
 
+def interrupted_parent(sweep_dir: Path, launcher: str) -> str | None:
+    """The parent run of a batched sweep interrupted in `sweep_dir` (a batch's checkpoint is there),
+    which the same command in the same folder continues."""
+    if launcher != "BatchedLauncher" or not (sweep_dir / SWEEP_FILE).is_file():
+        return None
+    if not any((sweep_dir / "checkpoints").glob("batch-*.ckpt")):
+        return None
+    return json.loads((sweep_dir / SWEEP_FILE).read_text())["parent"]
+
+
 class SweepCallback(Callback):
     """Opens the sweep's parent run before any job and writes the sweep's answer after the last."""
 
@@ -172,10 +182,13 @@ class SweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         keys = swept_keys(config)
         recorder = shared()  # in-process jobs use it next; other launchers, for the summary
-        ticket = recorder.ask("open_parent", uri=uri, experiment=config.tracking.experiment,
-                              name=sweep_name(keys, sweep_dir.name), sweep_id=sweep_dir.name, keys=keys,
-                              overrides=" ".join(redact(o) for o in config.hydra.overrides.task))
-        if launcher == "BasicLauncher":
+        if interrupted := interrupted_parent(sweep_dir, launcher):  # hydra/launcher=batched continues it
+            ticket = recorder.ask("reopen_parent", uri=uri, parent=interrupted)
+        else:
+            ticket = recorder.ask("open_parent", uri=uri, experiment=config.tracking.experiment,
+                                  name=sweep_name(keys, sweep_dir.name), sweep_id=sweep_dir.name, keys=keys,
+                                  overrides=" ".join(redact(o) for o in config.hydra.overrides.task))
+        if launcher in ("BasicLauncher", "BatchedLauncher"):
             # The jobs will import Lightning here anyway: do it while the recorder imports MLflow
             # and opens the store on the other core (~4 s each).
             import moonprop.train  # noqa: F401

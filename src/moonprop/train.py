@@ -6,20 +6,25 @@ import logging
 import signal
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from moonprop.callbacks import GracefulStop, MlflowCallback, PruneHopeless
-from moonprop.config import Config, params, redact, redacted, resolve_uri
+from moonprop.batched import BatchedMoonsClassifier, BatchedMoonsData
+from moonprop.callbacks import BatchedMlflowCallback, GracefulStop, MlflowCallback, PruneHopeless
+from moonprop.config import Config, ConfigError, params, redact, redacted, resolve_uri
 from moonprop.data import MoonsDataModule
 from moonprop.module import MoonsClassifier
-from moonprop.recorder import Recorder
+from moonprop.recorder import Recorder, Run
 from moonprop.sweep import Job
+
+if TYPE_CHECKING:
+    from moonprop.cli import Task
 
 # Lightning's start-up banner (GPU available, TPU available, ...) says nothing a run's record lacks,
 # and its own use of a deprecated torch API is not the user's to fix.
@@ -35,9 +40,49 @@ def checkpoint_state(path: str) -> dict[str, Any]:
     return checkpoint["callbacks"][MlflowCallback.__qualname__]
 
 
-def train(cfg: Config, recorder: Recorder, run_dir: Path, overrides: list[str] | None = None,
-          tags: dict[str, str] | None = None, job: Job | None = None, close_in_background: bool = False,
-          launch_dir: str | None = None) -> float:
+def run_spec(cfg: Config, datamodule: MoonsDataModule, overrides: list[str], tags: dict[str, str],
+             job: Job | None, launch_dir: str | None) -> dict[str, Any]:
+    """What the recorder opens a run with (tracking.RunWriter.open): its name, params, tags, texts,
+    datasets and place in its sweep. A relative SQLite store is the one in `launch_dir`."""
+    overrides = [redact(o) for o in overrides]
+    return dict(
+        uri=resolve_uri(cfg.tracking.uri, launch_dir), experiment=cfg.tracking.experiment,
+        run_name=job.name if job else cfg.tracking.run_name, params=params(cfg),
+        tags={**tags, **(job.tags if job else {})},
+        texts={"config.yaml": OmegaConf.to_yaml(OmegaConf.structured(redacted(cfg))),
+               "overrides.yaml": OmegaConf.to_yaml(overrides)},
+        parent_run_id=job.parent if job else None, plot_every=cfg.plot.every_n_epochs,
+        num_epochs=cfg.data.num_batches, start_time_ms=int(time.time() * 1000), datasets=datamodule.datasets(),
+        registered_model=None if job else cfg.tracking.registered_model)  # a sweep registers its best
+
+
+def trainer(cfg: Config, callbacks: list[pl.Callback], resuming: bool = False) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        max_epochs=cfg.data.num_batches,  # one epoch = one freshly drawn batch, as in the seed
+        # the untrained network is step 0 of the record; a resumed run has it already
+        num_sanity_val_steps=0 if resuming else 1,
+        logger=False,  # MLflow is written by the callbacks, through the recorder
+        enable_checkpointing=False,  # GracefulStop writes the checkpoint that matters
+        enable_model_summary=False,
+        enable_progress_bar=sys.stderr.isatty(),
+        deterministic=True,
+        callbacks=callbacks,
+    )
+
+
+def fit(trainer: pl.Trainer, stopper: GracefulStop, *args: Any, **kwargs: Any) -> None:
+    try:
+        trainer.fit(*args, **kwargs)
+    except SystemExit:
+        if stopper.signum == signal.SIGINT:  # a second Ctrl-C, which Lightning turns into exit(1)
+            raise KeyboardInterrupt from None
+        raise
+
+
+def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str], job: Job | None,
+          launch_dir: str | None, recorder: Recorder, close_in_background: bool = False) -> float:
     """Train and record one run; returns the final test accuracy (what a sweeper maximises).
 
     Interrupted by Ctrl-C or SIGTERM, it writes `run_dir/checkpoints/last.ckpt`; `resume=` that
@@ -50,42 +95,77 @@ def train(cfg: Config, recorder: Recorder, run_dir: Path, overrides: list[str] |
     torch.set_num_threads(cfg.trainer.threads)  # 2 threads made this tiny model 14-56x slower
     datamodule = MoonsDataModule(cfg.data, cfg.seed)
     module = MoonsClassifier(cfg.model, cfg.loss, cfg.schedule, cfg.data.num_batches, cfg.seed)
-    run_params = params(cfg)
-    tracker = MlflowCallback(recorder, datamodule.test, cfg.plot, cfg.data.num_batches, run_params)
     stopper = GracefulStop(run_dir / "checkpoints" / "last.ckpt")
     pruner = PruneHopeless(**job.trial) if job and job.trial else None
-    overrides = [redact(o) for o in overrides or []]
-    texts = {"config.yaml": OmegaConf.to_yaml(OmegaConf.structured(redacted(cfg))),
-             "overrides.yaml": OmegaConf.to_yaml(overrides)}
-    with stopper.handling_signals(), recorder.run(
-            background_end=close_in_background,
-            uri=resolve_uri(cfg.tracking.uri, launch_dir), experiment=cfg.tracking.experiment,
-            run_name=job.name if job else cfg.tracking.run_name, params=run_params,
-            tags={**(tags or {}), **(job.tags if job else {})}, texts=texts,
-            parent_run_id=job.parent if job else None, plot_every=cfg.plot.every_n_epochs,
-            num_epochs=cfg.data.num_batches,
-            start_time_ms=int(time.time() * 1000), datasets=datamodule.datasets(),
-            registered_model=None if job else cfg.tracking.registered_model,  # a sweep registers its best
-            resume_run_id=checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None):
-        trainer = pl.Trainer(
-            accelerator=cfg.trainer.accelerator,
-            devices=1,
-            max_epochs=cfg.data.num_batches,  # one epoch = one freshly drawn batch, as in the seed
-            # the untrained network is step 0 of the record; a resumed run has it already
-            num_sanity_val_steps=0 if cfg.resume else 1,
-            logger=False,  # MLflow is written by MlflowCallback, through the recorder
-            enable_checkpointing=False,  # GracefulStop writes the checkpoint that matters
-            enable_model_summary=False,
-            enable_progress_bar=sys.stderr.isatty(),
-            deterministic=True,
-            callbacks=[tracker, stopper, *([pruner] if pruner else [])],
-        )
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
-        except SystemExit:
-            if stopper.signum == signal.SIGINT:  # a second Ctrl-C, which Lightning turns into exit(1)
-                raise KeyboardInterrupt from None
-            raise
+    spec = run_spec(cfg, datamodule, overrides, tags, job, launch_dir)
+    resume_run_id = checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None
+    with stopper.handling_signals(), recorder.run(close_in_background, **spec, resume_run_id=resume_run_id) as run:
+        tracker = MlflowCallback(run, datamodule.test, cfg.plot, cfg.data.num_batches, spec["params"])
+        fit(trainer(cfg, [tracker, stopper, *([pruner] if pruner else [])], bool(cfg.resume)), stopper,
+            module, datamodule=datamodule, ckpt_path=cfg.resume)
         if pruner and pruner.pruned_at is not None:
-            recorder.send("tags", {"optuna.pruned": f"at epoch {pruner.pruned_at}"})
+            run.send("tags", {"optuna.pruned": f"at epoch {pruner.pruned_at}"})
     return tracker.test_acc
+
+
+def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path,
+                  how_to_continue: str) -> list[float | str]:
+    """Train the jobs `tasks` (of one batched.stack_key) as one batched model, each recorded as its
+    own run, as `train` would record it; for each job its final test accuracy, or why it failed.
+    The runs are shared out among the `recorders` (processes: a run costs ~0.15 s of recording).
+
+    Interrupted by Ctrl-C or SIGTERM, every running job's run ends KILLED after a checkpoint of the
+    whole batch at `checkpoint`; called again with that checkpoint there, the same jobs continue
+    their runs where they stopped.
+    """
+    cfgs = [t.cfg for t in tasks]
+    torch.set_num_threads(cfgs[0].trainer.threads)
+    datamodule = BatchedMoonsData(cfgs)
+    module = BatchedMoonsClassifier(cfgs)
+    specs = [run_spec(t.cfg, data, t.overrides, t.tags, t.job, t.launch_dir)
+             for t, data in zip(tasks, datamodule.jobs, strict=True)]
+    saved = resumed_batch(checkpoint, [spec["params"] for spec in specs]) if checkpoint.is_file() else None
+    runs: list[Run | None] = []
+    for job, spec in enumerate(specs):
+        recorder = recorders[job % len(recorders)]
+        if saved is None:
+            runs.append(recorder.start(**spec))
+        elif job in saved["errors"]:  # its run ended FAILED before the interruption
+            runs.append(None)
+        else:
+            runs.append(recorder.start(**spec, resume_run_id=saved["run_ids"][job]))
+    tracker = BatchedMlflowCallback(runs, datamodule.test, [c.plot for c in cfgs], cfgs[0].data.num_batches,
+                                    [spec["params"] for spec in specs])
+    stopper = GracefulStop(checkpoint, how_to_continue)
+    try:
+        with stopper.handling_signals():
+            fit(trainer(cfgs[0], [tracker, stopper], resuming=saved is not None), stopper, module,
+                datamodule=datamodule, ckpt_path=checkpoint if saved else None)
+    except BaseException as e:  # every job still training ends with the batch
+        status = "FAILED" if isinstance(e, Exception) else "KILLED"
+        error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        for job, run in enumerate(runs):
+            if run is not None and job not in tracker.errors:
+                run.end(status, error, traceback.format_exc(), wait=False)
+        raise
+    for job, run in enumerate(runs):
+        if run is not None and job not in tracker.errors:
+            run.end("FINISHED", wait=False)
+    return [tracker.errors.get(job, tracker.test_acc[job]) for job in range(len(tasks))]  # type: ignore[misc]
+
+
+def resumed_batch(checkpoint: Path, params: list[dict[str, str]]) -> dict[str, Any]:
+    """What BatchedMlflowCallback kept in an interrupted batch's checkpoint: its runs, and the jobs
+    that had failed. The jobs must be the same, with the same settings."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["callbacks"][
+        BatchedMlflowCallback.__qualname__]
+    folder = checkpoint.parent.parent
+    if len(saved["params"]) != len(params):
+        raise ConfigError("hydra.sweep.dir", str(folder), f"a sweep of the same jobs: its interrupted batch "
+                          f"has {len(saved['params'])} jobs, this one {len(params)}")
+    for job, (before, now) in enumerate(zip(saved["params"], params, strict=True)):
+        for key in sorted(before.keys() | now.keys()):
+            if before.get(key) != now.get(key):
+                raise ConfigError(key, now.get(key), f"must be {before.get(key)} in job {job}, as in the "
+                                  f"interrupted sweep {folder}")
+    return saved

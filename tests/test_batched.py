@@ -1,0 +1,213 @@
+"""hydra/launcher=batched: a sweep's jobs trained as one model, each recorded as it would be alone."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from moonprop.batched import BatchedMoonsClassifier, BatchedMoonsData, StackedMLP, stack_key
+from moonprop.callbacks import BatchedMlflowCallback
+from moonprop.config import ConfigError
+from moonprop.model import MLP, hinge_l2_loss
+from moonprop.train import resumed_batch
+
+from .conftest import default_store, make_config, moonprop
+from .test_sweeps import check_sweep, sweep_runs
+
+BATCHED = "hydra/launcher=batched"
+
+
+def test_stacked_networks_start_and_score_as_each_alone():
+    hidden, seeds = [[16, 16], [8, 4], [3, 16]], [0, 5, 7]
+    stacked = StackedMLP(hidden, seeds)
+    points = torch.randn(3, 100, 2)
+    scores = stacked(points)
+    for job, (h, seed) in enumerate(zip(hidden, seeds, strict=True)):
+        alone = MLP(h, torch.Generator().manual_seed(seed))
+        for mine, theirs in zip(stacked.network(job).parameters(), alone.parameters(), strict=True):
+            assert torch.equal(mine, theirs)  # the same draws from the job's seed
+        torch.testing.assert_close(scores[job], alone(points[job]))
+        norm = sum((p * p).sum() for p in alone.parameters())
+        torch.testing.assert_close(stacked.squared_norms()[job], norm)
+
+
+def test_padded_units_stay_zero_and_each_job_steps_as_alone():
+    """One SGD step of the batch is each job's own step: its loss, its rate; padding changes nothing."""
+    cfgs = [make_config("model.hidden=[16,16]", "seed=0"),
+            make_config("model.hidden=[4,8]", "seed=1", "schedule=cosine", "loss.alpha=0.01", "data.noise=0.3")]
+    module, data = BatchedMoonsClassifier(cfgs), BatchedMoonsData(cfgs)
+    x, y = data.train_batch(0)
+    optimizer = module.configure_optimizers()
+    module.trainer = None  # not attached: current_epoch is 0
+    losses = module.losses(module(x), y)
+    losses.sum().backward()
+    module.on_before_optimizer_step(optimizer)
+    optimizer.step()
+    for job, cfg in enumerate(cfgs):
+        alone = MLP(cfg.model.hidden, torch.Generator().manual_seed(cfg.seed))
+        xj, yj = data.jobs[job].train_batch(0)
+        loss = hinge_l2_loss(alone(xj), yj, list(alone.parameters()), cfg.loss.alpha)
+        torch.testing.assert_close(losses[job], loss)
+        loss.backward()
+        rate = module.rates[job][0]
+        with torch.no_grad():
+            for p in alone.parameters():
+                p -= rate * p.grad
+        for mine, theirs in zip(module.net.network(job).parameters(), alone.parameters(), strict=True):
+            torch.testing.assert_close(mine, theirs)
+    narrow = module.net.weights[0][1]  # job 1's first layer: 4 of 16 units are its own
+    assert narrow.shape == (2, 16) and torch.all(narrow[:, 4:] == 0)
+    assert torch.all(module.net.weights[1][1][4:, :] == 0) and torch.all(module.net.weights[1][1][:, 8:] == 0)
+
+
+def test_what_cannot_be_stacked_forms_separate_batches():
+    same = stack_key(make_config("seed=0")) == stack_key(make_config("seed=1", "model.hidden=[8,32]", "data.noise=0.2"))
+    assert same
+    assert stack_key(make_config()) != stack_key(make_config("model.hidden=[16]"))
+    assert stack_key(make_config()) != stack_key(make_config("data.batch_size=20"))
+    assert stack_key(make_config()) != stack_key(make_config("data.num_batches=20"))
+
+
+def runs_by_name(client: MlflowClient, sweep_number: int) -> dict[str, object]:
+    exp = client.get_experiment_by_name("moonprop").experiment_id
+    parents = client.search_runs([exp], "attributes.run_name LIKE 'sweep %'", order_by=["attributes.start_time"])
+    parent = parents[sweep_number].info.run_id
+    return {r.info.run_name: r for r in client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")}
+
+
+def artifact_names(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
+    names = []
+    for item in client.list_artifacts(run_id, path):
+        names += artifact_names(client, run_id, item.path) if item.is_dir else [item.path.split("+timestamp")[0]]
+    return sorted(names)
+
+
+def test_every_job_keeps_the_record_it_has_in_process(workdir):
+    """The same sweep in process and batched (widths padded, schedules, noise): the same runs,
+    params, tags, artifacts, steps, and the same numbers within float32 rounding."""
+    sweep = ("-m", "data.num_batches=20", "plot.every_n_epochs=5", "seed=0,1",
+             "model.hidden=[16,16],[4,8]", "schedule=linear,cosine", "data.noise=0.1")
+    moonprop(*sweep, cwd=workdir)
+    proc = moonprop(*sweep, BATCHED, cwd=workdir)
+    assert "8 jobs in 1 batched model" in proc.stderr
+    client = default_store(workdir)
+    alone, batched = runs_by_name(client, 0), runs_by_name(client, 1)
+    assert sorted(alone) == sorted(batched) and len(alone) == 8
+    ignored = {"sweep.id", "mlflow.parentRunId", "hydra.output_dir", "mlflow.runName"}
+    for name, a in alone.items():
+        b = batched[name]
+        assert b.info.status == "FINISHED" and b.data.params == a.data.params
+        assert {k: v for k, v in a.data.tags.items() if k not in ignored} == \
+               {k: v for k, v in b.data.tags.items() if k not in ignored}
+        assert artifact_names(client, a.info.run_id) == artifact_names(client, b.info.run_id)
+        assert b.data.metrics["test/acc"] == pytest.approx(a.data.metrics["test/acc"], abs=0.002)
+        for key in ("train/loss", "lr", "test/acc", "test/loss"):
+            ha = {m.step: m.value for m in client.get_metric_history(a.info.run_id, key)}
+            hb = {m.step: m.value for m in client.get_metric_history(b.info.run_id, key)}
+            assert sorted(ha) == sorted(hb)
+            assert max(abs(ha[s] - hb[s]) for s in ha) < 1e-3, (name, key)
+    # the sweep's own record as for any launcher: summary, pictures, best job
+    parent = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id],
+                                "attributes.run_name LIKE 'sweep %'", order_by=["attributes.start_time DESC"])[0]
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.csv", "boundaries.png", "curves.png"} <= artifacts
+    assert parent.data.tags["best_run_id"] in {r.info.run_id for r in batched.values()}
+
+
+def test_a_batched_sweep_is_a_sweep_like_any_other(workdir):
+    moonprop("-m", "data.num_batches=3", "seed=0,1", "schedule=linear,cosine", BATCHED, cwd=workdir)
+    client = default_store(workdir)
+    check_sweep(client, 4)
+    _, children = sweep_runs(client)
+    for child in children:  # each job's own network, as its MLflow model
+        (output,) = client.get_run(child.info.run_id).outputs.model_outputs
+        assert client.get_logged_model(output.model_id).status == "READY"
+    assert len({client.get_logged_model(c.outputs.model_outputs[0].model_id).artifact_location
+                for c in map(lambda r: client.get_run(r.info.run_id), children)}) == 4
+
+
+def test_jobs_of_other_shapes_train_as_separate_batches(workdir):
+    proc = moonprop("-m", "data.num_batches=3,4", "model.hidden=[8],[8,8]", "seed=0,1", BATCHED, cwd=workdir)
+    assert "8 jobs in 4 batched models" in proc.stderr
+    _, children = sweep_runs(default_store(workdir))
+    assert {c.info.status for c in children} == {"FINISHED"}
+    for child in children:
+        steps = len(default_store(workdir).get_metric_history(child.info.run_id, "test/acc"))
+        assert steps == int(child.data.params["data.num_batches"]) + 1
+
+
+def test_a_diverging_job_fails_alone_and_the_others_go_on(workdir):
+    proc = moonprop("-m", "data.num_batches=30", "schedule.start=1.0,1e6", BATCHED, cwd=workdir, check=False)
+    assert proc.returncode == 1  # a job failed: the sweep says so
+    _, children = sweep_runs(default_store(workdir))
+    by_start = {c.data.params["schedule.start"]: c for c in children}
+    diverged, fine = by_start["1000000.0"], by_start["1.0"]
+    assert diverged.info.status == "FAILED" and diverged.info.end_time
+    error = diverged.data.tags["error"]
+    assert error.startswith("NonFiniteLoss: loss is") and "at epoch" in error
+    assert len(default_store(workdir).get_metric_history(diverged.info.run_id, "test/acc")) < 30
+    assert fine.info.status == "FINISHED"
+    assert len(default_store(workdir).get_metric_history(fine.info.run_id, "test/acc")) == 31
+
+
+def test_sigterm_kills_every_job_and_the_same_command_continues_them(workdir):
+    args = ["-m", "seed=0,1,2", "data.num_batches=2000", "plot.every_n_epochs=500", BATCHED]
+    proc = subprocess.Popen([sys.executable, "-m", "moonprop", *args], cwd=workdir, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not _some_run_has(workdir, steps=3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    parent, children = sweep_runs(default_store(workdir))
+    assert parent.info.status == "KILLED" and [c.info.status for c in children] == ["KILLED"] * 3
+    hint = err.strip().splitlines()[-1]
+    assert "continue with: moonprop -m" in hint and "hydra.sweep.dir=" in hint
+    stopped = {max(m.step for m in default_store(workdir).get_metric_history(c.info.run_id, "test/acc"))
+               for c in children}
+    assert len(stopped) == 1 and stopped.pop() < 2000  # all stopped at the same epoch's end
+    moonprop(*_argv(hint.split("continue with: ")[1]), cwd=workdir, timeout=600)
+    parent, children = sweep_runs(default_store(workdir))  # the same parent and runs, continued
+    assert parent.info.status == "FINISHED"
+    for child in children:
+        history = default_store(workdir).get_metric_history(child.info.run_id, "test/acc")
+        assert child.info.status == "FINISHED" and sorted(m.step for m in history) == list(range(2001))
+
+
+def test_a_batch_continues_only_with_the_settings_it_was_trained_with(tmp_path):
+    checkpoint = tmp_path / "sweep" / "checkpoints" / "batch-0.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    saved = {"run_ids": ["a", "b"], "params": [{"seed": "0"}, {"seed": "1"}], "test_acc": [None, None], "errors": {}}
+    torch.save({"callbacks": {BatchedMlflowCallback.__qualname__: saved}}, checkpoint)
+    assert resumed_batch(checkpoint, [{"seed": "0"}, {"seed": "1"}]) == saved
+    with pytest.raises(ConfigError, match="seed=2: must be 1 in job 1, as in the interrupted sweep"):
+        resumed_batch(checkpoint, [{"seed": "0"}, {"seed": "2"}])
+    with pytest.raises(ConfigError, match="its interrupted batch has 2 jobs, this one 1"):
+        resumed_batch(checkpoint, [{"seed": "0"}])
+
+
+def _argv(command: str) -> list[str]:
+    import shlex
+
+    return shlex.split(command)[1:]
+
+
+def _some_run_has(workdir: Path, steps: int) -> bool:
+    if not (workdir / "outputs" / "mlflow.db").exists():
+        return False
+    client = default_store(workdir)
+    exp = client.get_experiment_by_name("moonprop")
+    for run in client.search_runs([exp.experiment_id]) if exp else []:
+        if len(client.get_metric_history(run.info.run_id, "test/acc")) > steps:
+            return True
+    return False
