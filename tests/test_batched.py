@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 from mlflow import MlflowClient
 
 from moonprop.batched import BatchedMoonsClassifier, BatchedMoonsData, StackedMLP, stack_key
-from moonprop.callbacks import BatchedMlflowCallback
+from moonprop.callbacks import BatchedMlflowCallback, torchscript
 from moonprop.config import ConfigError
 from moonprop.model import MLP, hinge_l2_loss
 from moonprop.train import resumed_batch
@@ -36,6 +37,16 @@ def test_stacked_networks_start_and_score_as_each_alone():
         torch.testing.assert_close(scores[job], alone(points[job]))
         norm = sum((p * p).sum() for p in alone.parameters())
         torch.testing.assert_close(stacked.squared_norms()[job], norm)
+
+
+def test_networks_of_one_shape_share_a_trace_each_with_its_own_weights():
+    stacked, traced = StackedMLP([[8, 8], [8, 8], [4, 8]], [0, 1, 2]), {}
+    points = torch.randn(5, 2)
+    for job in range(3):
+        network = stacked.network(job)
+        loaded = torch.jit.load(io.BytesIO(torchscript(network, traced)))
+        torch.testing.assert_close(loaded(points), network(points))
+    assert len(traced) == 2
 
 
 def test_padded_units_stay_zero_and_each_job_steps_as_alone():

@@ -164,17 +164,26 @@ class BatchedMlflowCallback(pl.Callback):
         self.test_acc, self.errors = state_dict["test_acc"], state_dict["errors"]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        traced: dict[tuple[int, ...], torch.jit.ScriptModule] = {}  # tracing costs ~15 ms: once per shape
         for job in self._active(pl_module):
-            self.runs[job].send("model", torchscript(pl_module.net.network(job)), str(torch.__version__))
+            network = pl_module.net.network(job)
+            self.runs[job].send("model", torchscript(network, traced), str(torch.__version__))
 
 
-def torchscript(network: torch.nn.Module) -> bytes:
+def torchscript(network: torch.nn.Module, traced: dict[tuple[int, ...], Any] | None = None) -> bytes:
     """A network as TorchScript, which MLflow loads without moonprop's code; the recorder logs it
-    as the run's MLflow model (logged_model.py)."""
+    as the run's MLflow model (logged_model.py). With `traced`, networks of one shape share one
+    trace, given each network's weights before it is saved."""
+    traced = {} if traced is None else traced
     network = copy.deepcopy(network).cpu().eval()
-    buffer = io.BytesIO()
+    shape = tuple(p.numel() for p in network.parameters())
     with torch.no_grad():
-        torch.jit.save(torch.jit.trace(network, torch.zeros(2, 2)), buffer)
+        if shape in traced:
+            traced[shape].load_state_dict(network.state_dict())
+        else:
+            traced[shape] = torch.jit.trace(network, torch.zeros(2, 2))
+    buffer = io.BytesIO()
+    torch.jit.save(traced[shape], buffer)
     return buffer.getvalue()
 
 

@@ -61,13 +61,20 @@ def write(path: Path, torchscript: bytes, torch_version: str, run_id: str, model
 
 
 def log(client: MlflowClient, run_id: str, torchscript: bytes, torch_version: str, step: int,
-        test_set: tuple[str, str] | None = None, registered_model: str | None = None) -> str:
+        test_set: tuple[str, str] | None = None, registered_model: str | None = None,
+        known: tuple[str, dict[str, str], list[Metric]] | None = None) -> str:
     """Log the network as the run's model at `step` (its last epoch): listed in the experiment's
     Models tab with the run's final test/acc and test/loss (evaluated on `test_set`, the dataset's
-    name and digest), and registered as a new version of `registered_model` if given. Its id."""
-    run = client.get_run(run_id)
-    model = client.create_logged_model(run.info.experiment_id, name=NAME, source_run_id=run_id,
-                                       params=run.data.params, model_type=MODEL_TYPE)
+    name and digest), and registered as a new version of `registered_model` if given. Its id.
+    `known`: the run's experiment, params and final test metrics, which are otherwise read back."""
+    if known is None:
+        run, last = client.get_run(run_id), []
+        for key in ("test/acc", "test/loss"):
+            last += [m for m in client.get_metric_history(run_id, key) if m.step == step][-1:]
+        known = (run.info.experiment_id, run.data.params, last)
+    experiment_id, params, final_metrics = known
+    model = client.create_logged_model(experiment_id, name=NAME, source_run_id=run_id,
+                                       params=params, model_type=MODEL_TYPE)
     with tempfile.TemporaryDirectory() as tmp:
         write(Path(tmp), torchscript, torch_version, run_id, model.model_id)
         client.log_model_artifacts(model.model_id, tmp)
@@ -75,12 +82,9 @@ def log(client: MlflowClient, run_id: str, torchscript: bytes, torch_version: st
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
     # The run's last test metrics again, now naming the model and the test set: the same key,
     # value, step and time, so the run's own history is unchanged (MLflow keeps one of each).
-    finals = []
-    for key in ("test/acc", "test/loss"):
-        last = [m for m in client.get_metric_history(run_id, key) if m.step == step]
-        finals += [Metric(key, m.value, m.timestamp, step, model_id=model.model_id,
-                          dataset_name=test_set[0] if test_set else None,
-                          dataset_digest=test_set[1] if test_set else None) for m in last[-1:]]
+    finals = [Metric(m.key, m.value, m.timestamp, step, model_id=model.model_id,
+                     dataset_name=test_set[0] if test_set else None,
+                     dataset_digest=test_set[1] if test_set else None) for m in final_metrics]
     if finals:
         client.log_batch(run_id, metrics=finals)
     if registered_model:

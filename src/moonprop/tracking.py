@@ -106,6 +106,8 @@ class RunWriter:
         self.registered_model: str | None = None
         self.test_set: tuple[str, str] | None = None  # the test set's dataset name and digest
         self.curves: dict[str, list[float]] = {"test/acc": [], "test/loss": []}
+        # the run's experiment, params and final test metrics, for its model (None: read them back)
+        self.known: tuple[str, dict[str, str], list[Metric]] | None = None
 
     @classmethod
     def open(cls, uri: str, experiment: str, run_name: str | None, params: dict[str, str],
@@ -135,6 +137,7 @@ class RunWriter:
                 tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
             info = client.create_run(experiment_id, run_name=run_name, tags=tags, start_time=start_time_ms).info
         writer = cls(client, info.run_id, info.run_name, info.artifact_uri)
+        writer.known = None if resume_run_id else (experiment_id, params, [])  # what its model needs
         writer.num_epochs, writer.frame_steps = num_epochs, plot.animation_steps(num_epochs, plot_every)
         writer.registered_model, writer.test_set = registered_model, _test_set(datasets)
         if resume_run_id:
@@ -170,7 +173,10 @@ class RunWriter:
                                                             self.curves["test/loss"][:step + 1], self.num_epochs))
 
     def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int) -> None:
-        self._pending += [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
+        new = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
+        self._pending += new
+        if step == self.num_epochs and self.known is not None:  # the last test metrics: the model's
+            self.known[2].extend(m for m in new if m.key in self.curves)
         for key, curve in self.curves.items():
             if key in metrics:
                 curve.append(float(metrics[key]))
@@ -235,7 +241,8 @@ class RunWriter:
                 self.flush()
                 if status == "FINISHED" and self.network:
                     logged_model.log(self.client, self.id, *self.network, step=self.num_epochs,
-                                     test_set=self.test_set, registered_model=self.registered_model)
+                                     test_set=self.test_set, registered_model=self.registered_model,
+                                     known=self.known)
                 if error:
                     self.client.set_tag(self.id, "error", error[:5000])
                 if details:
