@@ -64,6 +64,8 @@ def render() -> str:
         "| `hydra/launcher=joblib` | parallel local processes, `hydra.launcher.n_jobs=N` (default: all cores) |",
         "| `hydra/launcher=slurm` | SLURM via submitit, sized for these jobs (`timeout_min=10`, `signal_delay_s=30`) |",
         "| `hydra/launcher=submitit_slurm` / `submitit_local` | the submitit plugin's own settings |",
+        "| `hydra/launcher=batched` | the jobs trained as one batched model on `trainer.accelerator`, each its own run "
+        "(`hydra.launcher.recorders=1` process writes them, `max_batch=1000` jobs a model) |",
         "| `hydra/sweeper=search` | Optuna search maximising the final test accuracy (needs the `search` extra) |",
         "",
     ]

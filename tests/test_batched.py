@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,7 +135,8 @@ def test_every_job_keeps_the_record_it_has_in_process(workdir):
 
 
 def test_a_batched_sweep_is_a_sweep_like_any_other(workdir):
-    moonprop("-m", "data.num_batches=3", "seed=0,1", "schedule=linear,cosine", BATCHED, cwd=workdir)
+    moonprop("-m", "data.num_batches=3", "seed=0,1", "schedule=linear,cosine", BATCHED,
+             "hydra.launcher.recorders=2", cwd=workdir)  # the runs shared by two recorder processes
     client = default_store(workdir)
     check_sweep(client, 4)
     _, children = sweep_runs(client)
@@ -222,3 +224,28 @@ def _some_run_has(workdir: Path, steps: int) -> bool:
         if len(client.get_metric_history(run.info.run_id, "test/acc")) > steps:
             return True
     return False
+
+
+def test_a_job_whose_run_the_store_refuses_fails_alone(workdir):
+    """A job's artifact folder broken while its batch trains (its `images` folder replaced by a
+    file): the store refuses that run's next picture, so the job leaves the batch FAILED with the
+    store's error; the other job finishes."""
+    args = ["-m", "seed=0,1", "data.num_batches=3000", "plot.every_n_epochs=1000", BATCHED]
+    proc = subprocess.Popen([sys.executable, "-m", "moonprop", *args], cwd=workdir, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not _some_run_has(workdir, steps=3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.3)
+    client = default_store(workdir)
+    doomed = next(c for c in sweep_runs(client)[1] if c.data.params["seed"] == "0")
+    images = Path(doomed.info.artifact_uri.removeprefix("file://")) / "images"
+    shutil.rmtree(images)
+    images.write_text("not a folder")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]  # one job failed
+    assert "job 0 (seed=0) FAILED: RecorderError: MLflow" in err
+    runs = {c.data.params["seed"]: c for c in sweep_runs(client)[1]}
+    assert runs["0"].info.status == "FAILED" and "RecorderError" in runs["0"].data.tags["error"]
+    assert runs["1"].info.status == "FINISHED"
+    assert len(client.get_metric_history(runs["1"].info.run_id, "test/acc")) == 3001

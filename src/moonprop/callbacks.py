@@ -91,7 +91,8 @@ class BatchedMlflowCallback(pl.Callback):
     to write, leaves the batch: its run ends FAILED with the reason, the others go on.
     """
 
-    CHUNK = 32  # jobs per forward pass on the grid: 32 x 24,000 points x 16 units is 50 MB
+    CHUNK = 8  # jobs per forward pass on the grid: 8 x 24,000 points x 16 units is 12 MB a layer
+    BACKLOG = 2000  # messages waiting for a recorder: ~100 pictures, ~15 MB
 
     def __init__(self, runs: list[Run | None], test: tuple[torch.Tensor, torch.Tensor],
                  plot_cfgs: list[PlotConfig], num_epochs: int, params: list[dict[str, str]]) -> None:
@@ -127,6 +128,7 @@ class BatchedMlflowCallback(pl.Callback):
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._wait_for_recorders()
         step, now = self._step(trainer), int(time.time() * 1000)
         losses, correct = outputs["losses"].tolist(), outputs["correct"].tolist()
         active = self._active(pl_module)
@@ -142,6 +144,14 @@ class BatchedMlflowCallback(pl.Callback):
                 self.fail(pl_module, job, f"RecorderError: {error}")
         if not pl_module.active.any():
             trainer.should_stop = True
+
+    def _wait_for_recorders(self) -> None:
+        """Training outruns the recorders many times over: past BACKLOG messages waiting for one,
+        wait, so that what waits in memory (pictures, mostly) stays bounded. The recorders are
+        what the sweep waits for in the end anyway."""
+        recorders = {run.recorder for run in self.runs if run is not None}
+        while any(recorder.backlog() > self.BACKLOG for recorder in recorders):
+            time.sleep(0.01)
 
     def _pictures(self, pl_module: pl.LightningModule, jobs: list[int], step: int) -> None:
         by_resolution: dict[int, list[int]] = {}

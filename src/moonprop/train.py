@@ -112,7 +112,7 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
                   how_to_continue: str) -> list[float | str]:
     """Train the jobs `tasks` (of one batched.stack_key) as one batched model, each recorded as its
     own run, as `train` would record it; for each job its final test accuracy, or why it failed.
-    The runs are shared out among the `recorders` (processes: a run costs ~0.15 s of recording).
+    The runs are shared out among the `recorders` (processes: a run costs ~0.2 s of recording).
 
     Interrupted by Ctrl-C or SIGTERM, every running job's run ends KILLED after a checkpoint of the
     whole batch at `checkpoint`; called again with that checkpoint there, the same jobs continue

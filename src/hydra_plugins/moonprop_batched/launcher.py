@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, max_batch: int = 1000, recorders: int = 2) -> None:
+    def __init__(self, max_batch: int = 1000, recorders: int = 1) -> None:
         self.max_batch = max_batch  # jobs per model
         self.recorders = recorders  # processes that write the runs
         self.config: DictConfig | None = None
@@ -47,8 +47,8 @@ class BatchedLauncher(Launcher):
         from moonprop.recorder import Recorder, shared
 
         assert self.config is not None and self.hydra_context is not None
-        # Writing a run costs more than training it: besides the sweep's recorder, more processes
-        # write the runs. They start now, to import MLflow while the jobs are set up.
+        # Writing a run costs more than training it: where cores are spare, more processes than the
+        # sweep's recorder write the runs. They start now, to import MLflow while the jobs are set up.
         recorders = [shared(), *(Recorder() for _ in range(self.recorders - 1))]
         for recorder in recorders[1:]:
             recorder.prepare(resolve_uri(self.config.tracking.uri, self.config.hydra.runtime.cwd),
