@@ -5,6 +5,7 @@ under the Lightning Trainer, as hydra/launcher=batched trains them, data drawing
 """
 
 import json
+import logging
 import sys
 import time
 import warnings
@@ -17,6 +18,7 @@ from moonprop.config import validate
 from moonprop.preflight import composed, without_hydra
 
 warnings.filterwarnings("ignore")
+logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
 
 def main() -> None:

@@ -77,7 +77,7 @@ class StackedMLP(nn.Module):
         for i, (w, b) in enumerate(layers):
             x = torch.baddbmm(b, x, w)
             if i < len(layers) - 1:
-                x = torch.relu(x)
+                x = torch.relu_(x)  # in place: at K x 1,000 test points a pass over memory saved
         return x.squeeze(-1)
 
     def squared_norms(self) -> Tensor:
