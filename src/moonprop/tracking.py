@@ -97,6 +97,7 @@ class RunWriter:
         (self._staging / "images").mkdir(parents=True, exist_ok=True)
         self._images_tagged = False
         self._last_flush = time.monotonic()
+        self.flush_every = FLUSH_EVERY_S  # a recorder writing many runs at once spaces them out
         # what the animation needs: the GIF so far, the test curves so far, the last boundary
         self.animation = plot.Animation()
         self.frame_steps: set[int] = set()
@@ -213,7 +214,7 @@ class RunWriter:
             self.animation.save(str(self._staging / "training.gif"))
 
     def _maybe_flush(self) -> None:
-        if time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
+        if time.monotonic() - self._last_flush >= self.flush_every:
             self.flush()
 
     def flush(self) -> None:
