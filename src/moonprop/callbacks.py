@@ -247,6 +247,7 @@ class GracefulStop(pl.Callback):
         self.checkpoint = checkpoint
         self.how_to_continue = how_to_continue or f"moonprop resume={checkpoint}"
         self.signum: int | None = None
+        self._note: Any = None  # the handler, while handling_signals is on
 
     @contextlib.contextmanager
     def handling_signals(self) -> Iterator[None]:
@@ -255,12 +256,26 @@ class GracefulStop(pl.Callback):
                 raise KeyboardInterrupt
             self.signum = signum
 
+        self._note = note
         previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def _take_back_sigterm(self) -> None:
+        # Lightning adds its own SIGTERM handler as training starts, which ends fit() from within
+        # the epoch with a SystemExit: no checkpoint, exit code 0, the run left for us to guess.
+        # Which one acted first depended on where in the epoch the signal fell: this one decides.
+        if self._note is not None:
+            signal.signal(signal.SIGTERM, self._note)
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take_back_sigterm()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take_back_sigterm()
 
     def _stop_if_signalled(self, trainer: pl.Trainer) -> None:
         if self.signum is not None:
