@@ -8,7 +8,8 @@ It also makes runs end honestly. The recorder ignores SIGINT and SIGTERM (they a
 trainer, which reports how its run ended); if the parent dies without a word (SIGKILL, out of
 memory), the pipe closes and the recorder marks the run FAILED instead of leaving it RUNNING.
 
-One recorder serves its parent's runs one after another, so a sequential sweep starts it once;
+One recorder serves all its parent's runs, one after another (a sequential sweep starts it once)
+or many at once (a batched sweep: every message names its run);
 it also opens and closes a sweep's parent run (summary.py) for the process that launches the sweep.
 """
 
