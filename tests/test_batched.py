@@ -249,3 +249,11 @@ def test_a_job_whose_run_the_store_refuses_fails_alone(workdir):
     assert runs["0"].info.status == "FAILED" and "RecorderError" in runs["0"].data.tags["error"]
     assert runs["1"].info.status == "FINISHED"
     assert len(client.get_metric_history(runs["1"].info.run_id, "test/acc")) == 3001
+
+
+@pytest.mark.parametrize("setting", ["max_batch=0", "recorders=0", "recorders=two"])
+def test_bad_launcher_settings_are_refused_in_one_line(workdir, setting):
+    proc = moonprop("-m", "seed=0,1", BATCHED, f"hydra.launcher.{setting}", cwd=workdir, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"moonprop: invalid config: hydra.launcher.{setting}: a positive integer"
+    assert not (workdir / "outputs").exists()

@@ -143,6 +143,8 @@ def hydra_errors(hydra: Hydra, config_name: str | None, overrides: list[str]) ->
         raise ConfigError(group or "config", name, first_line(e)) from None
     except Exception as e:  # HydraException, OmegaConf's errors, and a few asserts and TypeErrors
         cause = e.__cause__ or e
+        if isinstance(cause, ConfigError):  # a plugin's own one-line refusal (hydra/launcher=batched)
+            raise cause from None
         key = getattr(cause, "full_key", None) or getattr(e, "full_key", None)
         if key and (value := _override_of(key, overrides)) is not None:
             raise key_error(hydra, config_name, overrides, key, value, cause) from None

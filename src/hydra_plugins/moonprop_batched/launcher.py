@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 
 class BatchedLauncher(Launcher):
     def __init__(self, max_batch: int = 1000, recorders: int = 1) -> None:
+        from moonprop.config import ConfigError
+
+        for key, value in (("max_batch", max_batch), ("recorders", recorders)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"hydra.launcher.{key}", value, "a positive integer")
         self.max_batch = max_batch  # jobs per model
         self.recorders = recorders  # processes that write the runs
         self.config: DictConfig | None = None
