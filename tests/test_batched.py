@@ -5,9 +5,6 @@ from __future__ import annotations
 import io
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from moonprop.model import MLP, hinge_l2_loss
 from moonprop.train import resumed_batch
 
 from .conftest import default_store, make_config, moonprop
+from .test_faults import start, wait_for_step
 from .test_sweeps import check_sweep, sweep_runs
 
 BATCHED = "hydra/launcher=batched"
@@ -173,12 +171,8 @@ def test_a_diverging_job_fails_alone_and_the_others_go_on(workdir):
 
 def test_sigterm_kills_every_job_and_the_same_command_continues_them(workdir):
     args = ["-m", "seed=0,1,2", "data.num_batches=2000", "plot.every_n_epochs=500", BATCHED]
-    proc = subprocess.Popen([sys.executable, "-m", "moonprop", *args], cwd=workdir, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not _some_run_has(workdir, steps=3):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.3)
+    proc = start(*args, cwd=workdir)
+    wait_for_step(workdir, 3, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-2000:]
@@ -215,28 +209,14 @@ def _argv(command: str) -> list[str]:
     return shlex.split(command)[1:]
 
 
-def _some_run_has(workdir: Path, steps: int) -> bool:
-    if not (workdir / "outputs" / "mlflow.db").exists():
-        return False
-    client = default_store(workdir)
-    exp = client.get_experiment_by_name("moonprop")
-    for run in client.search_runs([exp.experiment_id]) if exp else []:
-        if len(client.get_metric_history(run.info.run_id, "test/acc")) > steps:
-            return True
-    return False
-
 
 def test_a_job_whose_run_the_store_refuses_fails_alone(workdir):
     """A job's artifact folder broken while its batch trains (its `images` folder replaced by a
     file): the store refuses that run's next picture, so the job leaves the batch FAILED with the
     store's error; the other job finishes."""
     args = ["-m", "seed=0,1", "data.num_batches=3000", "plot.every_n_epochs=1000", BATCHED]
-    proc = subprocess.Popen([sys.executable, "-m", "moonprop", *args], cwd=workdir, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not _some_run_has(workdir, steps=3):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.3)
+    proc = start(*args, cwd=workdir)
+    wait_for_step(workdir, 3, proc)
     client = default_store(workdir)
     doomed = next(c for c in sweep_runs(client)[1] if c.data.params["seed"] == "0")
     images = Path(doomed.info.artifact_uri.removeprefix("file://")) / "images"

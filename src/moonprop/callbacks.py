@@ -34,6 +34,11 @@ def shortest(x: float) -> float:
     return float(str(np.float32(x)))
 
 
+def step_of(trainer: pl.Trainer) -> int:
+    """The record's step: 0 for the untrained network (the sanity check), k after k batches."""
+    return 0 if trainer.sanity_checking else trainer.current_epoch + 1
+
+
 class MlflowCallback(pl.Callback):
     def __init__(self, run: Run, test: tuple[torch.Tensor, torch.Tensor], plot_cfg: PlotConfig,
                  num_epochs: int, params: dict[str, str]) -> None:
@@ -42,19 +47,16 @@ class MlflowCallback(pl.Callback):
         self.grid = torch.from_numpy(self.pictures.grid)
         self.test_acc: float | None = None  # the latest: what the run returns
 
-    def _step(self, trainer: pl.Trainer) -> int:
-        return 0 if trainer.sanity_checking else trainer.current_epoch + 1
-
     def _send_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.run.send("metrics", metrics, step, int(time.time() * 1000))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._send_metrics({"train/loss": shortest(outputs["loss"].item()), "lr": outputs["lr"]}, self._step(trainer))
+        self._send_metrics({"train/loss": shortest(outputs["loss"].item()), "lr": outputs["lr"]}, step_of(trainer))
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        step = self._step(trainer)
+        step = step_of(trainer)
         acc, loss = outputs["acc"], shortest(outputs["loss"].item())
         self.test_acc = acc
         self._send_metrics({"test/acc": acc, "test/loss": loss}, step)
@@ -103,9 +105,6 @@ class BatchedMlflowCallback(pl.Callback):
         self.test_acc: list[float | None] = [None] * len(runs)
         self.errors: dict[int, str] = {}  # job -> why its run ended FAILED
 
-    def _step(self, trainer: pl.Trainer) -> int:
-        return 0 if trainer.sanity_checking else trainer.current_epoch + 1
-
     def _active(self, pl_module: pl.LightningModule) -> list[int]:
         return pl_module.active.nonzero().flatten().tolist()
 
@@ -120,7 +119,7 @@ class BatchedMlflowCallback(pl.Callback):
         for job, reason in pl_module.diverged.items():
             if job not in self.errors:
                 self.fail(pl_module, job, reason)
-        step, now = self._step(trainer), int(time.time() * 1000)
+        step, now = step_of(trainer), int(time.time() * 1000)
         losses = outputs["losses"].tolist()
         for job in self._active(pl_module):
             metrics = {"train/loss": shortest(losses[job]), "lr": outputs["rates"][job]}
@@ -129,7 +128,7 @@ class BatchedMlflowCallback(pl.Callback):
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._wait_for_recorders()
-        step, now = self._step(trainer), int(time.time() * 1000)
+        step, now = step_of(trainer), int(time.time() * 1000)
         losses, correct = outputs["losses"].tolist(), outputs["correct"].tolist()
         active = self._active(pl_module)
         for job in active:
@@ -281,7 +280,7 @@ class GracefulStop(pl.Callback):
         if self.signum is not None:
             self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(self.checkpoint)
-            epoch = 0 if trainer.sanity_checking else trainer.current_epoch + 1
+            epoch = step_of(trainer)
             raise Interrupted(self.signum, epoch, self.how_to_continue)
 
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -185,6 +185,11 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
+def check_positive_int(key: str, value: Any) -> None:
+    """The one-line refusal of `key` unless `value` is a positive integer (plugins' settings too)."""
+    _check(_positive_int(value), key, value, "a positive integer")
+
+
 def validate(cfg: DictConfig) -> Config:
     """Check what the types cannot and return the config as dataclasses; raise ConfigError."""
     schedule_name = OmegaConf.select(cfg, "schedule.name")
@@ -201,10 +206,10 @@ def validate(cfg: DictConfig) -> Config:
 
     d, s = c.data, c.schedule
     for key in ("num_batches", "batch_size", "test_size"):
-        _check(_positive_int(getattr(d, key)), f"data.{key}", getattr(d, key), "a positive integer")
+        check_positive_int(f"data.{key}", getattr(d, key))
     _check(_finite(d.noise) and d.noise >= 0, "data.noise", d.noise, "a finite number >= 0")
     for i, h in enumerate(c.model.hidden):
-        _check(_positive_int(h), f"model.hidden[{i}]", h, "a positive integer")
+        check_positive_int(f"model.hidden[{i}]", h)
     _check(_finite(c.loss.alpha) and c.loss.alpha >= 0, "loss.alpha", c.loss.alpha, "a finite number >= 0")
     for key in ("start", "end", "lr"):
         if hasattr(s, key):
@@ -212,15 +217,14 @@ def validate(cfg: DictConfig) -> Config:
             _check(_finite(v) and v > 0, f"schedule.{key}", v, "a finite learning rate > 0")
     if isinstance(s, StepSchedule):
         _check(_finite(s.gamma) and s.gamma > 0, "schedule.gamma", s.gamma, "a finite number > 0")
-        _check(_positive_int(s.every), "schedule.every", s.every, "a positive integer")
+        check_positive_int("schedule.every", s.every)
     _check(c.trainer.accelerator in ACCELERATORS, "trainer.accelerator", c.trainer.accelerator,
            f"one of {', '.join(ACCELERATORS)}")
-    _check(_positive_int(c.trainer.threads), "trainer.threads", c.trainer.threads, "a positive integer")
+    check_positive_int("trainer.threads", c.trainer.threads)
     _check(bool(c.tracking.experiment), "tracking.experiment", c.tracking.experiment, "a non-empty name")
     _check(c.tracking.registered_model is None or bool(c.tracking.registered_model.strip()),
            "tracking.registered_model", c.tracking.registered_model, "null or a non-empty name")
-    _check(_positive_int(c.plot.every_n_epochs), "plot.every_n_epochs", c.plot.every_n_epochs,
-           "a positive integer")
+    check_positive_int("plot.every_n_epochs", c.plot.every_n_epochs)
     _check(_positive_int(c.plot.resolution) and 16 <= c.plot.resolution <= 2048, "plot.resolution",
            c.plot.resolution, "an integer from 16 to 2048 (pixels)")
     return c

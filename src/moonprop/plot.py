@@ -113,6 +113,7 @@ def grid_size(resolution: int) -> tuple[int, int]:
     return max(2, round(w / EVAL_STEP)), max(2, round(h / EVAL_STEP))
 
 
+@functools.cache  # every run's Boundary, and a batched sweep's every picture, share it
 def grid(resolution: int) -> np.ndarray:
     """Where the network is scored for a picture `resolution` px wide: the centres of a grid's
     cells in data coordinates, row-major from the top, shape (gw * gh, 2).

@@ -144,7 +144,8 @@ class Recorder:
         if op == "call":  # answers a ticket, not a run
             self._answers[(seq, op)] = (kind, value)
             return
-        self._answers[(seq, op)] = value if kind == "ok" else None
+        if not (op == "end" and seq in self._unfinished):  # no one waits for that answer
+            self._answers[(seq, op)] = value if kind == "ok" else None
         if kind == "error":
             self._errors.setdefault(seq, value)
         if op == "end":

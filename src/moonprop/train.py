@@ -34,10 +34,11 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
 warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
 
 
-def checkpoint_state(path: str) -> dict[str, Any]:
-    """What MlflowCallback kept in a checkpoint: its run id and the run's params."""
+def checkpoint_state(path: str | Path, callback: type[pl.Callback] = MlflowCallback) -> dict[str, Any]:
+    """What `callback` kept in a checkpoint: MlflowCallback its run id and the run's params,
+    BatchedMlflowCallback its runs, params and failed jobs."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # our own file
-    return checkpoint["callbacks"][MlflowCallback.__qualname__]
+    return checkpoint["callbacks"][callback.__qualname__]
 
 
 def run_spec(cfg: Config, datamodule: MoonsDataModule, overrides: list[str], tags: dict[str, str],
@@ -157,8 +158,7 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
 def resumed_batch(checkpoint: Path, params: list[dict[str, str]]) -> dict[str, Any]:
     """What BatchedMlflowCallback kept in an interrupted batch's checkpoint: its runs, and the jobs
     that had failed. The jobs must be the same, with the same settings."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["callbacks"][
-        BatchedMlflowCallback.__qualname__]
+    saved = checkpoint_state(checkpoint, BatchedMlflowCallback)
     folder = checkpoint.parent.parent
     if len(saved["params"]) != len(params):
         raise ConfigError("hydra.sweep.dir", str(folder), f"a sweep of the same jobs: its interrupted batch "

@@ -31,11 +31,10 @@ if TYPE_CHECKING:
 
 class BatchedLauncher(Launcher):
     def __init__(self, max_batch: int = 1000, recorders: int = 1) -> None:
-        from moonprop.config import ConfigError
+        from moonprop.config import check_positive_int
 
-        for key, value in (("max_batch", max_batch), ("recorders", recorders)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"hydra.launcher.{key}", value, "a positive integer")
+        check_positive_int("hydra.launcher.max_batch", max_batch)
+        check_positive_int("hydra.launcher.recorders", recorders)
         self.max_batch = max_batch  # jobs per model
         self.recorders = recorders  # processes that write the runs
         self.config: DictConfig | None = None

@@ -34,9 +34,10 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from moonprop.sweep import TRIALS_FILE
+
 log = logging.getLogger(__name__)
 
-TRIALS_FILE = ".moonprop_trials.json"  # in the sweep folder: each job's trial, for its pruning
 PRUNED_AT = "pruned_at"  # the user attribute a pruned trial's job sets: the epoch it stopped after
 
 
@@ -134,13 +135,11 @@ class SearchSweeper(Sweeper):
         """For moonprop's checks before the search starts, which create nothing: its own settings
         (raising moonprop's ConfigError), and the jobs that bound its space: the first value of
         every key, then each other choice and the other end of each interval."""
-        from moonprop.config import ConfigError, first_line
+        from moonprop.config import ConfigError, check_positive_int, first_line
         from moonprop.preflight import one_value_at_a_time, parse, writable
 
         for key in ("n_trials", "n_jobs"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"hydra.sweeper.{key}", value, "a positive integer")
+            check_positive_int(f"hydra.sweeper.{key}", getattr(self, key))
         for key, config in (("sampler", self.sampler), ("pruner", self.pruner)):
             try:
                 sampler_of(config, 0) if key == "sampler" else pruner_of(config)
@@ -192,7 +191,7 @@ class SearchSweeper(Sweeper):
                      for trial in trials]
             jobs = {str(job + i): {"storage": url, "study": name, "trial_id": trial._trial_id, "trial": trial.number}
                     for i, trial in enumerate(trials)}
-            path = sweep_dir / TRIALS_FILE
+            path = sweep_dir / TRIALS_FILE  # each job's trial, for its pruning (moonprop.sweep.this_job)
             known = json.loads(path.read_text()) if path.exists() else {}
             path.write_text(json.dumps({**known, **jobs}))
             self.validate_batch_is_legal(batch)
