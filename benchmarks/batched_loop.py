@@ -4,6 +4,7 @@ under the Lightning Trainer, as hydra/launcher=batched trains them, data drawing
     python benchmarks/batched_loop.py 100   # prints {"models": 100, "loop_s": ..., "worst_test_acc": ...}
 """
 
+import dataclasses
 import json
 import logging
 import sys
@@ -14,8 +15,8 @@ import pytorch_lightning as pl
 import torch
 
 from moonprop.batched import BatchedMoonsClassifier, BatchedMoonsData
-from moonprop.config import validate
-from moonprop.preflight import composed, without_hydra
+from moonprop.cli import APP
+from moonprop.preflight import configs
 
 warnings.filterwarnings("ignore")
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
@@ -24,7 +25,8 @@ logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 def main() -> None:
     models = int(sys.argv[1])
     torch.set_num_threads(1)
-    cfgs = [validate(without_hydra(composed([f"seed={seed}"]))) for seed in range(models)]
+    (default,) = configs([], APP)
+    cfgs = [dataclasses.replace(default, seed=seed) for seed in range(models)]
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=cfgs[0].data.num_batches, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
     module = BatchedMoonsClassifier(cfgs)

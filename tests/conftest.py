@@ -1,4 +1,5 @@
-"""Shared fixtures: configs composed as the CLI composes them, and the CLI run in a scratch folder."""
+"""Shared fixtures and helpers: configs composed through Hydra's public compose API, the CLI run in a
+scratch folder, and what its runs left in the store."""
 
 from __future__ import annotations
 
@@ -15,17 +16,33 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_module
 from mlflow import MlflowClient
+from omegaconf import DictConfig
 
-from moonprop.config import Config, validate
-from moonprop.preflight import composed, without_hydra
-from moonprop.tracking import ensure_store
+from moonprop import cli, preflight
+from moonprop.config import Config
+from moonprop.tracking import store_lock
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def composed(*overrides: str, hydra: bool = False) -> DictConfig:
+    """The config Hydra composes for `moonprop OVERRIDES`, through its public compose API (with
+    Hydra's own part, `hydra.launcher` and the rest, if `hydra`)."""
+    with initialize_config_module("moonprop.conf", version_base="1.3"):
+        return compose(cli.CONFIG_NAME, list(overrides), return_hydra_config=hydra)
+
+
+def check(argv: list[str]) -> list[Config]:
+    """moonprop's checks of a command line, as `moonprop ARGV` makes them before Hydra starts."""
+    return preflight.check(argv, cli.APP)
+
+
 def make_config(*overrides: str) -> Config:
-    return validate(without_hydra(composed(list(overrides))))
+    """The checked config of `moonprop OVERRIDES` (a bad value raises its one-line ConfigError)."""
+    (config,) = preflight.configs(list(overrides), cli.APP)
+    return config
 
 
 def moonprop(*args: str, cwd: Path, check: bool = True, timeout: float = 300,
@@ -42,8 +59,72 @@ def default_store(cwd: Path) -> MlflowClient:
     """A client on the run's default store, opened under moonprop's lock: a test that looks while
     a run is creating the store must not race its schema migration."""
     uri = f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}"
-    ensure_store(uri)
-    return MlflowClient(uri)
+    with store_lock(uri):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # creates the store's schema if it is new
+    return client
+
+
+def only_run(cwd: Path):
+    """The one run in the default store of `cwd`."""
+    client = default_store(cwd)
+    (run,) = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
+    return run
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    """The real CLI in the background, for a test that interrupts it."""
+    return subprocess.Popen([sys.executable, "-m", "moonprop", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_step(cwd: Path, step: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Until the run's test/acc has reached `step` in the store (the recorder writes every second)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        if (cwd / "outputs" / "mlflow.db").exists():
+            client = default_store(cwd)
+            exp = client.get_experiment_by_name("moonprop")
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            if runs and runs[0].data.metrics and len(client.get_metric_history(runs[0].info.run_id,
+                                                                                "test/acc")) > step:
+                return
+        time.sleep(0.3)
+    raise AssertionError("the run never got going")
+
+
+def sweep_runs(client: MlflowClient):
+    """A sweep's parent run and its jobs' runs, in job order."""
+    exp = client.get_experiment_by_name("moonprop").experiment_id
+    (parent,) = client.search_runs([exp], "tags.`sweep.id` != '' and attributes.run_name LIKE 'sweep %'")
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return parent, sorted(children, key=lambda r: int(r.data.tags["sweep.job"]))
+
+
+def check_sweep(client: MlflowClient, jobs: int) -> None:
+    """A finished sweep of `jobs` 3-epoch jobs, each named, nested and recorded, and its summary."""
+    parent, children = sweep_runs(client)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == jobs and {c.info.status for c in children} == {"FINISHED"}
+    assert [c.data.tags["sweep.job"] for c in children] == [str(i) for i in range(jobs)]
+    assert {c.data.tags["sweep.id"] for c in children} == {parent.data.tags["sweep.id"]}
+    assert len({c.data.tags["sweep.overrides"] for c in children}) == jobs
+    for child in children:
+        assert len(client.get_metric_history(child.info.run_id, "test/acc")) == 4  # steps 0..3
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.csv", "summary.md", "boundaries.png", "curves.png"} <= names
+    csv = open(client.download_artifacts(parent.info.run_id, "summary.csv")).read().splitlines()
+    assert csv[0].startswith("job,name,overrides,status,test_acc") and len(csv) == jobs + 1
+    best = max(children, key=lambda c: c.data.metrics["test/acc"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics == {}  # no one-value chart for the experiment's chart view
+    # every job named by the values it was given for the swept keys, unique in the sweep
+    names = [c.info.run_name for c in children]
+    assert len(set(names)) == jobs and all("=" in n for n in names)
+    swept = parent.data.tags["sweep.keys"].split(",")
+    assert parent.info.run_name.startswith("sweep ")
+    assert all(k.rpartition(".")[2] in parent.info.run_name for k in swept)
 
 
 def epoch_images(client: MlflowClient, run_id: str) -> list[str]:

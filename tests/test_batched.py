@@ -17,9 +17,7 @@ from moonprop.config import ConfigError
 from moonprop.model import MLP, hinge_l2_loss
 from moonprop.train import resumed_batch
 
-from .conftest import default_store, make_config, moonprop
-from .test_faults import start, wait_for_step
-from .test_sweeps import check_sweep, sweep_runs
+from .conftest import check_sweep, default_store, make_config, moonprop, start, sweep_runs, wait_for_step
 
 BATCHED = "hydra/launcher=batched"
 
@@ -197,7 +195,7 @@ def test_a_batch_continues_only_with_the_settings_it_was_trained_with(tmp_path):
     saved = {"run_ids": ["a", "b"], "params": [{"seed": "0"}, {"seed": "1"}], "test_acc": [None, None], "errors": {}}
     torch.save({"callbacks": {BatchedMlflowCallback.__qualname__: saved}}, checkpoint)
     assert resumed_batch(checkpoint, [{"seed": "0"}, {"seed": "1"}]) == saved
-    with pytest.raises(ConfigError, match="seed=2: must be 1 in job 1, as in the interrupted sweep"):
+    with pytest.raises(ConfigError, match="seed=2: must be 1, as in job 1 of the interrupted sweep"):
         resumed_batch(checkpoint, [{"seed": "0"}, {"seed": "2"}])
     with pytest.raises(ConfigError, match="its interrupted batch has 2 jobs, this one 1"):
         resumed_batch(checkpoint, [{"seed": "0"}])

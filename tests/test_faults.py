@@ -14,33 +14,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from .conftest import default_store, epoch_images, moonprop, require, slurm_is_up
-
-
-def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "moonprop", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def only_run(client: MlflowClient):
-    (run,) = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
-    return run
-
-
-def wait_for_step(cwd: Path, step: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:
-    """Until the run's test/acc has reached `step` in the store (the recorder writes every second)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        if (cwd / "outputs" / "mlflow.db").exists():
-            client = default_store(cwd)
-            exp = client.get_experiment_by_name("moonprop")
-            runs = client.search_runs([exp.experiment_id]) if exp else []
-            if runs and runs[0].data.metrics and len(client.get_metric_history(runs[0].info.run_id,
-                                                                                "test/acc")) > step:
-                return
-        time.sleep(0.3)
-    raise AssertionError("the run never got going")
+from .conftest import default_store, epoch_images, moonprop, only_run, require, slurm_is_up, start, wait_for_step
 
 
 def steps(client: MlflowClient, run_id: str, key: str = "test/acc") -> list[int]:
@@ -99,7 +73,7 @@ def test_unwritable_output_folder_is_reported_before_training(workdir):
 def test_diverging_loss_fails_the_run_with_reason_and_epoch(workdir):
     proc = moonprop("schedule.start=1e6", "data.num_batches=50", cwd=workdir, check=False)
     assert proc.returncode != 0
-    run = only_run(default_store(workdir))
+    run = only_run(workdir)
     assert run.info.status == "FAILED" and run.info.end_time
     assert "NonFiniteLoss" in run.data.tags["error"] and "at epoch" in run.data.tags["error"]
     last = max(steps(default_store(workdir), run.info.run_id))
@@ -112,7 +86,7 @@ def test_sigint_kills_the_run_and_exits_130(workdir):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
-    run = only_run(default_store(workdir))
+    run = only_run(workdir)
     assert run.info.status == "KILLED" and run.info.end_time
     assert "SIGINT" in run.data.tags["error"]
 
@@ -125,7 +99,7 @@ def test_sigterm_checkpoints_kills_and_resume_continues_the_same_run(workdir):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-2000:]
     client = default_store(workdir)
-    run = only_run(client)
+    run = only_run(workdir)
     assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["error"]
     stopped_at = max(steps(client, run.info.run_id))
     assert stopped_at < 3000, "finished before the signal: make the run longer"
@@ -133,7 +107,7 @@ def test_sigterm_checkpoints_kills_and_resume_continues_the_same_run(workdir):
     assert f"resume={checkpoint}" in err
 
     moonprop(*args, f"resume={checkpoint}", cwd=workdir)
-    resumed = only_run(client)  # the same run, not a second one
+    resumed = only_run(workdir)  # the same run, not a second one
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     assert steps(client, run.info.run_id) == list(range(3001))  # no gap, no repeat
     assert steps(client, run.info.run_id, "train/loss") == list(range(1, 3001))
@@ -161,7 +135,7 @@ def test_hard_kill_leaves_the_run_failed_not_running(workdir):
     proc.send_signal(signal.SIGKILL)  # no handler runs: only the recorder is left to tell
     proc.communicate(timeout=60)
     deadline = time.monotonic() + 30
-    while (run := only_run(default_store(workdir))).info.status == "RUNNING" and time.monotonic() < deadline:
+    while (run := only_run(workdir)).info.status == "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert run.info.status == "FAILED" and "ended without closing" in run.data.tags["error"]
 

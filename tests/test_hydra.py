@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from moonprop.config import ConfigError
-from moonprop.preflight import check
 
-from .conftest import REPO, default_store, moonprop
+from .conftest import REPO, check, default_store, moonprop, only_run
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "src" / "moonprop" / "conf" / "experiment").glob("*.yaml"))
 
@@ -31,12 +30,6 @@ def myconf(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                        "hydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n"
                                        "      data.batch_size: 5,{}\n")
     return conf
-
-
-def only_run(workdir: Path):
-    client = default_store(workdir)
-    (run,) = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
-    return run
 
 
 def plain_hydra(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -18,9 +18,8 @@ import optuna
 import pytest
 
 from moonprop.config import ConfigError
-from moonprop.preflight import check
 
-from .conftest import default_store, moonprop
+from .conftest import check, default_store, moonprop
 
 SEARCH = ("-m", "hydra/sweeper=search", "data.num_batches=20")
 

@@ -3,41 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from mlflow import MlflowClient
 
-from .conftest import default_store, moonprop, require, slurm_is_up
-
-
-def sweep_runs(client: MlflowClient):
-    exp = client.get_experiment_by_name("moonprop").experiment_id
-    (parent,) = client.search_runs([exp], "tags.`sweep.id` != '' and attributes.run_name LIKE 'sweep %'")
-    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    return parent, sorted(children, key=lambda r: int(r.data.tags["sweep.job"]))
-
-
-def check_sweep(client: MlflowClient, jobs: int) -> None:
-    parent, children = sweep_runs(client)
-    assert parent.info.status == "FINISHED"
-    assert len(children) == jobs and {c.info.status for c in children} == {"FINISHED"}
-    assert [c.data.tags["sweep.job"] for c in children] == [str(i) for i in range(jobs)]
-    assert {c.data.tags["sweep.id"] for c in children} == {parent.data.tags["sweep.id"]}
-    assert len({c.data.tags["sweep.overrides"] for c in children}) == jobs
-    for child in children:
-        assert len(client.get_metric_history(child.info.run_id, "test/acc")) == 4  # steps 0..3
-    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"summary.csv", "summary.md", "boundaries.png", "curves.png"} <= names
-    csv = open(client.download_artifacts(parent.info.run_id, "summary.csv")).read().splitlines()
-    assert csv[0].startswith("job,name,overrides,status,test_acc") and len(csv) == jobs + 1
-    best = max(children, key=lambda c: c.data.metrics["test/acc"])
-    assert parent.data.tags["best_run_id"] == best.info.run_id
-    assert parent.data.metrics == {}  # no one-value chart for the experiment's chart view
-    # every job named by the values it was given for the swept keys, unique in the sweep
-    names = [c.info.run_name for c in children]
-    assert len(set(names)) == jobs and all("=" in n for n in names)
-    swept = parent.data.tags["sweep.keys"].split(",")
-    assert parent.info.run_name.startswith("sweep ")
-    assert all(k.rpartition(".")[2] in parent.info.run_name for k in swept)
-
+from .conftest import check_sweep, default_store, moonprop, require, slurm_is_up, sweep_runs
 
 SWEEP = ("-m", "data.num_batches=3", "seed=0,1", "schedule=linear,cosine")
 

@@ -23,6 +23,7 @@ import torch
 
 from moonprop import plot
 from moonprop.config import PlotConfig
+from moonprop.jobs import Interrupted
 from moonprop.recorder import Run
 
 BOUNDARY_KEY = "test/boundary"  # the prefix puts the image grid next to the test/acc chart
@@ -80,6 +81,14 @@ class MlflowCallback(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.run.send("model", torchscript(pl_module.net), str(torch.__version__))
+
+
+def tag_run(trainer: pl.Trainer, tags: dict[str, str]) -> None:
+    """Tag the run that `trainer` records: for another callback with something to say of the run
+    (a search's pruner, which stopped it early). Without moonprop's recording, nothing to tag."""
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, MlflowCallback):
+            callback.run.send("tags", tags)
 
 
 class BatchedMlflowCallback(pl.Callback):
@@ -194,47 +203,6 @@ def torchscript(network: torch.nn.Module, traced: dict[tuple[int, ...], Any] | N
     buffer = io.BytesIO()
     torch.jit.save(traced[shape], buffer)
     return buffer.getvalue()
-
-
-class PruneHopeless(pl.Callback):
-    """A search's trial (hydra/sweeper=search): every epoch's test accuracy goes to the trial's
-    Optuna study, and when the study's pruner judges the trial hopeless, training stops at that
-    epoch's end (Lightning's own stop: the run ends, records and logs its model as usual)."""
-
-    def __init__(self, storage: str, study: str, trial_id: int, pruner: Any) -> None:
-        import optuna
-
-        from hydra_plugins.moonprop_search.search import pruner_of, storage_of
-
-        loaded = optuna.load_study(study_name=study, storage=storage_of(storage), pruner=pruner_of(pruner))
-        self.trial = optuna.trial.Trial(loaded, trial_id)
-        self.pruned_at: int | None = None
-
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking:  # step 0, the untrained network: nothing to judge yet
-            return
-        epoch = trainer.current_epoch + 1
-        self.trial.report(outputs["acc"], epoch)
-        if self.trial.should_prune():
-            from hydra_plugins.moonprop_search.search import PRUNED_AT
-
-            self.pruned_at = epoch
-            self.trial.set_user_attr(PRUNED_AT, epoch)
-            trainer.should_stop = True
-
-
-class Interrupted(BaseException):
-    """Training stopped on a signal (SIGINT, SIGTERM) at an epoch's end, after a checkpoint.
-
-    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it;
-    the CLI exits with 128 + the signal's number, as a shell reports a process ended by it.
-    """
-
-    def __init__(self, signum: int, epoch: int, how_to_continue: str) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name} after epoch {epoch}; "
-                         f"continue with: {how_to_continue}")
-        self.signum = signum
 
 
 class GracefulStop(pl.Callback):

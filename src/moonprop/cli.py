@@ -19,30 +19,19 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import NamedTuple
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from moonprop import sweep
-from moonprop.config import Config, ConfigError, first_line, redact, resolve_uri, validate
+from moonprop import preflight, sweep
+from moonprop.config import ConfigError, first_line, redact, resolve_uri, validate
+from moonprop.jobs import Interrupted, Launcher, Task, this_job
 from moonprop.recorder import close_shared, shared
 
 EXIT_BAD_INPUT = 2
-CONFIG_PATH, CONFIG_NAME = "conf", "config"  # the packaged configs; preflight composes with them too
-
-
-class Task(NamedTuple):
-    """One run as Hydra's job gives it: what `train.train` and `train.train_batched` take."""
-
-    cfg: Config
-    run_dir: Path
-    overrides: list[str]
-    tags: dict[str, str]
-    job: sweep.Job | None  # in a sweep: how its run sits in it
-    launch_dir: str  # where moonprop was started: a relative SQLite store is there
+CONFIG_PATH, CONFIG_NAME = "conf", "config"  # the packaged configs
 
 
 def task(cfg: DictConfig) -> Task:
@@ -57,33 +46,33 @@ def task(cfg: DictConfig) -> Task:
     if hc.mode != RunMode.MULTIRUN:
         tags["mlflow.source.name"] = shlex.join(["moonprop", *(redact(a) for a in sys.argv[1:])])  # as run
         return Task(config, run_dir, overrides, tags, None, hc.runtime.cwd)
-    job = sweep.this_job(config.tracking.run_name)
+    job = this_job(config.tracking.run_name)
     tags["mlflow.source.name"] = shlex.join(["moonprop", *job.overrides])  # what runs this job alone
     return Task(config, run_dir, overrides, tags, job, hc.runtime.cwd)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def app(cfg: DictConfig) -> float:
-    run = task(cfg)
+    this = task(cfg)
     # The recorder starts first: it imports MLflow and opens the store on the other core while
     # this process imports Lightning (~3 s each on a fresh store).
     recorder = shared()
-    recorder.prepare(resolve_uri(run.cfg.tracking.uri, run.launch_dir), run.cfg.tracking.experiment)
+    recorder.prepare(resolve_uri(this.cfg.tracking.uri, this.launch_dir), this.cfg.tracking.experiment)
     from moonprop.train import train
 
     start = time.perf_counter()
-    if run.job is None:
-        acc = train(*run, recorder)
+    if this.job is None:
+        acc = train(*this, recorder)
         print(f"moonprop: run {recorder.last.name} FINISHED: test acc {acc:.3f} in "  # type: ignore[union-attr]
-              f"{time.perf_counter() - start:.1f} s (run id {recorder.last.id}, folder {run.run_dir})",  # type: ignore[union-attr]
+              f"{time.perf_counter() - start:.1f} s (run id {recorder.last.id}, folder {this.run_dir})",  # type: ignore[union-attr]
               file=sys.stderr)
         return acc
-    job = f"job {HydraConfig.get().job.num} ({run.job.name})"
+    job = f"job {HydraConfig.get().job.num} ({this.job.name})"
     try:
         # Only the in-process launcher runs the next job in this process, and drains the recorder
         # before the summary: a joblib worker or a SLURM job may be ended as soon as it returns.
-        in_process = sweep.target_class(HydraConfig.get().launcher) == "BasicLauncher"
-        acc = train(*run, recorder, close_in_background=in_process)
+        in_process = Launcher.of(HydraConfig.get().launcher) is Launcher.IN_PROCESS
+        acc = train(*this, recorder, close_in_background=in_process)
     except Exception as e:  # recorded FAILED in MLflow; the other jobs go on, the summary counts it
         print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {type(e).__name__}: {e}",
               file=sys.stderr)
@@ -100,11 +89,13 @@ def threads_per_job(hc: DictConfig) -> int:
     return max(1, cores // max(1, workers))
 
 
-def main() -> None:
-    from moonprop import preflight
+# the app as `@hydra.main` was given it, for the checks that go through Hydra before it
+APP = preflight.App(app, CONFIG_PATH, CONFIG_NAME)
 
+
+def main() -> None:
     try:
-        preflight.check(sys.argv[1:])
+        preflight.check(sys.argv[1:], APP)
     except ConfigError as e:
         print(f"moonprop: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
@@ -128,8 +119,7 @@ def main() -> None:
         sweep.end_interrupted(signal.SIGINT)
         exit_now(128 + signal.SIGINT)
     except BaseException as e:
-        callbacks = sys.modules.get("moonprop.callbacks")  # not imported: not an Interrupted, and no torch
-        if callbacks is not None and isinstance(e, callbacks.Interrupted):
+        if isinstance(e, Interrupted):
             sweep.end_interrupted(e.signum)
             print(f"moonprop: {e}", file=sys.stderr)
             exit_now(128 + e.signum)

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: Any, allowed: str) -> None:
         super().__init__(f"invalid config: {key}={value}: {allowed}")
-        self.key, self.value, self.allowed = key, value, allowed
+        self.key, self.value = key, value  # for a Python caller that handles it
 
 
 def option(default: Any, help: str) -> Any:
@@ -161,6 +161,15 @@ def params(cfg: Config) -> dict[str, str]:
     walk("", asdict(redacted(cfg)))
     del out["resume"]
     return out
+
+
+def check_same_params(before: dict[str, str], now: dict[str, str], where: str) -> None:
+    """Refuse, in one line, settings other than those a checkpoint was trained with (`before`, its
+    params): what continues a run must be the run it continues. `where` names that run. A key the
+    checkpoint does not know (added to moonprop since) is not compared."""
+    for key in before:
+        if now.get(key) != before[key]:
+            raise ConfigError(key, now.get(key), f"must be {before[key]}, as in {where}")
 
 
 SCHEDULES: dict[str, type[ScheduleConfig]] = {

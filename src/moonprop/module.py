@@ -1,6 +1,6 @@
 """The LightningModule: the MLP, its loss, plain SGD and the learning-rate schedule.
 
-Pure maths: MLflow and plotting live in callbacks (tracking.py).
+Pure maths: MLflow and plotting live in callbacks (callbacks.py).
 """
 
 from __future__ import annotations

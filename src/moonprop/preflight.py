@@ -23,30 +23,22 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from hydra._internal.callbacks import Callbacks
-from hydra._internal.hydra import Hydra
-from hydra._internal.utils import (
-    create_automatic_config_search_path,
-    detect_calling_file_or_module_from_task_function,
-    detect_task_name,
-    get_args_parser,
-)
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from hydra.core.plugins import Plugins
 from hydra.errors import MissingConfigException, OverrideParseException
-from hydra.types import HydraContext, RunMode
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from moonprop import hydra_internals
 from moonprop.config import (
     Config,
     ConfigError,
+    check_same_params,
     first_line,
     params,
     redact,
@@ -54,7 +46,8 @@ from moonprop.config import (
     unknown_key_message,
     validate,
 )
-from moonprop.sweep import target_class
+from moonprop.hydra_internals import Hydra
+from moonprop.jobs import Sweeper, sweep_overrides
 
 SERVER_TIMEOUT_S = 5
 
@@ -88,34 +81,28 @@ def only_prints(args: Any) -> bool:
     return bool(args.help or args.hydra_help or args.cfg or args.info or args.shell_completion)
 
 
+class App(NamedTuple):
+    """The Hydra app a command line is for, as `@hydra.main` was given it."""
+
+    task_function: Callable[..., Any]
+    config_path: str
+    config_name: str
+
+
 @contextlib.contextmanager
-def app_hydra(args: Any) -> Iterator[tuple[Hydra, str | None]]:
-    """The Hydra instance `@hydra.main` builds for the app (hydra._internal.utils._run_hydra):
-    the app's config path, or `--config-path`, then `--config-dir` before the schemas."""
-    from hydra.core.config_search_path import SearchPathQuery
-
-    from moonprop.cli import CONFIG_NAME, CONFIG_PATH, app
-
-    calling_file, calling_module = detect_calling_file_or_module_from_task_function(app)
-    search_path = create_automatic_config_search_path(calling_file, calling_module,
-                                                      args.config_path or CONFIG_PATH)
-    if args.config_dir is not None:
-        config_dir = os.path.abspath(args.config_dir)
-        if not os.path.isdir(config_dir):
-            raise ConfigError("--config-dir", args.config_dir, "an existing folder of configs")
-        search_path.prepend(provider="command-line", path=f"file://{config_dir}",
-                            anchor=SearchPathQuery(provider="schema"))
-    try:
-        yield Hydra.create_main_hydra2(detect_task_name(calling_file, calling_module), search_path), \
-            args.config_name or CONFIG_NAME
-    finally:
-        GlobalHydra.instance().clear()
+def app_hydra(app: App, args: Any) -> Iterator[tuple[Hydra, str]]:
+    """The Hydra instance `@hydra.main` builds for `app` with these arguments (`--config-path`,
+    `--config-dir`, `--config-name`), and the primary config's name."""
+    if args.config_dir is not None and not os.path.isdir(args.config_dir):
+        raise ConfigError("--config-dir", args.config_dir, "an existing folder of configs")
+    with hydra_internals.app_hydra(app.task_function, args.config_path or app.config_path, args.config_dir) as hydra:
+        yield hydra, args.config_name or app.config_name
 
 
 def compose(hydra: Hydra, config_name: str | None, overrides: list[str], mode: RunMode) -> DictConfig:
     """Hydra's composition of the primary config, its errors as one line."""
     with hydra_errors(hydra, config_name, overrides):
-        return hydra.compose_config(config_name, overrides, run_mode=mode, with_log_configuration=False)
+        return hydra_internals.compose(hydra, config_name, overrides, mode)
 
 
 def compose_job(hydra: Hydra, master: DictConfig, overrides: list[str]) -> DictConfig:
@@ -194,7 +181,7 @@ def key_error(hydra: Hydra, config_name: str | None, overrides: list[str], key: 
         return ConfigError(key, value, f"a new entry of the sweeper's params: add it with +{key}={value}")
     known = [o for o in overrides if _override_of(key, [o]) is None]
     with contextlib.suppress(Exception):
-        job = hydra.compose_config(config_name, known, run_mode=RunMode.RUN, with_log_configuration=False)
+        job = hydra_internals.compose(hydra, config_name, known, RunMode.RUN)
         parent = OmegaConf.select(job, parent_key) if parent_key else without_hydra(job)
         group = parent_key.replace(".", "/")
         choice = OmegaConf.select(job, f"hydra.runtime.choices.{group}") if parent_key else None
@@ -212,8 +199,7 @@ def key_error(hydra: Hydra, config_name: str | None, overrides: list[str], key: 
 def _has_key(hydra: Hydra, config_name: str | None, overrides: list[str], group: str, option: str,
              key: str) -> bool:
     try:
-        job = hydra.compose_config(config_name, [*overrides, f"{group}={option}"], run_mode=RunMode.RUN,
-                                   with_log_configuration=False)
+        job = hydra_internals.compose(hydra, config_name, [*overrides, f"{group}={option}"], RunMode.RUN)
     except Exception:
         return False
     parent_key, _, name = key.rpartition(".")
@@ -231,26 +217,21 @@ def without_hydra(job: DictConfig) -> DictConfig:
 def sweep_jobs(hydra: Hydra, master: DictConfig) -> list[list[str]]:
     """The override lists of a sweep's jobs, as its configured sweeper will generate them.
 
-    Hydra's basic sweeper: every job of the product of the command line and its `params`. A
-    sweeper that searches (moonprop's `search`, or any with a `jobs_to_check(arguments)`) cannot
+    Hydra's basic sweeper: every job of the product of `hydra.sweeper.params` and the command line.
+    A sweeper that searches (moonprop's `search`, or any with a `jobs_to_check(arguments)`) cannot
     know its jobs before their results, so it names the jobs that bound its space: each choice and
     both ends of each interval. Another sweeper gets each value of its sweeps, one at a time.
     """
     with hydra_errors(hydra, master.hydra.job.config_name, []):
-        # as Hydra does it, with no callbacks (a sweeper's setup creates nothing: Hydra's creates
-        # its launcher; moonprop's search opens its study only when it starts)
-        context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks())
-        sweeper = Plugins.instance().instantiate_sweeper(config=master, hydra_context=context,
-                                                         task_function=lambda cfg: None)
+        sweeper = hydra_internals.sweeper_of(hydra, master)
     arguments = list(master.hydra.overrides.task)
     if hasattr(sweeper, "jobs_to_check"):
         return sweeper.jobs_to_check(arguments)
-    space = [f"{k}={v}" for k, v in (master.hydra.sweeper.get("params") or {}).items()] + arguments
-    parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(space)
-    if type(sweeper).__name__ == "BasicSweeper":  # Hydra's plugin discovery loads its own copy of the class
-        with hydra_errors(hydra, master.hydra.job.config_name, space):
-            return [job for batch in sweeper.split_arguments(parsed, None) for job in batch]
-    return one_value_at_a_time(parsed)
+    overrides = sweep_overrides(master.hydra.sweeper.get("params"), arguments, hydra.config_loader)
+    if Sweeper.of(master.hydra.sweeper) is Sweeper.GRID:
+        with hydra_errors(hydra, master.hydra.job.config_name, [o.input_line for o in overrides]):
+            return hydra_internals.grid_jobs(overrides)
+    return one_value_at_a_time(overrides)
 
 
 def override_values(o: Override) -> list[str]:
@@ -367,9 +348,7 @@ def check_resume(config: Config) -> None:
         saved = checkpoint_state(config.resume)["params"]
     except Exception:
         raise ConfigError("resume", config.resume, "a checkpoint written by moonprop") from None
-    for key, value in params(config).items():
-        if key in saved and saved[key] != value:
-            raise ConfigError(key, value, f"must be {saved[key]}, as in the run being resumed") from None
+    check_same_params(saved, params(config), "the run being resumed")
 
 
 def check_environment(job: DictConfig, config: Config, multirun: bool) -> None:
@@ -398,28 +377,39 @@ def check_search(job: DictConfig) -> None:
     """The app returns test accuracy: a search that minimises it would find the worst model."""
     sweeper = OmegaConf.select(job, "hydra.sweeper")
     direction = str(sweeper.get("direction", "")).rpartition(".")[2].lower()  # Direction.minimize -> minimize
-    if target_class(sweeper) == "SearchSweeper" and direction != "maximize":
+    if Sweeper.of(sweeper) is Sweeper.SEARCH and direction != "maximize":
         raise ConfigError("hydra.sweeper.direction", direction, "maximize: moonprop returns the test accuracy")
 
 
-def composed(argv: list[str]) -> DictConfig:
-    """The config (Hydra's part included) that Hydra composes for a single run of this command line."""
-    args = get_args_parser().parse_args(argv)
-    with app_hydra(args) as (hydra, config_name):
-        return compose(hydra, config_name, args.overrides, RunMode.RUN)
+def check(argv: list[str], app: App) -> list[Config]:
+    """Validate every job the command line `argv` of `app` describes, and what they need outside
+    their config (folders, the store, the GPU); raise ConfigError. Returns their configs."""
+    configs, master, multirun = _compose_and_validate(argv, app)
+    environments = set()
+    for config in configs:
+        if (key := (config.tracking.uri, config.trainer.accelerator, config.resume)) not in environments:
+            environments.add(key)
+            check_environment(master, config, multirun)  # type: ignore[arg-type]
+    return configs
 
 
-def check(argv: list[str]) -> list[Config]:
-    """Validate every job the command line describes; raise ConfigError. Returns their configs."""
-    args = get_args_parser().parse_args(argv)
+def configs(argv: list[str], app: App) -> list[Config]:
+    """The validated configs of every job the command line `argv` of `app` describes (nothing
+    outside them checked); raise ConfigError."""
+    return _compose_and_validate(argv, app)[0]
+
+
+def _compose_and_validate(argv: list[str], app: App) -> tuple[list[Config], DictConfig | None, bool]:
+    """Every job's config, the sweep's (or single run's) composed config, and whether it is a sweep."""
+    args = hydra_internals.args_parser().parse_args(argv)
     commands = ["--multirun"] * args.multirun + ["--cfg"] * bool(args.cfg) + ["--info"] * bool(args.info) \
         + ["--shell-completion"] * args.shell_completion + ["--run"] * args.run
     if len(commands) > 1:
         raise ConfigError("command", " ".join(commands), "one of --run, --multirun, --cfg, --info and "
                                                         "--shell-completion at a time")
     if only_prints(args):
-        return []  # Hydra only prints: nothing is created
-    with app_hydra(args) as (hydra, config_name):
+        return [], None, False  # Hydra only prints: nothing is created
+    with app_hydra(app, args) as (hydra, config_name):
         # Hydra composes once to read hydra.mode (an experiment file may say MULTIRUN), then
         # again; a single run's composition tells the mode too, so it is composed once here.
         multirun, master = args.multirun, None
@@ -428,20 +418,13 @@ def check(argv: list[str]) -> list[Config]:
                 master = compose(hydra, config_name, args.overrides, RunMode.RUN)
                 multirun = master.hydra.mode == RunMode.MULTIRUN
             except ConfigError:  # a sweep's values without -m: an error, unless the config says MULTIRUN
-                if hydra.get_mode(config_name, args.overrides) != RunMode.MULTIRUN:
+                if hydra_internals.mode_of(hydra, config_name, args.overrides) != RunMode.MULTIRUN:
                     raise
                 multirun = True
         if multirun:
             master = compose(hydra, config_name, args.overrides, RunMode.MULTIRUN)
-            configs = checked_jobs(hydra, master, sweep_jobs(hydra, master))
+            checked = checked_jobs(hydra, master, sweep_jobs(hydra, master))
             check_search(master)
-        else:
-            refuse_schedule_name(parse(args.overrides))
-            configs = [validate(without_hydra(master))]
-    environments = set()
-    for config in configs:
-        if (key := (config.tracking.uri, config.trainer.accelerator, config.resume)) not in environments:
-            environments.add(key)
-            check_environment(master, config, multirun)
-    return configs
-
+            return checked, master, True
+        refuse_schedule_name(parse(args.overrides))
+        return [validate(without_hydra(master))], master, False

@@ -27,8 +27,11 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, Literal
+
+# What a recorder does for a sweep's parent run (summary.py's functions of these names)
+SummaryCall = Literal["open_parent", "reopen_parent", "close_parent", "end_parent"]
 
 
 class RecorderError(RuntimeError):
@@ -85,6 +88,12 @@ class Run:
         # a run that failed or was stopped reports its own error, not the store's
         if status == "FINISHED" and (error := self.recorder._errors.get(self.seq)):
             raise RecorderError(error)
+
+    def end_with(self, e: BaseException, wait: bool = True) -> None:
+        """End the run as `e`, which stopped it, says: an error fails it, an interruption (Ctrl-C,
+        a signal, an exit) kills it; the error is kept with its traceback."""
+        status = "FAILED" if isinstance(e, Exception) else "KILLED"
+        self.end(status, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, traceback.format_exc(), wait)
 
 
 class Recorder:
@@ -183,9 +192,7 @@ class Recorder:
         try:
             yield run
         except BaseException as e:
-            # An error fails the run; an interruption (Ctrl-C, a signal, an exit) kills it.
-            status = "FAILED" if isinstance(e, Exception) else "KILLED"
-            run.end(status, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, traceback.format_exc())
+            run.end_with(e)
             raise
         if background_end:
             self._ended_in_background.add(run.seq)
@@ -200,7 +207,7 @@ class Recorder:
                 print(f"moonprop: recording a finished run failed: {error}", file=sys.stderr)
         self._ended_in_background.clear()
 
-    def ask(self, function: str, **kwargs: Any) -> int:
+    def ask(self, function: SummaryCall, **kwargs: Any) -> int:
         """Have the recorder run one of summary.py's functions, after what it was sent before;
         a ticket for `answer`."""
         self._tickets += 1
@@ -214,7 +221,7 @@ class Recorder:
             raise RecorderError(value)
         return value
 
-    def call(self, function: str, **kwargs: Any) -> Any:
+    def call(self, function: SummaryCall, **kwargs: Any) -> Any:
         return self.answer(self.ask(function, **kwargs))
 
     def alive(self) -> bool:
@@ -285,9 +292,7 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
         if op == "call":  # a sweep's parent run (summary.py): no part of any run
             ticket, function, kwargs = args
             try:
-                from moonprop import summary
-
-                reply(ticket, op, "ok", getattr(summary, function)(**kwargs))
+                reply(ticket, op, "ok", _summary_calls()[function](**kwargs))
             except Exception as e:
                 reply(ticket, op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")
                 traceback.print_exc(file=sys.stderr)
@@ -323,6 +328,13 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
             broken.add(seq)
             reply(seq, op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")
             traceback.print_exc(file=sys.stderr)
+
+
+def _summary_calls() -> dict[str, Callable[..., Any]]:
+    from moonprop import summary  # a sweep's first call: MLflow is imported by then
+
+    return {"open_parent": summary.open_parent, "reopen_parent": summary.reopen_parent,
+            "close_parent": summary.close_parent, "end_parent": summary.end_parent}
 
 
 def _first_line(e: Exception) -> str:  # config.first_line's twin: config would import Hydra here

@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from moonprop import logged_model, plot
+from moonprop.jobs import PRUNED_TAG, swept_values
 from moonprop.tracking import prepare
 
 
@@ -86,7 +87,7 @@ def _rows(client: MlflowClient, parent: str) -> list[dict[str, Any]]:
             "name": run.info.run_name,
             "overrides": run.data.tags.get("sweep.overrides", ""),
             # a search's trial stopped early by its pruner is FINISHED in MLflow, PRUNED here
-            "status": "PRUNED" if "optuna.pruned" in run.data.tags else run.info.status,
+            "status": "PRUNED" if PRUNED_TAG in run.data.tags else run.info.status,
             "test_acc": run.data.metrics.get("test/acc"),
             "test_loss": run.data.metrics.get("test/loss"),
             "wall_s": round((end - run.info.start_time) / 1000, 2),  # training and recording
@@ -107,14 +108,6 @@ def _markdown(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
     if best:
         lines += ["", f"best: job {best['job']} ({best['name']}), test_acc {best['test_acc']:.3f}"]
     return "\n".join(lines) + "\n"
-
-
-def swept_values(overrides: str, keys: list[str]) -> dict[str, str]:
-    """A job's values of the swept keys, under their short names: {"hidden": "[8]", ...}."""
-    from moonprop.sweep import short_names  # sweep.py imports Hydra, which this process has anyway
-
-    given = dict(o.lstrip("+~").split("=", 1) for o in overrides.split() if "=" in o)
-    return {short: given[key] for key, short in short_names(keys).items() if key in given}
 
 
 def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
@@ -158,7 +151,7 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
                 boundaries[r["job"]] = None
             history = client.get_metric_history(r["run_id"], "test/acc")
             curves[r["job"]] = [m.value for m in sorted(history, key=lambda m: m.step)]
-        cells = [(swept_values(r["overrides"], keys) if keys else {"job": r["name"]},
+        cells = [(swept_values(r["overrides"].split(), keys) if keys else {"job": r["name"]},
                   f"acc {r['test_acc']:.3f}" if r in finished else r["status"], boundaries[r["job"]], r is best)
                  for r in rows]
         plot.small_multiples(cells).save(Path(tmp) / "boundaries.png")

@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from moonprop.config import first_line, redact, resolve_uri
+from moonprop.jobs import SWEEP_FILE, Launcher, Sweeper, sweep_name, swept_keys
 from moonprop.recorder import drain_shared, shared
 
-SWEEP_FILE = ".moonprop_sweep.json"  # the parent run, the swept keys: what every job needs to know
-TRIALS_FILE = ".moonprop_trials.json"  # hydra/sweeper=search's: each job's Optuna trial
 failed_jobs = 0  # set by on_multirun_end; the CLI exits non-zero when it is not 0
 
 
@@ -37,17 +33,11 @@ class _Sweep(NamedTuple):
     uri: str
     parent: str  # the parent run's id
     folder: Path  # hydra.sweep.dir
-    launcher: str  # its class name: BasicLauncher, JoblibLauncher, SlurmLauncher, ...
+    launcher: Launcher
     slurm_jobs: Path | None  # submitit's folder of a SLURM sweep's jobs, named by job id
 
 
 _under_way: _Sweep | None = None
-
-
-def target_class(node: DictConfig) -> str:
-    """The class name of a Hydra plugin config's target (`hydra.launcher`, `hydra.sweeper`):
-    BasicLauncher is Hydra's default, which runs the jobs one after another in this process."""
-    return str(node.get("_target_", "")).rsplit(".", 1)[-1]
 
 
 def end_interrupted(signum: int) -> None:
@@ -79,7 +69,7 @@ def _end(status: str, reason: str, summarise: bool = False) -> str:
     if under_way.slurm_jobs is not None:
         cancel_slurm_jobs(under_way.slurm_jobs)
     return shared().call("end_parent", uri=under_way.uri, parent=under_way.parent, status=status, reason=reason,
-                         orphans=under_way.launcher == "JoblibLauncher",
+                         orphans=under_way.launcher is Launcher.JOBLIB,
                          sweep_dir=str(under_way.folder) if summarise else None)
 
 
@@ -91,80 +81,10 @@ def cancel_slurm_jobs(folder: Path) -> None:
         subprocess.run(["scancel", *ids], check=False, timeout=30)
 
 
-def swept_keys(config: DictConfig) -> list[str]:
-    """The keys a sweep varies: those with several values (`a,b`, `range()`, `choice()`,
-    `interval()`) on the command line or in `hydra.sweeper.params`."""
-    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-    swept: dict[str, bool] = {}
-    for o in OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task)):
-        swept.pop(o.key_or_group, None)  # the command line's value wins over the params'
-        swept[o.key_or_group] = o.is_sweep_override()
-    return [key for key, is_swept in swept.items() if is_swept]
-
-
-def short_names(keys: list[str]) -> dict[str, str]:
-    """`model.hidden` -> `hidden` where no other swept key ends the same way."""
-    last = [k.rpartition(".")[2] for k in keys]
-    return {k: short if last.count(short) == 1 else k for k, short in zip(keys, last, strict=True)}
-
-
-def _short_value(value: str) -> str:
-    """A value as a name shows it: a search's 0.5306827194 as 0.5307."""
-    if re.fullmatch(r"-?\d*\.\d{5,}(e-?\d+)?", value):
-        return f"{float(value):.4g}"
-    return value
-
-
-def job_name(overrides: list[str], keys: list[str], number: int, numbered: bool) -> str:
-    """A sweep job's run name: the values it was given for the swept keys, `hidden=[8]
-    schedule=cosine`; a search's trials (whose values may repeat) also by their number, `#3 ...`."""
-    given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
-    names = short_names(keys)
-    text = " ".join(f"{names[k]}={_short_value(given[k])}" for k in keys if k in given)
-    return f"#{number} {text}".strip() if numbered or not text else text
-
-
-def sweep_name(keys: list[str], sweep_id: str) -> str:
-    """The parent run's name: `sweep hidden, schedule` (its folder, if it sweeps no key); the
-    runs table shows when it started, and its `sweep.id` tag its folder."""
-    return f"sweep {', '.join(short_names(keys).values())}" if keys else f"sweep {sweep_id}"
-
-
-class Job(NamedTuple):
-    """How a job's run sits in its sweep."""
-
-    parent: str | None  # the sweep's parent run
-    name: str
-    overrides: list[str]  # its own, credentials redacted
-    tags: dict[str, str]
-    trial: dict[str, Any] | None = None  # in a search: its Optuna trial (see callbacks.PruneHopeless)
-
-
-def this_job(run_name: str | None) -> Job:
-    """The job Hydra is running: its parent run (from the sweep folder, which every launcher's
-    jobs can read), its name (`run_name`, or the values it was given), the tags that find it in its
-    sweep (the sweep, its number, its overrides) and, in a search, its trial."""
-    hc = HydraConfig.get()
-    folder = Path(str(hc.sweep.dir))
-    sweep = json.loads((folder / SWEEP_FILE).read_text()) if (folder / SWEEP_FILE).exists() else {}
-    overrides = [redact(o) for o in hc.overrides.task]
-    tags = {"sweep.id": folder.name, "sweep.job": str(hc.job.num), "sweep.overrides": " ".join(overrides)}
-    number, trial = hc.job.num, None
-    trials = folder / TRIALS_FILE  # written by hydra/sweeper=search before it launches a batch
-    if trials.exists() and (found := json.loads(trials.read_text()).get(str(hc.job.num))):
-        number = found["trial"]
-        tags |= {"optuna.study": found["study"], "optuna.trial": str(found["trial"])}
-        trial = {"storage": found["storage"], "study": found["study"], "trial_id": found["trial_id"],
-                 "pruner": OmegaConf.to_container(pruner) if isinstance(pruner := hc.sweeper.get("pruner"), DictConfig)
-                 else pruner}
-    name = run_name or job_name(overrides, sweep.get("keys", []), number, sweep.get("numbered", True))
-    return Job(sweep.get("parent"), name, overrides, tags, trial)
-
-
-def interrupted_parent(sweep_dir: Path, launcher: str) -> str | None:
+def interrupted_parent(sweep_dir: Path, launcher: Launcher) -> str | None:
     """The parent run of a batched sweep interrupted in `sweep_dir` (a batch's checkpoint is there),
     which the same command in the same folder continues."""
-    if launcher != "BatchedLauncher" or not (sweep_dir / SWEEP_FILE).is_file():
+    if launcher is not Launcher.BATCHED or not (sweep_dir / SWEEP_FILE).is_file():
         return None
     if not any((sweep_dir / "checkpoints").glob("batch-*.ckpt")):
         return None
@@ -176,7 +96,7 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _under_way
-        launcher = target_class(config.hydra.launcher)
+        launcher = Launcher.of(config.hydra.launcher)
         uri = resolve_uri(config.tracking.uri, config.hydra.runtime.cwd)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -188,22 +108,22 @@ class SweepCallback(Callback):
             ticket = recorder.ask("open_parent", uri=uri, experiment=config.tracking.experiment,
                                   name=sweep_name(keys, sweep_dir.name), sweep_id=sweep_dir.name, keys=keys,
                                   overrides=" ".join(redact(o) for o in config.hydra.overrides.task))
-        if launcher in ("BasicLauncher", "BatchedLauncher"):
+        if launcher.trains_here:
             # The jobs will import Lightning here anyway: do it while the recorder imports MLflow
             # and opens the store on the other core (~4 s each).
             import moonprop.train  # noqa: F401
         parent = recorder.answer(ticket)
         # Hydra's grid gives every job its own values; a search may give two trials the same ones
-        numbered = target_class(config.hydra.sweeper) != "BasicSweeper"
+        numbered = Sweeper.of(config.hydra.sweeper) is not Sweeper.GRID
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent": parent, "keys": keys, "numbered": numbered}))
-        slurm_jobs = Path(str(config.hydra.launcher.submitit_folder)).parent if launcher == "SlurmLauncher" else None
+        slurm_jobs = Path(str(config.hydra.launcher.submitit_folder)).parent if launcher is Launcher.SLURM else None
         _under_way = _Sweep(uri, parent, sweep_dir, launcher, slurm_jobs)  # submitit_folder: .../%j
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global failed_jobs, _under_way
         if _under_way is None:
             return
-        if _under_way.launcher == "JoblibLauncher":
+        if _under_way.launcher is Launcher.JOBLIB:
             # joblib keeps its workers (and their recorders) for 5 idle minutes, holding the
             # terminal's output open: a finished sweep should be finished. reuse=True fetches
             # joblib's own executor as it is (with other arguments loky would replace it by a new

@@ -6,25 +6,22 @@ import logging
 import signal
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from moonprop.batched import BatchedMoonsClassifier, BatchedMoonsData
-from moonprop.callbacks import BatchedMlflowCallback, GracefulStop, MlflowCallback, PruneHopeless
-from moonprop.config import Config, ConfigError, params, redact, redacted, resolve_uri
+from moonprop.callbacks import BatchedMlflowCallback, GracefulStop, MlflowCallback
+from moonprop.config import Config, ConfigError, check_same_params, params, redact, redacted, resolve_uri
 from moonprop.data import MoonsDataModule
+from moonprop.jobs import Job, Task
 from moonprop.module import MoonsClassifier
 from moonprop.recorder import Recorder, Run
-from moonprop.sweep import Job
-
-if TYPE_CHECKING:
-    from moonprop.cli import Task
 
 # Lightning's start-up banner (GPU available, TPU available, ...) says nothing a run's record lacks,
 # and its own use of a deprecated torch API is not the user's to fix.
@@ -88,7 +85,8 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
 
     Interrupted by Ctrl-C or SIGTERM, it writes `run_dir/checkpoints/last.ckpt`; `resume=` that
     path continues the same MLflow run where it stopped. A sweep's `job` names the run, nests it
-    under the sweep's parent and, in a search, reports to its trial, which may stop it early. With
+    under the sweep's parent and adds its sweeper's callbacks (a search's pruner, which may stop it
+    early). With
     `close_in_background` (a sweep's jobs in one process), the next job trains while the recorder
     closes this run. A relative SQLite store is the one in `launch_dir`, where moonprop was started
     (a job may run elsewhere).
@@ -97,15 +95,13 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
     datamodule = MoonsDataModule(cfg.data, cfg.seed)
     module = MoonsClassifier(cfg.model, cfg.loss, cfg.schedule, cfg.data.num_batches, cfg.seed)
     stopper = GracefulStop(run_dir / "checkpoints" / "last.ckpt")
-    pruner = PruneHopeless(**job.trial) if job and job.trial else None
+    sweepers = [instantiate(callback) for callback in job.callbacks] if job else []
     spec = run_spec(cfg, datamodule, overrides, tags, job, launch_dir)
     resume_run_id = checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None
     with stopper.handling_signals(), recorder.run(close_in_background, **spec, resume_run_id=resume_run_id) as run:
         tracker = MlflowCallback(run, datamodule.test, cfg.plot, cfg.data.num_batches, spec["params"])
-        fit(trainer(cfg, [tracker, stopper, *([pruner] if pruner else [])], bool(cfg.resume)), stopper,
+        fit(trainer(cfg, [tracker, stopper, *sweepers], bool(cfg.resume)), stopper,
             module, datamodule=datamodule, ckpt_path=cfg.resume)
-        if pruner and pruner.pruned_at is not None:
-            run.send("tags", {"optuna.pruned": f"at epoch {pruner.pruned_at}"})
     return tracker.test_acc
 
 
@@ -143,11 +139,9 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
             fit(trainer(cfgs[0], [tracker, stopper], resuming=saved is not None), stopper, module,
                 datamodule=datamodule, ckpt_path=checkpoint if saved else None)
     except BaseException as e:  # every job still training ends with the batch
-        status = "FAILED" if isinstance(e, Exception) else "KILLED"
-        error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         for job, run in enumerate(runs):
             if run is not None and job not in tracker.errors:
-                run.end(status, error, traceback.format_exc(), wait=False)
+                run.end_with(e, wait=False)
         raise
     for job, run in enumerate(runs):
         if run is not None and job not in tracker.errors:
@@ -164,8 +158,5 @@ def resumed_batch(checkpoint: Path, params: list[dict[str, str]]) -> dict[str, A
         raise ConfigError("hydra.sweep.dir", str(folder), f"a sweep of the same jobs: its interrupted batch "
                           f"has {len(saved['params'])} jobs, this one {len(params)}")
     for job, (before, now) in enumerate(zip(saved["params"], params, strict=True)):
-        for key in sorted(before.keys() | now.keys()):
-            if before.get(key) != now.get(key):
-                raise ConfigError(key, now.get(key), f"must be {before.get(key)} in job {job}, as in the "
-                                  f"interrupted sweep {folder}")
+        check_same_params(before, now, f"job {job} of the interrupted sweep {folder}")
     return saved

@@ -9,10 +9,12 @@ plugin's docs and habits carry over, and adds what that plugin cannot on optuna 
   study's name is derived from the search unless `study_name` is given;
 - trials are asked `n_jobs` at a time, so that a parallel launcher (joblib, SLURM) runs a batch;
 - each trial reports its test accuracy to the study as it trains, and the pruner (MedianPruner by
-  default) stops hopeless trials at an epoch's end (`moonprop.search_trial`, in the job).
+  default) stops hopeless trials at an epoch's end (`_trial.PruneHopeless`, a Lightning callback
+  the sweeper hands to each job through the sweep's trials file, `moonprop.jobs.Trial`).
 
 Hydra requires sweepers to live in the `hydra_plugins` package, and imports every module there on
-every start: Optuna is imported only when a search runs.
+every start but those whose names start with `_`: Optuna is imported only when a search runs, and
+Lightning only in a trial (`_trial.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
@@ -34,11 +35,12 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from moonprop.sweep import TRIALS_FILE
+from moonprop.jobs import Trial, sweep_overrides, write_trials
 
 log = logging.getLogger(__name__)
 
 PRUNED_AT = "pruned_at"  # the user attribute a pruned trial's job sets: the epoch it stopped after
+PRUNER = "hydra_plugins.moonprop_search._trial.PruneHopeless"  # each trial's callback, in its job
 
 
 def distribution(override: Override) -> Any:
@@ -64,33 +66,35 @@ def distribution(override: Override) -> Any:
     raise ValueError(f"{override.input_line}: not a search space hydra/sweeper=search knows")
 
 
-def space_of(lines: list[str]) -> tuple[dict[str, Override], dict[str, str]]:
-    """The swept overrides by key, and the fixed ones (`key=value`); a later line wins, so that
-    the command line overrides `hydra.sweeper.params` (`model.hidden=[16,16]` fixes it)."""
+def space_of(params: dict[str, Any], arguments: list[str]) -> tuple[dict[str, Override], dict[str, str]]:
+    """The swept overrides by key, and the fixed ones (`key=value`), `hydra.sweeper.params` and then
+    the command line as Hydra's sweepers read them: `model.hidden=[16,16]` fixes what params sweep."""
     swept: dict[str, Override] = {}
     fixed: dict[str, str] = {}
-    for override in OverridesParser.create().parse_overrides(lines):
-        key = override.get_key_element()
-        swept.pop(key, None)
-        fixed.pop(key, None)
+    for override in sweep_overrides(params, arguments):
         if override.is_sweep_override():
-            swept[key] = override
+            swept[override.get_key_element()] = override
         else:
-            fixed[key] = override.get_value_element_as_str()
+            fixed[override.get_key_element()] = override.get_value_element_as_str()
     return swept, fixed
 
 
 def storage_of(url: str) -> Any:
     """An Optuna storage from its URL; `journal:PATH` is a journal file (NFS-friendly)."""
-    if url.startswith("journal:"):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+    from optuna.storages import JournalStorage, get_storage
+    from optuna.storages.journal import JournalFileBackend
 
+    if url.startswith("journal:"):
         Path(url.removeprefix("journal:")).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return url
+    return get_storage(url)
+
+
+def trial_id(storage: Any, study: str, number: int) -> int:
+    """The storage's id of the trial `number` of `study` (Optuna's storage API names trials by id)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study), number)
 
 
 def pruner_of(config: Any) -> Any:
@@ -129,7 +133,7 @@ class SearchSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def space(self, arguments: list[str]) -> tuple[dict[str, Override], dict[str, str]]:
-        return space_of([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        return space_of(self.params, arguments)
 
     def jobs_to_check(self, arguments: list[str]) -> list[list[str]]:
         """For moonprop's checks before the search starts, which create nothing: its own settings
@@ -176,7 +180,8 @@ class SearchSweeper(Sweeper):
         swept, fixed = self.space(arguments)
         distributions = {key: distribution(o) for key, o in swept.items()}
         name, url = self.study_id(arguments), self.storage()
-        study = optuna.create_study(study_name=name, storage=storage_of(url), direction=self.direction,
+        storage = storage_of(url)
+        study = optuna.create_study(study_name=name, storage=storage, direction=self.direction,
                                     pruner=pruner_of(self.pruner), load_if_exists=True)
         earlier = len(study.trials)
         study.sampler = sampler_of(self.sampler, earlier)
@@ -189,30 +194,35 @@ class SearchSweeper(Sweeper):
             trials = [study.ask(distributions) for _ in range(min(self.n_jobs, self.n_trials - job))]
             batch = [[*(f"{k}={v}" for k, v in trial.params.items()), *(f"{k}={v}" for k, v in fixed.items())]
                      for trial in trials]
-            jobs = {str(job + i): {"storage": url, "study": name, "trial_id": trial._trial_id, "trial": trial.number}
-                    for i, trial in enumerate(trials)}
-            path = sweep_dir / TRIALS_FILE  # each job's trial, for its pruning (moonprop.sweep.this_job)
-            known = json.loads(path.read_text()) if path.exists() else {}
-            path.write_text(json.dumps({**known, **jobs}))
+            write_trials(sweep_dir, {job + i: self.trial_of_job(url, name, t.number) for i, t in enumerate(trials)})
             self.validate_batch_is_legal(batch)
             for trial, result in zip(trials, self.launcher.launch(batch, initial_job_idx=job), strict=True):
-                self.tell(study, trial, result)
+                self.tell(study, storage, trial, result)
                 if result.status == JobStatus.FAILED:  # died outside training, which records its own failures
-                    crashed.append(f"trial {trial.number}: {type(result._return_value).__name__}: "
-                                   f"{result._return_value}")
+                    try:
+                        result.return_value  # noqa: B018 - a failed job's return_value raises its error
+                    except Exception as e:
+                        crashed.append(f"trial {trial.number}: {type(e).__name__}: {e}")
             job += len(trials)
         self.report(study, sweep_dir)
         if crashed:  # as Hydra's basic sweeper does with a job's exception: the sweep fails
             raise RuntimeError(f"{len(crashed)} of {self.n_trials} trials failed: {crashed[0]}")
 
+    def trial_of_job(self, url: str, study: str, number: int) -> Trial:
+        """What the job of trial `number` needs to know: its number and tags, and its callback."""
+        pruner = OmegaConf.to_container(self.pruner) if isinstance(self.pruner, DictConfig) else self.pruner
+        return Trial(number, {"optuna.study": study, "optuna.trial": str(number)},
+                     [{"_target_": PRUNER, "_recursive_": False,  # the pruner's config stays a config
+                       "storage": url, "study": study, "number": number, "pruner": pruner}])
+
     @staticmethod
-    def tell(study: Any, trial: Any, result: Any) -> None:
+    def tell(study: Any, storage: Any, trial: Any, result: Any) -> None:
         """A trial's end: its test accuracy, pruned (its job stopped it), or failed."""
         from optuna.trial import TrialState
 
         value = result.return_value if result.status == JobStatus.COMPLETED else None
         # read from the storage, where the job wrote it (the Trial object here keeps its own copy)
-        if study._storage.get_trial(trial._trial_id).user_attrs.get(PRUNED_AT) is not None:
+        if storage.get_trial(trial_id(storage, study.study_name, trial.number)).user_attrs.get(PRUNED_AT) is not None:
             study.tell(trial, state=TrialState.PRUNED)
         elif isinstance(value, (int, float)) and math.isfinite(value):
             study.tell(trial, float(value))

@@ -1,0 +1,185 @@
+"""The vocabulary of jobs and sweeps: what a job is and is called, what its sweep folder tells every
+job, which launcher and sweeper run it, and how a sweep's overrides are read.
+
+Neither torch nor MLflow, and Hydra only where a function needs it: the CLI (before `--help`), the
+recorder (for a sweep's summary) and Hydra's plugins all read it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from moonprop.config import Config, redact
+
+if TYPE_CHECKING:
+    from hydra.core.override_parser.types import Override
+    from omegaconf import DictConfig
+
+SWEEP_FILE = ".moonprop_sweep.json"  # the parent run and the swept keys: what every job needs to know
+TRIALS_FILE = ".moonprop_trials.json"  # a sweeper's word on each job it launches (see Trial)
+PRUNED_TAG = "optuna.pruned"  # a job its sweeper stopped early (a search's pruner): PRUNED in the summary
+
+
+class Launcher(enum.Enum):
+    """The launchers moonprop treats apart, by the class their config's `_target_` names (Hydra's
+    plugin discovery loads its own copies of the classes: the name is what compares)."""
+
+    IN_PROCESS = "BasicLauncher"  # Hydra's default: every job in this process, one after another
+    BATCHED = "BatchedLauncher"  # hydra/launcher=batched: the jobs as one model, in this process
+    JOBLIB = "JoblibLauncher"  # worker processes, killed with their recorders when a sweep is stopped
+    SLURM = "SlurmLauncher"  # submitit: jobs on a cluster, which a stopped sweep must cancel
+    OTHER = ""
+
+    @classmethod
+    def of(cls, node: DictConfig) -> Launcher:
+        return _kind(cls, node)
+
+    @property
+    def trains_here(self) -> bool:
+        """Whether the jobs train in the process that launches them."""
+        return self in (Launcher.IN_PROCESS, Launcher.BATCHED)
+
+
+class Sweeper(enum.Enum):
+    GRID = "BasicSweeper"  # Hydra's default: every combination of the values given
+    SEARCH = "SearchSweeper"  # hydra/sweeper=search: Optuna asks for each job's values
+    OTHER = ""
+
+    @classmethod
+    def of(cls, node: DictConfig) -> Sweeper:
+        return _kind(cls, node)
+
+
+def _kind(kinds: Any, node: DictConfig) -> Any:
+    name = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+    return next((kind for kind in kinds if kind.value == name), kinds.OTHER)
+
+
+def sweep_overrides(params: Mapping[str, Any] | None, arguments: list[str],
+                    config_loader: Any = None) -> list[Override]:
+    """A sweep's overrides as Hydra's sweepers read them: `hydra.sweeper.params`, then the command
+    line; a key given in both keeps its first place and takes the command line's value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
+    by_key: dict[str, Override] = {}
+    for override in OverridesParser.create(config_loader=config_loader).parse_overrides(lines):
+        by_key[override.get_key_element()] = override  # a dict keeps a key's first place
+    return list(by_key.values())
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep varies: those with several values (`a,b`, `range()`, `choice()`,
+    `interval()`) on the command line or in `hydra.sweeper.params`."""
+    overrides = sweep_overrides(config.hydra.sweeper.get("params"), list(config.hydra.overrides.task))
+    return [o.key_or_group for o in overrides if o.is_sweep_override()]
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """`model.hidden` -> `hidden` where no other swept key ends the same way."""
+    last = [k.rpartition(".")[2] for k in keys]
+    return {k: short if last.count(short) == 1 else k for k, short in zip(keys, last, strict=True)}
+
+
+def _short_value(value: str) -> str:
+    """A value as a name shows it: a search's 0.5306827194 as 0.5307."""
+    if re.fullmatch(r"-?\d*\.\d{5,}(e-?\d+)?", value):
+        return f"{float(value):.4g}"
+    return value
+
+
+def swept_values(overrides: list[str], keys: list[str]) -> dict[str, str]:
+    """A job's values of the swept keys, under their short names: {"hidden": "[8]", ...}."""
+    given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    return {short: given[key] for key, short in short_names(keys).items() if key in given}
+
+
+def job_name(overrides: list[str], keys: list[str], number: int, numbered: bool) -> str:
+    """A sweep job's run name: the values it was given for the swept keys, `hidden=[8]
+    schedule=cosine`; a search's trials (whose values may repeat) also by their number, `#3 ...`."""
+    text = " ".join(f"{short}={_short_value(value)}" for short, value in swept_values(overrides, keys).items())
+    return f"#{number} {text}".strip() if numbered or not text else text
+
+
+def sweep_name(keys: list[str], sweep_id: str) -> str:
+    """The parent run's name: `sweep hidden, schedule` (its folder, if it sweeps no key); the
+    runs table shows when it started, and its `sweep.id` tag its folder."""
+    return f"sweep {', '.join(short_names(keys).values())}" if keys else f"sweep {sweep_id}"
+
+
+class Trial(NamedTuple):
+    """What a sweeper that picks its jobs' values says of one job (hydra/sweeper=search: its Optuna
+    trial), in the sweep's trials file, for the job to read wherever it runs."""
+
+    number: int  # the job's run is named by it (`#3 ...`): a search's values may repeat
+    tags: dict[str, str]
+    callbacks: list[dict[str, Any]]  # Lightning callbacks for its training, as configs with `_target_`
+
+
+def write_trials(sweep_dir: Path, trials: Mapping[int, Trial]) -> None:
+    """Add the jobs `trials` (by job number) to the sweep's trials file, before they launch."""
+    path = sweep_dir / TRIALS_FILE
+    known = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**known, **{str(job): trial._asdict() for job, trial in trials.items()}}))
+
+
+def read_trial(sweep_dir: Path, job: int) -> Trial | None:
+    path = sweep_dir / TRIALS_FILE
+    found = json.loads(path.read_text()).get(str(job)) if path.exists() else None
+    return Trial(**found) if found else None
+
+
+class Job(NamedTuple):
+    """How a job's run sits in its sweep."""
+
+    parent: str | None  # the sweep's parent run
+    name: str
+    overrides: list[str]  # its own, credentials redacted
+    tags: dict[str, str]
+    callbacks: list[dict[str, Any]]  # its sweeper's callbacks for its training (a search's pruner)
+
+
+def this_job(run_name: str | None) -> Job:
+    """The job Hydra is running: its parent run (from the sweep folder, which every launcher's
+    jobs can read), its name (`run_name`, or the values it was given), the tags that find it in its
+    sweep (the sweep, its number, its overrides) and what its sweeper says of it (Trial)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    folder = Path(str(hc.sweep.dir))
+    sweep = json.loads((folder / SWEEP_FILE).read_text()) if (folder / SWEEP_FILE).exists() else {}
+    overrides = [redact(o) for o in hc.overrides.task]
+    tags = {"sweep.id": folder.name, "sweep.job": str(hc.job.num), "sweep.overrides": " ".join(overrides)}
+    trial = read_trial(folder, hc.job.num) or Trial(hc.job.num, {}, [])
+    name = run_name or job_name(overrides, sweep.get("keys", []), trial.number, sweep.get("numbered", True))
+    return Job(sweep.get("parent"), name, overrides, tags | trial.tags, trial.callbacks)
+
+
+class Task(NamedTuple):
+    """One run as Hydra's job gives it (cli.task): what `train.train` and `train.train_batched` take."""
+
+    cfg: Config
+    run_dir: Path
+    overrides: list[str]
+    tags: dict[str, str]
+    job: Job | None  # in a sweep: how its run sits in it
+    launch_dir: str  # where moonprop was started: a relative SQLite store is there
+
+
+class Interrupted(BaseException):
+    """Training stopped on a signal (SIGINT, SIGTERM) at an epoch's end, after a checkpoint.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it;
+    the CLI exits with 128 + the signal's number, as a shell reports a process ended by it.
+    """
+
+    def __init__(self, signum: int, epoch: int, how_to_continue: str) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} after epoch {epoch}; "
+                         f"continue with: {how_to_continue}")
+        self.signum = signum
