@@ -5,10 +5,9 @@ The network comes from the trainer as TorchScript, so that anyone can load it wi
 with or without moonprop: `mlflow.pytorch.load_model(uri)` gives the network, and
 `mlflow.pyfunc.load_model(uri).predict(points)` its scores (score > 0: the lower moon, +1).
 
-This runs in the recorder, which does not import torch: torch would cost it 2.7 s and ~200 MB,
-and on a fresh store the recorder is a run's critical path. So the model's folder is written here
-the way `mlflow.pytorch.save_model` writes it for a TorchScript module, with MLflow's own classes,
-and tests load it back through `mlflow.pytorch`, `mlflow.pyfunc` and `mlflow models serve`.
+This runs in the recorder, which does not import torch: the model's folder is written the way
+`mlflow.pytorch.save_model` writes it for a TorchScript module (mlflow_internals.save_torchscript,
+which says why); everything else goes through MlflowClient.
 """
 
 from __future__ import annotations
@@ -17,14 +16,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import yaml
-from mlflow import MlflowClient, pyfunc
+from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
-from mlflow.models.utils import _save_example
+from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
-from mlflow.utils.environment import _mlflow_conda_env, _PythonEnv
+
+from moonprop.mlflow_internals import save_torchscript
 
 NAME = "model"  # the logged model's name, as MLflow's `log_model(name="model")` would call it
 MODEL_TYPE = "moonprop-mlp"
@@ -34,30 +32,6 @@ SIGNATURE = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 
 # the upper moon's middle, the space between the moons, the lower moon's middle
 INPUT_EXAMPLE = np.array([[0.0, 1.0], [0.5, 0.25], [1.0, -0.5]], dtype=np.float32)
 BEST_ALIAS = "sweep-best"  # a sweep registers only its best job's model, under this alias
-
-
-def write(path: Path, torchscript: bytes, torch_version: str, run_id: str, model_id: str) -> None:
-    """The model's folder as `mlflow.pytorch.save_model(scripted, path, signature=SIGNATURE,
-    input_example=INPUT_EXAMPLE, pip_requirements=[torch==...])` writes it: MLmodel with the
-    pytorch and python_function flavours, data/model.pth, the environment, the input example."""
-    data = path / "data"
-    data.mkdir(parents=True)
-    (data / "model.pth").write_bytes(torchscript)  # what torch.jit.ScriptModule.save writes
-    (data / "pickle_module_info.txt").write_text("mlflow.pytorch.pickle_module")
-    model = Model(artifact_path=f"models:/{model_id}", run_id=run_id, signature=SIGNATURE, model_id=model_id)
-    model.add_flavor("pytorch", model_data="data", pytorch_version=str(torch_version), code=None)
-    pyfunc.add_to_model(model, loader_module="mlflow.pytorch", data="data",
-                        pickle_module_name="mlflow.pytorch.pickle_module", code=None, conda_env="conda.yaml",
-                        python_env="python_env.yaml", model_config={"device": None})
-    _save_example(model, INPUT_EXAMPLE, str(path))
-    # given, not inferred: MLflow's inference loads the model in a subprocess (13 s measured)
-    requirements = [f"mlflow=={model.mlflow_version}", f"torch=={torch_version.split('+')[0]}"]
-    (path / "requirements.txt").write_text("\n".join(requirements))
-    (path / "conda.yaml").write_text(yaml.safe_dump(_mlflow_conda_env(additional_pip_deps=requirements[1:]),
-                                                    default_flow_style=False))
-    _PythonEnv.current().to_yaml(str(path / "python_env.yaml"))
-    model.model_size_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    model.save(str(path / "MLmodel"))
 
 
 def log(client: MlflowClient, run_id: str, torchscript: bytes, torch_version: str, step: int,
@@ -76,7 +50,7 @@ def log(client: MlflowClient, run_id: str, torchscript: bytes, torch_version: st
     model = client.create_logged_model(experiment_id, name=NAME, source_run_id=run_id,
                                        params=params, model_type=MODEL_TYPE)
     with tempfile.TemporaryDirectory() as tmp:
-        write(Path(tmp), torchscript, torch_version, run_id, model.model_id)
+        save_torchscript(Path(tmp), torchscript, torch_version, run_id, model.model_id, SIGNATURE, INPUT_EXAMPLE)
         client.log_model_artifacts(model.model_id, tmp)
     client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])

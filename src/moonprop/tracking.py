@@ -17,7 +17,6 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import (
     MLFLOW_DATASET_CONTEXT,
     MLFLOW_GIT_COMMIT,
-    MLFLOW_LOGGED_IMAGES,
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_SOURCE_NAME,
     MLFLOW_SOURCE_TYPE,
@@ -37,9 +35,10 @@ from mlflow.utils.mlflow_tags import (
 from PIL import Image
 
 from moonprop import logged_model, plot
+from moonprop.mlflow_internals import IMAGES, LOGGED_IMAGES_TAG, image_files, image_step
 
-FLUSH_EVERY_S = 1.0
-EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI sees a live run at most a second late
+FLUSH_EVERY_S = 1.0  # the UI sees a live run at most a second late
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 def get_experiment(client: MlflowClient, name: str, uri: str) -> str:
@@ -94,7 +93,7 @@ class RunWriter:
         # temporary folder and uploaded a second at a time (a tracking server, a bucket).
         self._local = local_artifact_dir(artifact_uri)
         self._staging = self._local or Path(tempfile.mkdtemp(prefix="moonprop-"))
-        (self._staging / "images").mkdir(parents=True, exist_ok=True)
+        (self._staging / IMAGES).mkdir(parents=True, exist_ok=True)
         self._images_tagged = False
         self._last_flush = time.monotonic()
         self.flush_every = FLUSH_EVERY_S  # a recorder writing many runs at once spaces them out
@@ -163,10 +162,9 @@ class RunWriter:
             history = sorted(self.client.get_metric_history(self.id, key), key=lambda m: m.step)
             curve += [m.value for m in history]
         with tempfile.TemporaryDirectory() as tmp:
-            local = Path(self.client.download_artifacts(self.id, "images", tmp))
-            by_step = sorted(local.glob("*+step+*[0-9a-f].webp"), key=lambda p: int(p.name.split("+")[2]))
-            for path in by_step:
-                step = int(path.name.split("+")[2])
+            local = Path(self.client.download_artifacts(self.id, IMAGES, tmp))
+            steps = {path: image_step(path.name) for path in local.iterdir()}
+            for path, step in sorted(((p, s) for p, s in steps.items() if s is not None), key=lambda item: item[1]):
                 if step in self.frame_steps:
                     image = Image.open(path)
                     image.load()
@@ -185,15 +183,13 @@ class RunWriter:
 
     def log_image(self, image: Image.Image, key: str, step: int, encoded: bytes | None = None) -> None:
         """Stage an image as MLflow's `log_image(key=..., step=...)` names it, which is what the
-        UI's image card and its step slider read: `images/<key, / as ~>+step+<step>+timestamp+
-        <ms>+<uuid>.webp` and a `+compressed.webp` beside it. The card and its expand dialog show
-        the compressed one at its natural size, a click the other: both are the whole picture,
-        encoded once as lossless WebP (`encoded`, when the trainer had the time to do it), where
-        MLflow's own 256 px lossy thumbnail would blur the text."""
-        stem = f"{key.replace('/', '~')}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
+        UI's image card and its step slider read (mlflow_internals.image_files). The card and its
+        expand dialog show the compressed one at its natural size, a click the other: both are the
+        whole picture, encoded once as lossless WebP (`encoded`, when the trainer had the time to
+        do it), where MLflow's own 256 px lossy thumbnail would blur the text."""
         data = encoded or plot.webp(image)
-        for name in (f"{stem}.webp", f"{stem}+compressed.webp"):
-            (self._staging / "images" / name).write_bytes(data)
+        for name in image_files(key, step, int(time.time() * 1000)):
+            (self._staging / IMAGES / name).write_bytes(data)
         self.last_image = image
         if step in self.frame_steps:
             self.animation.add(plot.animation_frame(image, self.curves["test/acc"], self.curves["test/loss"],
@@ -222,13 +218,13 @@ class RunWriter:
         for i in range(0, len(self._pending), 1000):  # MLflow takes at most 1000 metrics a call
             self.client.log_batch(self.id, metrics=self._pending[i:i + 1000])
         self._pending.clear()
-        new_images = not self._images_tagged and any((self._staging / "images").iterdir())
+        new_images = not self._images_tagged and any((self._staging / IMAGES).iterdir())
         if self._local is None and (staged := [p for p in self._staging.rglob("*") if p.is_file()]):
             self.client.log_artifacts(self.id, str(self._staging))
             for p in staged:
                 p.unlink()
         if new_images:
-            self.client.set_tag(self.id, MLFLOW_LOGGED_IMAGES, "True")  # the UI looks for images
+            self.client.set_tag(self.id, LOGGED_IMAGES_TAG, "True")  # the UI looks for images
             self._images_tagged = True
         self._last_flush = time.monotonic()
 
@@ -306,9 +302,3 @@ def prepare(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     with store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
         return client, get_experiment(client, experiment, uri)
-
-
-def ensure_store(uri: str) -> None:
-    """Create the store (schema and all) now if it does not exist, before parallel jobs start."""
-    with store_lock(uri):
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
