@@ -7,7 +7,7 @@ from moonprop.data import MoonsDataModule
 from moonprop.module import MoonsClassifier
 from moonprop.schedule import learning_rate
 
-from .conftest import make_config
+from .conftest import check, composed, make_config
 
 
 def test_default_config_is_the_seed_experiment():
@@ -92,14 +92,15 @@ def test_unknown_schedule_lists_the_choices():
 
 def test_a_sweep_is_checked_as_its_sweeper_generates_it():
     """Hydra's basic sweeper: the product of the command line and `hydra.sweeper.params`."""
-    from hydra._internal.utils import get_args_parser
     from hydra.types import RunMode
 
+    from moonprop.cli import APP
+    from moonprop.hydra_internals import args_parser
     from moonprop.preflight import app_hydra, compose, sweep_jobs
 
-    args = get_args_parser().parse_args(["-m", "seed=0,1,2", "schedule=linear,cosine", "data.noise=0.1",
-                                         "+hydra.sweeper.params={loss.alpha: '0,1e-3'}"])
-    with app_hydra(args) as (hydra, config_name):
+    args = args_parser().parse_args(["-m", "seed=0,1,2", "schedule=linear,cosine", "data.noise=0.1",
+                                     "+hydra.sweeper.params={loss.alpha: '0,1e-3'}"])
+    with app_hydra(APP, args) as (hydra, config_name):
         jobs = sweep_jobs(hydra, compose(hydra, config_name, args.overrides, RunMode.MULTIRUN))
     assert len(jobs) == 2 * 3 * 2 * 1
     assert jobs[0] == ["loss.alpha=0", "seed=0", "schedule=linear", "data.noise=0.1"]
@@ -125,13 +126,17 @@ def test_config_has_no_instantiable_targets():
         make_config("+schedule._target_=os.system")
 
 
-def test_a_sweep_of_plain_values_is_checked_without_composing_each_job():
+def test_a_sweep_of_plain_values_is_checked_without_composing_each_job(monkeypatch):
     """Hundreds of jobs: each composition (a config group) is made once, each plain value applied to
     it and validated once, and every one of them is still validated."""
-    from moonprop.preflight import check
+    from moonprop import preflight
 
+    compositions = []
+    compose_job = preflight.compose_job
+    monkeypatch.setattr(preflight, "compose_job", lambda hydra, master, overrides: compositions.append(overrides)
+                        or compose_job(hydra, master, overrides))
     configs = check(["-m", "seed=range(0,50)", "schedule=linear,cosine", "model.hidden=[8],[16,16]"])
-    assert len(configs) == 2 * (1 + 50 + 2)  # per schedule: the composition, each seed, each width
+    assert sorted(compositions) == [["schedule=cosine"], ["schedule=linear"]]  # 200 jobs, two compositions
     assert sorted({c.seed for c in configs}) == list(range(50))
     assert {type(c.schedule).__name__ for c in configs} == {"LinearSchedule", "CosineSchedule"}
     assert [8] in [c.model.hidden for c in configs]
@@ -139,13 +144,13 @@ def test_a_sweep_of_plain_values_is_checked_without_composing_each_job():
         check(["-m", "data.batch_size=range(0,3)"])
     with pytest.raises(ConfigError, match=r"seed=abc"):
         check(["-m", "seed=1,abc"])
+    with pytest.raises(ConfigError, match=r"model.hidden\[1\]=0"):  # in the last job only
+        check(["-m", "seed=range(0,50)", "schedule=linear,cosine", "model.hidden=[8],[16,0]"])
 
 
 def test_project_launcher_and_sweeper_configs_compose():
-    from moonprop.preflight import composed
-
-    slurm = composed(["hydra/launcher=slurm"]).hydra.launcher
+    slurm = composed("hydra/launcher=slurm", hydra=True).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher")
     assert slurm.signal_delay_s < slurm.timeout_min * 60  # the warning signal must not come at the start
-    search = composed(["hydra/sweeper=search"]).hydra.sweeper
+    search = composed("hydra/sweeper=search", hydra=True).hydra.sweeper
     assert search.direction == "maximize" and set(search.params) == {"model.hidden", "schedule.start", "loss.alpha"}

@@ -45,8 +45,13 @@ def test_datamodule_fixed_test_set_and_one_fresh_batch_per_epoch():
     assert torch.equal(tx, dm.test[0]) and torch.equal(ty, dm.test[1])
     assert dm.train_batch(0)[0].shape == (20, 2)
     assert not torch.equal(dm.train_batch(0)[0], dm.train_batch(1)[0])
-    assert torch.equal(MoonsDataModule(DataConfig(), seed=1).test[1][:5],
-                       MoonsDataModule(DataConfig(), seed=1).test[1][:5])
+    # the test set is sklearn's moons from the seed's own stream, the same whatever else is drawn
+    state = int(np.random.SeedSequence(1, spawn_key=(1, 0)).generate_state(1)[0])
+    x, y = sklearn.datasets.make_moons(300, noise=0.1, random_state=state)
+    dm.train_batch(7)
+    assert np.allclose(dm.test[0].numpy(), x.astype(np.float32)) and np.array_equal(dm.test[1].numpy(), 2 * y - 1)
+    (again, _), = list(dm.val_dataloader())  # every epoch's validation sees the same points
+    assert torch.equal(again, tx)
 
 
 def test_noise_moves_points_off_the_curves():

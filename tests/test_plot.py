@@ -116,6 +116,12 @@ def test_small_multiples_label_rows_and_columns_without_cutting_any_label():
 
 
 def test_curves_zoom_to_where_they_differ_and_name_every_job():
-    image = plot.curves([("seed=0", [0.5, 0.9, 0.95, 0.99] * 10), ("seed=1", [0.5, 0.92, 0.97, 0.98] * 10)])
-    assert image.height >= 300
-    assert image.width > 900  # the legend beside the plot
+    series = [("seed=0", [0.5] + [0.9, 0.95, 0.99] * 13), ("seed=1", [0.5] + [0.92, 0.97, 0.98] * 13)]
+    pixels = np.array(plot.curves(series))
+    frame_top, frame_bottom = 36, 420 - 58  # the plot's frame, as curves() draws it at its default size
+    for i, _ in enumerate(series):
+        ys, xs = np.nonzero((pixels == plot.SERIES[i]).all(axis=2))
+        in_plot = ys[xs < 900]
+        assert len(in_plot) and (xs >= 900).any()  # drawn in the plot, and its sample in the legend beside it
+        # zoomed to 0.85..1: 0.9 to 0.99 fill most of the frame (from 0 to 1 they would fill a tenth)
+        assert in_plot.max() - in_plot.min() > 0.5 * (frame_bottom - frame_top)

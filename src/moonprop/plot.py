@@ -299,7 +299,6 @@ class Animation:
     def __init__(self, frame_ms: int = 80, hold_ms: int = 2000) -> None:
         self.frame_ms, self.hold_ms = frame_ms, hold_ms
         self.chunks: list[bytes] = []
-        self.frames = 0
         self._pending: Image.Image | None = None  # the newest frame: its duration is not known yet
         self._previous: np.ndarray | None = None
 
@@ -321,7 +320,6 @@ class Animation:
         box = box or (0, 0, 1, 1)  # an unchanged frame still takes its time
         self.chunks += GifImagePlugin.getdata(frame.crop(box), offset=box[:2], duration=duration_ms, disposal=1)
         self._previous = pixels
-        self.frames += 1
 
     def save(self, path: str) -> None:
         if self._pending is not None:
