@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 from moonprop.batched import BatchedMoonsClassifier, BatchedMoonsData, StackedMLP, stack_key
 from moonprop.callbacks import BatchedMlflowCallback, torchscript
 from moonprop.config import ConfigError
-from moonprop.model import MLP, hinge_l2_loss
+from moonprop.model import MLP, loss
+from moonprop.module import optimizer as optimizer_of
 from moonprop.train import resumed_batch
 
 from .conftest import check_sweep, default_store, make_config, moonprop, start, sweep_runs, wait_for_step
@@ -56,14 +57,13 @@ def test_padded_units_stay_zero_and_each_job_steps_as_alone():
     module.trainer = None  # not attached: current_epoch is 0
     losses = module.losses(module(x), y)
     losses.sum().backward()
-    module.on_before_optimizer_step(optimizer)
     optimizer.step()
     for job, cfg in enumerate(cfgs):
         alone = MLP(cfg.model.hidden, torch.Generator().manual_seed(cfg.seed))
         xj, yj = data.jobs[job].train_batch(0)
-        loss = hinge_l2_loss(alone(xj), yj, list(alone.parameters()), cfg.loss.alpha)
-        torch.testing.assert_close(losses[job], loss)
-        loss.backward()
+        value = loss(alone(xj), yj, list(alone.parameters()), cfg.loss.alpha)
+        torch.testing.assert_close(losses[job], value)
+        value.backward()
         rate = module.rates[job][0]
         with torch.no_grad():
             for p in alone.parameters():
@@ -75,12 +75,60 @@ def test_padded_units_stay_zero_and_each_job_steps_as_alone():
     assert torch.all(module.net.weights[1][1][4:, :] == 0) and torch.all(module.net.weights[1][1][:, 8:] == 0)
 
 
+@pytest.mark.parametrize("kind, settings", [
+    ("sgd", ["optimizer.weight_decay=0", "optimizer.weight_decay=0.05"]),
+    ("momentum", ["optimizer.momentum=0.9", "optimizer.momentum=0.5 optimizer.dampening=0.3",
+                  "optimizer.momentum=0.8 optimizer.nesterov=true optimizer.weight_decay=0.01"]),
+    ("adam", ["optimizer.betas=[0.9,0.999]", "optimizer.betas=[0.5,0.9] optimizer.amsgrad=true",
+              "optimizer.eps=1e-3 optimizer.weight_decay=0.1"]),
+    ("adamw", ["optimizer.weight_decay=0.01", "optimizer.weight_decay=0.3 optimizer.amsgrad=true"]),
+])
+def test_each_job_steps_as_its_own_torch_optimizer_would(kind, settings):
+    """Jobs of one kind of optimizer, each with its own values, loss, penalty, init, dataset and
+    rate, stack; five steps of the batch are each job's five steps under torch's own optimizer."""
+    jobs = [["loss=hinge", "schedule=constant", "schedule.lr=0.05"],
+            ["loss=logistic", "loss.penalty=l1", "model.init=kaiming", "data=circles", "schedule=constant",
+             "schedule.lr=0.02", "model.hidden=[8,4]", "seed=3"],
+            ["loss=squared_hinge", "loss.penalty=none", "model.init=xavier", "data=xor", "schedule=constant",
+             "schedule.lr=0.1", "seed=5"]]
+    cfgs = [make_config(f"optimizer={kind}", *settings[i % len(settings)].split(), *job) for i, job in enumerate(jobs)]
+    assert len({stack_key(cfg, i) for i, cfg in enumerate(cfgs)}) == 1
+    module, data = BatchedMoonsClassifier(cfgs), BatchedMoonsData(cfgs)
+    module.trainer = None  # not attached: current_epoch is 0, each job at its constant rate
+    optimizer = module.configure_optimizers()
+    alone = [MLP(c.model.hidden, torch.Generator().manual_seed(c.seed), init=c.model.init) for c in cfgs]
+    steps = [optimizer_of(c.optimizer, net.parameters()) for c, net in zip(cfgs, alone, strict=True)]
+    for c, step in zip(cfgs, steps, strict=True):
+        step.param_groups[0]["lr"] = c.schedule.lr  # what LambdaLR sets at every step
+    for epoch in range(5):
+        x, y = data.train_batch(epoch)
+        optimizer.zero_grad()
+        module.losses(module(x), y).sum().backward()
+        optimizer.step()
+        for job, (cfg, net, step) in enumerate(zip(cfgs, alone, steps, strict=True)):
+            xj, yj = data.jobs[job].train_batch(epoch)
+            step.zero_grad()
+            loss(net(xj), yj, list(net.parameters()), cfg.loss.alpha, cfg.loss.name, cfg.loss.penalty).backward()
+            step.step()
+    for job, net in enumerate(alone):
+        for mine, theirs in zip(module.net.network(job).parameters(), net.parameters(), strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
 def test_what_cannot_be_stacked_forms_separate_batches():
-    same = stack_key(make_config("seed=0")) == stack_key(make_config("seed=1", "model.hidden=[8,32]", "data.noise=0.2"))
-    assert same
-    assert stack_key(make_config()) != stack_key(make_config("model.hidden=[16]"))
-    assert stack_key(make_config()) != stack_key(make_config("data.batch_size=20"))
-    assert stack_key(make_config()) != stack_key(make_config("data.num_batches=20"))
+    def key(*overrides: str, job: int = 0) -> tuple:
+        return stack_key(make_config(*overrides), job)
+
+    assert key("seed=0") == key("seed=1", "model.hidden=[8,32]", "data.noise=0.2", "loss=logistic", "data=spiral",
+                                "model.init=kaiming", "optimizer.weight_decay=0.1", job=1)
+    for other in ("model.hidden=[16]", "data.batch_size=20", "data.num_batches=20", "model.activation=tanh",
+                  "optimizer=adam", "trainer.precision=64"):
+        assert key() != key(other), other
+    # alone, as in-process: its own callbacks, or gradients clipped by their norm over the batch
+    assert key("callbacks=[early_stopping]", job=0) != key("callbacks=[early_stopping]", job=1)
+    assert key("trainer.gradient_clip_val=1", job=0) != key("trainer.gradient_clip_val=1", job=1)
+    assert key("trainer.gradient_clip_val=1", "+trainer.gradient_clip_algorithm=value", job=0) == \
+        key("trainer.gradient_clip_val=1", "+trainer.gradient_clip_algorithm=value", job=1)
 
 
 def runs_by_name(client: MlflowClient, sweep_number: int) -> dict[str, object]:
@@ -97,14 +145,22 @@ def artifact_names(client: MlflowClient, run_id: str, path: str = "") -> list[st
     return sorted(names)
 
 
-def test_every_job_keeps_the_record_it_has_in_process(workdir):
-    """The same sweep in process and batched (widths padded, schedules, noise): the same runs,
-    params, tags, artifacts, steps, and the same numbers within float32 rounding."""
-    sweep = ("-m", "data.num_batches=20", "plot.every_n_epochs=5", "seed=0,1",
-             "model.hidden=[16,16],[4,8]", "schedule=linear,cosine", "data.noise=0.1")
+@pytest.mark.parametrize("varied, batches", [
+    (("seed=0,1", "model.hidden=[16,16],[4,8]", "schedule=linear,cosine", "data.noise=0.1"), "in 1 batched model"),
+    # what people vary next: one batch where the stacked model can express it (datasets, losses,
+    # inits, an optimizer's values), separate batches where it cannot (activations)
+    (("optimizer=momentum", "optimizer.momentum=0.5,0.9", "loss=hinge,logistic", "data=moons,circles",
+      "model.init=kaiming", "schedule.start=0.3"), "in 1 batched model"),
+    (("optimizer=adam", "schedule.start=0.05", "model.activation=tanh,relu", "loss.penalty=l1,none",
+      "data=xor,spiral"), "in 2 batched models"),
+])
+def test_every_job_keeps_the_record_it_has_in_process(workdir, varied, batches):
+    """The same sweep in process and batched: the same runs, params, tags, artifacts, steps, and
+    the same numbers within float32 rounding."""
+    sweep = ("-m", "data.num_batches=20", "plot.every_n_epochs=5", *varied)
     moonprop(*sweep, cwd=workdir)
     proc = moonprop(*sweep, BATCHED, cwd=workdir)
-    assert "8 jobs in 1 batched model" in proc.stderr
+    assert f"8 jobs {batches}" in proc.stderr
     client = default_store(workdir)
     alone, batched = runs_by_name(client, 0), runs_by_name(client, 1)
     assert sorted(alone) == sorted(batched) and len(alone) == 8

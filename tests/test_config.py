@@ -2,24 +2,38 @@ from dataclasses import asdict
 
 import pytest
 
-from moonprop.config import SCHEDULES, Config, ConfigError, LinearSchedule
-from moonprop.data import MoonsDataModule
-from moonprop.module import MoonsClassifier
+from moonprop.config import (
+    DATASETS,
+    OPTIMIZERS,
+    SCHEDULES,
+    Config,
+    ConfigError,
+    LinearSchedule,
+    MoonsData,
+    SgdOptimizer,
+    TrainerConfig,
+)
 from moonprop.schedule import learning_rate
+from moonprop.train import build
 
 from .conftest import check, composed, make_config
 
 
 def test_default_config_is_the_seed_experiment():
-    assert asdict(make_config()) == asdict(Config(schedule=LinearSchedule()))
+    lightning = {"deterministic": True, "precision": "32-true", "gradient_clip_val": None}
+    assert asdict(make_config()) == asdict(Config(data=MoonsData(), optimizer=SgdOptimizer(), schedule=LinearSchedule(),
+                                                  trainer=TrainerConfig(lightning=lightning)))
     assert asdict(make_config()) == {
-        "data": {"num_batches": 150, "batch_size": 50, "test_size": 1000, "noise": 0.1},
-        "model": {"hidden": [16, 16]},
-        "loss": {"alpha": 1e-4},
+        "data": {"name": "moons", "num_batches": 150, "batch_size": 50, "test_size": 1000, "noise": 0.1},
+        "model": {"hidden": [16, 16], "activation": "relu", "init": "uniform"},
+        "loss": {"name": "hinge", "alpha": 1e-4, "penalty": "l2"},
+        "optimizer": {"name": "sgd", "weight_decay": 0.0},
         "schedule": {"name": "linear", "start": 1.0, "end": 0.1},
-        "trainer": {"accelerator": "auto", "threads": 1},
-        "tracking": {"uri": None, "experiment": "moonprop", "run_name": None, "registered_model": None},
+        "trainer": {"accelerator": "auto", "threads": 1, "lightning": lightning},
+        "tracking": {"uri": None, "experiment": "moonprop", "run_name": None, "registered_model": None,
+                     "tags": {}, "system_metrics": False},
         "plot": {"every_n_epochs": 1, "resolution": 480},
+        "callbacks": {},
         "seed": 0,
         "resume": None,
     }
@@ -30,10 +44,20 @@ def test_every_schedule_composes_and_instantiates(name):
     cfg = make_config(f"schedule={name}", "data.num_batches=10")
     assert type(cfg.schedule) is SCHEDULES[name]
     assert learning_rate(cfg.schedule, 0, 10) > 0
-    module = MoonsClassifier(cfg.model, cfg.loss, cfg.schedule, cfg.data.num_batches, cfg.seed)
+    module, data = build(cfg)
     assert module.configure_optimizers()["optimizer"].param_groups[0]["lr"] == pytest.approx(
         learning_rate(cfg.schedule, 0, 10))
-    assert MoonsDataModule(cfg.data, cfg.seed).test[0].shape == (1000, 2)
+    assert data.test[0].shape == (1000, 2)
+
+
+@pytest.mark.parametrize("group, choices", [("data", DATASETS), ("optimizer", OPTIMIZERS)])
+def test_every_dataset_and_optimizer_composes_and_builds(group, choices):
+    for name in choices:
+        cfg = make_config(f"{group}={name}", "data.test_size=10")
+        assert type(getattr(cfg, group)) is choices[name] and getattr(cfg, group).name == name
+        module, data = build(cfg)
+        assert data.test[0].shape == (10, 2) and set(data.test[1].tolist()) <= {-1.0, 1.0}
+        assert module.configure_optimizers()["optimizer"].param_groups[0]["lr"] == 1.0
 
 
 def test_documented_overrides_work_as_written():

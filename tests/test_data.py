@@ -3,8 +3,8 @@ import pytest
 import sklearn.datasets
 import torch
 
-from moonprop.config import DataConfig
-from moonprop.data import MoonsDataModule, make_moons, moons
+from moonprop.config import DATASETS, BlobsData, CirclesData, MoonsData, SpiralData, XorData
+from moonprop.data import GENERATORS, MoonsDataModule, make_moons, moons, plane, points
 
 
 @pytest.mark.parametrize("n, noise, seed", [(50, 0.1, 0), (1000, 0.1, 123456789), (51, 0.3, 7), (1, 0.0, 2**32 - 1)])
@@ -13,6 +13,53 @@ def test_moons_are_sklearns_number_for_number(n, noise, seed):
     expected_x, expected_y = sklearn.datasets.make_moons(n_samples=n, noise=noise, random_state=seed)
     np.testing.assert_array_equal(x, expected_x)
     np.testing.assert_array_equal(y, expected_y)
+
+
+@pytest.mark.parametrize("n, noise, seed", [(50, 0.1, 0), (1000, 0.05, 123456789), (51, 0.3, 7), (1, 0.0, 2**32 - 1)])
+def test_circles_and_blobs_are_sklearns_number_for_number(n, noise, seed):
+    rng = np.random.RandomState(seed)
+    x, y = GENERATORS["circles"](CirclesData(noise=noise, factor=0.3), n, rng)
+    expected_x, expected_y = sklearn.datasets.make_circles(n_samples=n, noise=noise, factor=0.3, random_state=seed)
+    np.testing.assert_array_equal(x, expected_x)
+    np.testing.assert_array_equal(y, expected_y)
+    rng.seed(seed)
+    x, y = GENERATORS["blobs"](BlobsData(noise=noise + 0.5, offset=1.5), n, rng)
+    expected_x, expected_y = sklearn.datasets.make_blobs(n_samples=n, centers=[[-1.5, -1.5], [1.5, 1.5]],
+                                                         cluster_std=noise + 0.5, random_state=seed)
+    np.testing.assert_array_equal(x, expected_x)
+    np.testing.assert_array_equal(y, expected_y)
+
+
+def test_xor_and_spiral_label_by_their_shape():
+    x, y = points(XorData(noise=0.0), 500, seed=0, stream=0)
+    assert torch.equal(y, torch.where(x[:, 0] * x[:, 1] > 0, 1.0, -1.0)) and x.abs().max() <= 1
+    x, y = points(SpiralData(noise=0.0, turns=1.0), 500, seed=0, stream=0)
+    r = x.norm(dim=1)
+    angle = torch.atan2(x[:, 1], x[:, 0])
+    arm = torch.remainder(angle - 2 * torch.pi * r - torch.pi * (y > 0), 2 * torch.pi)  # 0 on its own arm
+    assert torch.all((arm < 1e-4) | (arm > 2 * torch.pi - 1e-4)) and (y > 0).sum() == 250
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_every_dataset_keeps_the_contract(name):
+    """A fresh batch every epoch from its own seed, a fixed test set, labels -1 / +1, both classes,
+    a picture's plane that holds the points, and recorded inputs whose digest follows the values."""
+    cfg = DATASETS[name](test_size=400)
+    dm = MoonsDataModule(cfg, seed=3)
+    assert set(dm.test[1].tolist()) == {-1.0, 1.0} and abs(dm.test[1].mean()) < 0.1
+    assert not torch.equal(dm.train_batch(0)[0], dm.train_batch(1)[0])
+    assert torch.equal(dm.train_batch(4)[0], MoonsDataModule(cfg, seed=3).train_batch(4)[0])
+    assert not torch.equal(dm.test[0], MoonsDataModule(cfg, seed=4).test[0])
+    x0, x1, y0, y1 = plane(cfg)
+    inside = (dm.test[0][:, 0] > x0) & (dm.test[0][:, 0] < x1) & (dm.test[0][:, 1] > y0) & (dm.test[0][:, 1] < y1)
+    assert inside.float().mean() > 0.99
+    noisier = MoonsDataModule(DATASETS[name](test_size=400, noise=cfg.noise + 0.1), seed=3)
+    assert {d["name"] for d in dm.datasets()} == {f"{name}-test", f"{name}-train"}
+    assert {d["digest"] for d in dm.datasets()}.isdisjoint({d["digest"] for d in noisier.datasets()})
+
+
+def test_the_moons_plane_is_the_seeds():
+    assert plane(MoonsData()) == (-1.5, 2.5, -1.0, 1.5) == plane(MoonsData(noise=0.3))
 
 
 def test_shapes_dtypes_and_labels():
@@ -39,7 +86,7 @@ def test_seeding_is_reproducible_and_streams_are_independent():
 
 
 def test_datamodule_fixed_test_set_and_one_fresh_batch_per_epoch():
-    dm = MoonsDataModule(DataConfig(batch_size=20, test_size=300), seed=1)
+    dm = MoonsDataModule(MoonsData(batch_size=20, test_size=300), seed=1)
     assert dm.test[0].shape == (300, 2)
     (tx, ty), = list(dm.val_dataloader())
     assert torch.equal(tx, dm.test[0]) and torch.equal(ty, dm.test[1])

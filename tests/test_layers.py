@@ -20,7 +20,7 @@ LAYERS = [
                 "moonprop.summary", "moonprop.recorder"]),
     ("training", ["moonprop.callbacks", "moonprop.train"]),
     ("orchestration", ["moonprop.sweep", "moonprop.preflight"]),
-    ("CLI", ["moonprop.cli", "moonprop.__main__", "moonprop"]),
+    ("CLI", ["moonprop.cli", "moonprop.api", "moonprop.__main__", "moonprop"]),
     ("plugins", ["hydra_plugins.moonprop_batched.launcher", "hydra_plugins.moonprop_search.search",
                  "hydra_plugins.moonprop_search._trial"]),
 ]

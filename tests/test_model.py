@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from moonprop.model import MLP, accuracy, hinge_l2_loss
+from moonprop.model import MLP, accuracy, loss
 
 
 def test_seed_network_has_337_parameters():
@@ -49,8 +49,8 @@ def test_loss_against_hand_computed_values():
     y = torch.tensor([1.0, 1.0, -1.0])
     params = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
     # hinge: relu(1-2)=0, relu(1+0.5)=1.5, relu(1+0.3)=1.3 -> mean 2.8/3; L2: 1+4+9 = 14
-    assert hinge_l2_loss(scores, y, params, alpha=0.0).item() == pytest.approx(2.8 / 3)
-    assert hinge_l2_loss(scores, y, params, alpha=1e-2).item() == pytest.approx(2.8 / 3 + 0.14)
+    assert loss(scores, y, params, alpha=0.0).item() == pytest.approx(2.8 / 3)
+    assert loss(scores, y, params, alpha=1e-2).item() == pytest.approx(2.8 / 3 + 0.14)
 
 
 def test_loss_gradient_matches_numpy_reference():
@@ -58,8 +58,8 @@ def test_loss_gradient_matches_numpy_reference():
     net = MLP([3], torch.Generator().manual_seed(1))
     x, y = torch.randn(5, 2, generator=torch.Generator().manual_seed(2)), torch.tensor([1.0, -1, 1, -1, 1])
     alpha = 0.5
-    loss = hinge_l2_loss(net(x), y, list(net.parameters()), alpha)
-    loss.backward()
+    value = loss(net(x), y, list(net.parameters()), alpha)
+    value.backward()
     # numpy reference of the same function, differentiated by finite differences
     params = [p.detach().numpy().astype(np.float64).copy() for p in net.parameters()]
 

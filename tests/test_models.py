@@ -168,8 +168,8 @@ def test_datasets_and_sources_are_recorded(store):
     assert len(tags["mlflow.source.git.commit"]) == 40
     # the digest follows the data: other settings another digest, the same settings the same one
     assert inputs[0]["train"].digest != inputs[1]["train"].digest
-    from moonprop.config import DataConfig
+    from moonprop.config import MoonsData
     from moonprop.data import MoonsDataModule
 
-    again = {d["context"]: d["digest"] for d in MoonsDataModule(DataConfig(num_batches=EPOCHS), 0).datasets()}
+    again = {d["context"]: d["digest"] for d in MoonsDataModule(MoonsData(num_batches=EPOCHS), 0).datasets()}
     assert again == {"test": test0.digest, "train": inputs[0]["train"].digest}

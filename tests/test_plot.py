@@ -5,19 +5,20 @@ from PIL import Image
 from moonprop import plot
 
 W, H = plot.frame_size(480)
+X0, X1, Y0, Y1 = plot.MOONS
 
 
 def test_grid_is_a_third_of_the_picture_each_way_and_spans_the_plane():
     gw, gh = plot.grid_size(480)
     g = plot.grid(480)
     assert (W, H) == (480, 300) and (gw, gh) == (160, 100) and g.shape == (gw * gh, 2)
-    assert plot.X_RANGE[0] < g[:, 0].min() < g[:, 0].max() < plot.X_RANGE[1]
+    assert X0 < g[:, 0].min() < g[:, 0].max() < X1
     assert g[0, 1] > g[-1, 1]  # row 0 is the top of the picture
 
 
 def pixel_centres() -> tuple[np.ndarray, np.ndarray]:
-    xs = plot.X_RANGE[0] + (np.arange(W) + 0.5) * (plot.X_RANGE[1] - plot.X_RANGE[0]) / W
-    ys = plot.Y_RANGE[1] - (np.arange(H) + 0.5) * (plot.Y_RANGE[1] - plot.Y_RANGE[0]) / H
+    xs = X0 + (np.arange(W) + 0.5) * (X1 - X0) / W
+    ys = Y1 - (np.arange(H) + 0.5) * (Y1 - Y0) / H
     return np.meshgrid(xs, ys)
 
 
@@ -55,7 +56,7 @@ def test_background_follows_the_score_and_the_zero_level_is_a_smooth_line():
 def test_points_are_coloured_by_true_class():
     points = np.array([[0.0, 0.0], [1.5, -0.5]])
     img = _render(np.ones(len(plot.grid(480))), points, np.array([-1.0, 1.0]))
-    to_px = lambda x, y: (int((plot.Y_RANGE[1] - y) / 2.5 * H), int((x + 1.5) / 4 * W))  # noqa: E731
+    to_px = lambda x, y: (int((Y1 - y) / 2.5 * H), int((x + 1.5) / 4 * W))  # noqa: E731
     assert img[to_px(0.0, 0.0)] == plot.BLUE
     assert img[to_px(1.5, -0.5)] == plot.RED
 

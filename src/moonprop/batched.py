@@ -5,15 +5,23 @@ of Python, Lightning and the recorder. Stacking K jobs' weights into [K, in, out
 multiplying them with one `baddbmm` per layer trains K networks for about the price of one.
 
 Each job stays what it would be alone: its own initial weights (drawn from its seed exactly as
-`model.MLP` draws them), its own data stream (data.py, from its seed and noise), its own loss
-weight and learning-rate schedule. Jobs of different widths are padded to the widest layers;
-a mask keeps every padded weight out of the forward pass, so that its gradient is zero and the
-padded units stay exactly zero. The summed loss is a sum of independent terms: each job's
-gradient is the one it would have alone.
+`model.MLP` draws them, with its own init), its own data stream (data.py: its dataset, seed and
+values), its own loss, penalty and loss weight, its own optimizer's values and learning-rate
+schedule. Jobs of different widths are padded to the widest layers; a mask keeps every padded
+weight out of the forward pass, so that its gradient is zero and the padded units stay exactly
+zero. The summed loss is a sum of independent terms: each job's gradient is the one it would have
+alone, and StackedOptimizer steps each job's slice as torch's optimizer steps the job alone.
+
+What must be the same for a batch (stack_key): the depth, the shape of the data, the device, the
+activation, the kind of optimizer and Lightning's arguments. A job with callbacks of its own, or
+whose gradients are clipped by their norm (which would be the norm over the whole batch), trains in
+a batch of one: alone, as it would in-process.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,27 +29,41 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from moonprop.config import Config
+from moonprop.config import AdamOptimizer, AdamWOptimizer, Config, MomentumOptimizer
 from moonprop.data import Batch, MoonsDataModule, _OneBatchPerEpoch
-from moonprop.model import MLP
+from moonprop.model import MLP, data_loss, init_weight
 from moonprop.schedule import learning_rate
 
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {  # in place where torch can: K x 1,000 points a pass
+    "relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "identity": lambda x: x,
+    "gelu": nn.functional.gelu, "leaky_relu": lambda x: nn.functional.leaky_relu_(x, 0.01),
+}
 
-def stack_key(cfg: Config) -> tuple[Any, ...]:
+
+def stack_key(cfg: Config, job: int) -> tuple[Any, ...]:
     """What jobs must share to train together: the depth of the network (widths are padded), the
-    shape of the data (batches, their size, the test set) and the device. Everything else
-    (seed, noise, schedule, loss weight, widths, pictures) may differ within a batch."""
+    shape of the data (batches, their size, the test set), the device, the activation, the kind of
+    optimizer and Lightning's arguments. Everything else (seed, dataset, noise, init, loss, penalty,
+    its weight, the optimizer's values, schedule, widths, pictures) may differ within a batch. A
+    job with its own callbacks, or whose gradients are clipped by their norm, is alone (`job`)."""
+    lightning = cfg.trainer.lightning
+    alone = bool(cfg.callbacks) or (lightning.get("gradient_clip_val") is not None
+                                    and lightning.get("gradient_clip_algorithm") != "value")
     return (len(cfg.model.hidden), cfg.data.num_batches, cfg.data.batch_size, cfg.data.test_size,
-            cfg.trainer.accelerator, cfg.trainer.threads)
+            cfg.trainer.accelerator, cfg.trainer.threads, cfg.model.activation, cfg.optimizer.name,
+            json.dumps(lightning, sort_keys=True, default=str), job if alone else None)
 
 
 class StackedMLP(nn.Module):
     """K MLPs of one depth as stacked weights: layer l holds weight [K, in, out] and bias [K, 1, out],
     padded to the widest job's layer, with masks that are 1 where a job's network has a weight."""
 
-    def __init__(self, hidden: list[list[int]], seeds: list[int]) -> None:
+    def __init__(self, hidden: list[list[int]], seeds: list[int], activation: str = "relu",
+                 inits: list[str] | None = None) -> None:
         super().__init__()
         self.hidden = [list(h) for h in hidden]
+        self.activation = activation
+        inits = inits or ["uniform"] * len(hidden)
         depth = {len(h) for h in hidden}
         if len(depth) != 1:
             raise ValueError(f"networks of one depth stack, not {sorted(depth)}")
@@ -51,12 +73,13 @@ class StackedMLP(nn.Module):
         self.biases = nn.ParameterList(torch.zeros(k, 1, n_out) for _, n_out in shapes)
         masks = [torch.zeros(k, n_in, n_out) for n_in, n_out in shapes]
         with torch.no_grad():
-            for j, (h, seed) in enumerate(zip(hidden, seeds, strict=True)):
-                # the same draws, in the same order, as MLP(h, Generator().manual_seed(seed))
+            for j, (h, seed, init) in enumerate(zip(hidden, seeds, inits, strict=True)):
+                # the same draws, in the same order, as MLP(h, Generator().manual_seed(seed), ...)
                 generator = torch.Generator().manual_seed(seed)
                 sizes = [2, *h, 1]
                 for layer, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
-                    weight = torch.empty(n_out, n_in).uniform_(-1.0, 1.0, generator=generator)
+                    weight = torch.empty(n_out, n_in)
+                    init_weight(weight, init, activation if layer < len(h) else "output", generator)
                     self.weights[layer][j, :n_in, :n_out] = weight.T
                     masks[layer][j, :n_in, :n_out] = 1.0
         for layer, mask in enumerate(masks):
@@ -73,20 +96,24 @@ class StackedMLP(nn.Module):
 
     def forward(self, x: Tensor, jobs: Tensor | None = None) -> Tensor:
         """Scores [K, n] of points x [K, n, 2], each job's points through its own network."""
-        layers = self._layers(jobs)
+        layers, activation = self._layers(jobs), _ACTIVATIONS[self.activation]
         for i, (w, b) in enumerate(layers):
             x = torch.baddbmm(b, x, w)
             if i < len(layers) - 1:
-                x = torch.relu_(x)  # in place: at K x 1,000 test points a pass over memory saved
+                x = activation(x)
         return x.squeeze(-1)
 
     def squared_norms(self) -> Tensor:
         """sum(p^2) over each job's parameters, [K]."""
         return sum((w * w).sum((1, 2)) + (b * b).sum((1, 2)) for w, b in self._layers())  # type: ignore[return-value]
 
+    def abs_norms(self) -> Tensor:
+        """sum(|p|) over each job's parameters, [K]."""
+        return sum(w.abs().sum((1, 2)) + b.abs().sum((1, 2)) for w, b in self._layers())  # type: ignore[return-value]
+
     def network(self, job: int) -> MLP:
         """Job `job`'s network alone, as a plain MLP of its own widths."""
-        mlp = MLP(self.hidden[job])
+        mlp = MLP(self.hidden[job], activation=self.activation)
         linears = [m for m in mlp if isinstance(m, nn.Linear)]
         with torch.no_grad():
             for linear, (w, b) in zip(linears, self._layers(), strict=True):
@@ -117,19 +144,24 @@ class BatchedMoonsData(pl.LightningDataModule):
 
 
 class BatchedMoonsClassifier(pl.LightningModule):
-    """K jobs' MoonsClassifier as one module: the loss is the sum of the jobs' losses, and each
-    job's gradient is scaled by its own learning rate before plain SGD at rate 1.0 steps (the
-    same update as SGD at that rate).
+    """K jobs' MoonsClassifier as one module: the loss is the sum of the jobs' losses (each its own
+    data term, penalty and weight), and StackedOptimizer steps each job as its own optimizer would,
+    at its own rate.
 
-    A job whose loss stops being finite is set inactive: its gradient is zero from then on, its
-    later losses are no one's concern, and `diverged` says when, for its run to end FAILED.
+    A job whose loss stops being finite is set inactive: it moves no more, its later losses are no
+    one's concern, and `diverged` says when, for its run to end FAILED. A batch of one logs its
+    metrics as MoonsClassifier does (`self.log`), for Lightning callbacks of its own.
     """
 
     def __init__(self, cfgs: list[Config]) -> None:
         super().__init__()
         self.num_batches = cfgs[0].data.num_batches
-        self.net = StackedMLP([cfg.model.hidden for cfg in cfgs], [cfg.seed for cfg in cfgs])
+        self.net = StackedMLP([cfg.model.hidden for cfg in cfgs], [cfg.seed for cfg in cfgs],
+                              cfgs[0].model.activation, [cfg.model.init for cfg in cfgs])
         self.register_buffer("alpha", torch.tensor([cfg.loss.alpha for cfg in cfgs]))
+        self.data_terms = _jobs_by([cfg.loss.name for cfg in cfgs])  # name -> its jobs
+        self.penalties = _jobs_by([cfg.loss.penalty for cfg in cfgs])
+        self.optimizer_cfgs = [cfg.optimizer for cfg in cfgs]
         # each job's rate of every step, as Python floats (what its run records) and as a tensor
         self.rates = [[learning_rate(cfg.schedule, k, self.num_batches) for k in range(self.num_batches)]
                       for cfg in cfgs]
@@ -141,8 +173,13 @@ class BatchedMoonsClassifier(pl.LightningModule):
         return self.net(x, jobs)
 
     def losses(self, scores: Tensor, y: Tensor) -> Tensor:
-        """Each job's hinge + L2 loss, [K]: model.hinge_l2_loss, job by job."""
-        return torch.relu(1 - y * scores).mean(1) + self.alpha * self.net.squared_norms()
+        """Each job's loss, [K]: model.loss, job by job."""
+        data = _by_jobs(self.data_terms, lambda name, jobs: data_loss(name, scores[jobs], y[jobs]).mean(1),
+                        lambda name: data_loss(name, scores, y).mean(1))
+        norms = {"l2": self.net.squared_norms, "l1": self.net.abs_norms,
+                 "none": lambda: torch.zeros(len(self.alpha), device=scores.device, dtype=scores.dtype)}
+        penalty = _by_jobs(self.penalties, lambda name, jobs: norms[name]()[jobs], lambda name: norms[name]())
+        return data + self.alpha * penalty
 
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         x, y = batch
@@ -152,21 +189,124 @@ class BatchedMoonsClassifier(pl.LightningModule):
             for job in diverging.nonzero().flatten().tolist():
                 self.diverged[job] = f"NonFiniteLoss: loss is {losses[job].item()} at epoch {self.current_epoch + 1}"
             self.active &= ~diverging
-        step = self.current_epoch  # one batch per epoch
-        return {"loss": torch.where(self.active, losses, 0.0).sum(), "losses": losses.detach(),
-                "rates": [rates[step] for rates in self.rates]}
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # each job's own rate; an inactive job's gradient (NaN, if its loss was) is zero
-        rate, active = self.rate_table[self.current_epoch].view(-1, 1, 1), self.active.view(-1, 1, 1)
-        for p in self.parameters():
-            if p.grad is not None:
-                p.grad = torch.where(active, p.grad * rate, 0.0)
+        rates = [rates[self.current_epoch] for rates in self.rates]  # one batch per epoch
+        if len(rates) == 1:
+            self.log_dict({"train/loss": losses[0], "lr": rates[0]}, on_step=False, on_epoch=True,
+                          batch_size=x.shape[1])
+        return {"loss": torch.where(self.active, losses, 0.0).sum(), "losses": losses.detach(), "rates": rates}
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         x, y = batch
         scores = self(x)
-        return {"losses": self.losses(scores, y), "correct": ((scores > 0) == (y > 0)).sum(1)}
+        losses, correct = self.losses(scores, y), ((scores > 0) == (y > 0)).sum(1)
+        if len(losses) == 1:
+            self.log_dict({"test/loss": losses[0], "test/acc": int(correct[0]) / y.shape[1]}, batch_size=y.shape[1])
+        return {"losses": losses, "correct": correct}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=1.0)
+        return StackedOptimizer(self.parameters(), self.optimizer_cfgs,
+                                lambda: self.rate_table[self.current_epoch], self.active)
+
+
+def _jobs_by(names: list[str]) -> dict[str, list[int]]:
+    jobs: dict[str, list[int]] = {}
+    for job, name in enumerate(names):
+        jobs.setdefault(name, []).append(job)
+    return jobs
+
+
+def _by_jobs(groups: dict[str, list[int]], some: Callable[[str, list[int]], Tensor],
+             every: Callable[[str], Tensor]) -> Tensor:
+    """A [K] value computed for each group of jobs: at once for all when there is one group."""
+    if len(groups) == 1:
+        return every(next(iter(groups)))
+    parts = {name: some(name, jobs) for name, jobs in groups.items()}
+    first = next(iter(parts.values()))
+    out = first.new_empty(sum(len(jobs) for jobs in groups.values()))
+    for name, jobs in groups.items():
+        out[jobs] = parts[name]
+    return out
+
+
+class StackedOptimizer(torch.optim.Optimizer):
+    """The jobs' own optimizers over stacked parameters ([K, ...], a job a slice): each job's slice
+    steps as torch's optimizer of its kind steps the job alone (torch.optim.SGD, with momentum or
+    not, Adam, AdamW; their single-tensor formulas), with its own values and its own rate, `rate()`
+    [K] at this step. Jobs no longer `active` do not move. One kind for a batch (stack_key)."""
+
+    def __init__(self, params: Iterable[Tensor], cfgs: list[Any], rate: Callable[[], Tensor], active: Tensor) -> None:
+        super().__init__(params, {})
+        self.kind, self.rate, self.active = type(cfgs[0]), rate, active
+
+        def values(of: Callable[[Any], float]) -> Tensor:  # each job's, in float64 as torch's Python floats
+            return torch.tensor([float(of(c)) for c in cfgs], dtype=torch.float64)
+
+        self.hyper = {key: values(lambda c, key=key: getattr(c, key, 0.0))
+                      for key in ("weight_decay", "momentum", "dampening", "nesterov", "eps", "amsgrad")}
+        self.hyper["beta1"] = values(lambda c: getattr(c, "betas", [0.0, 0.0])[0])
+        self.hyper["beta2"] = values(lambda c: getattr(c, "betas", [0.0, 0.0])[1])
+        self.decays = bool(self.hyper["weight_decay"].any())
+
+    def _job(self, key: str, p: Tensor) -> Tensor:
+        """A per-job value, shaped to broadcast over `p` ([K, 1, 1]), in its dtype and on its device."""
+        return self.hyper[key].to(device=p.device).view(-1, *[1] * (p.dim() - 1))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        rate64 = self.rate().to(torch.float64)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                shape = (-1, *[1] * (p.dim() - 1))
+                rate = rate64.view(shape)
+                active = self.active.view(shape)
+                if issubclass(self.kind, AdamOptimizer):
+                    self._adam(p, p.grad, rate, active)
+                elif issubclass(self.kind, MomentumOptimizer):
+                    self._momentum(p, p.grad, rate, active)
+                else:  # plain SGD: the rate scales the gradient, then a step at 1.0
+                    grad = p.grad.add(p * self._job("weight_decay", p).to(p.dtype)) if self.decays else p.grad
+                    p.add_(torch.where(active, grad * rate.to(p.dtype), 0.0), alpha=-1.0)
+        return loss
+
+    def _momentum(self, p: Tensor, grad: Tensor, rate: Tensor, active: Tensor) -> None:
+        state = self.state[p]
+        if self.decays:
+            grad = grad.add(p * self._job("weight_decay", p).to(p.dtype))
+        momentum = self._job("momentum", p).to(p.dtype)
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = grad.clone()
+        else:
+            buf = state["momentum_buffer"]
+            buf.mul_(momentum).add_(grad * (1 - self._job("dampening", p)).to(p.dtype))
+        buf = state["momentum_buffer"]
+        update = torch.where(self._job("nesterov", p) > 0, grad + momentum * buf, buf)
+        p.add_(torch.where(active, update * rate.to(p.dtype), 0.0), alpha=-1.0)
+
+    def _adam(self, p: Tensor, grad: Tensor, rate: Tensor, active: Tensor) -> None:
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+            state["max_exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        step = state["step"]
+        decay = self._job("weight_decay", p)
+        if issubclass(self.kind, AdamWOptimizer):  # decoupled: p *= 1 - lr * weight_decay
+            p.copy_(torch.where(active, p * (1 - rate * decay).to(p.dtype), p))
+        elif self.decays:
+            grad = grad.add(p * decay.to(p.dtype))
+        beta1, beta2 = self._job("beta1", p), self._job("beta2", p)
+        exp_avg, exp_avg_sq, max_sq = state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"]
+        exp_avg.lerp_(grad, (1 - beta1).to(p.dtype))
+        exp_avg_sq.mul_(beta2.to(p.dtype)).add_(grad * grad * (1 - beta2).to(p.dtype))
+        torch.maximum(max_sq, exp_avg_sq, out=max_sq)
+        second = torch.where(self._job("amsgrad", p) > 0, max_sq, exp_avg_sq)
+        step_size = (rate / (1 - beta1 ** step)).to(p.dtype)
+        denom = (second.sqrt() / ((1 - beta2 ** step) ** 0.5).to(p.dtype)).add_(self._job("eps", p).to(p.dtype))
+        p.sub_(torch.where(active, step_size * exp_avg / denom, 0.0))

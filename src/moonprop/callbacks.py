@@ -40,15 +40,23 @@ def step_of(trainer: pl.Trainer) -> int:
     return 0 if trainer.sanity_checking else trainer.current_epoch + 1
 
 
+def _grid(points: np.ndarray, pl_module: pl.LightningModule) -> torch.Tensor:
+    """Points to score, on the module's device and in its precision (`trainer.precision=64`)."""
+    dtype = next(pl_module.parameters()).dtype
+    return torch.from_numpy(points).to(device=pl_module.device, dtype=dtype)
+
+
 class MlflowCallback(pl.Callback):
     def __init__(self, run: Run, test: tuple[torch.Tensor, torch.Tensor], plot_cfg: PlotConfig,
-                 num_epochs: int, params: dict[str, str]) -> None:
+                 num_epochs: int, params: dict[str, str], plane: plot.Plane = plot.MOONS) -> None:
         self.run, self.cfg, self.num_epochs, self.params = run, plot_cfg, num_epochs, params
-        self.pictures = plot.Boundary(test[0].numpy(), test[1].numpy(), plot_cfg.resolution)
-        self.grid = torch.from_numpy(self.pictures.grid)
+        self.pictures = plot.Boundary(test[0].numpy(), test[1].numpy(), plot_cfg.resolution, plane)
         self.test_acc: float | None = None  # the latest: what the run returns
+        self.last: dict[str, float] = {}  # every metric's latest value, by its key
+        self.drawn = -1  # the step of the latest picture
 
     def _send_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.last.update(metrics)
         self.run.send("metrics", metrics, step, int(time.time() * 1000))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -62,14 +70,18 @@ class MlflowCallback(pl.Callback):
         self.test_acc = acc
         self._send_metrics({"test/acc": acc, "test/loss": loss}, step)
         if step % self.cfg.every_n_epochs == 0 or step == self.num_epochs:
-            with torch.no_grad():
-                scores = pl_module(self.grid.to(pl_module.device)).cpu().numpy()
-            image = self.pictures.draw(scores, f"epoch {step}   test acc {acc:.3f}")
-            # Encoding the picture is the recorder's job, unless it is behind (opening a fresh
-            # store, say): then the trainer, which would only wait for it at the end, does it.
-            encoded = plot.webp(image) if self.run.recorder.backlog() > 2 else None
-            self.run.send("image", image, BOUNDARY_KEY, step, encoded)
+            self._picture(pl_module, step)
         self.run.check()
+
+    def _picture(self, pl_module: pl.LightningModule, step: int) -> None:
+        with torch.no_grad():
+            scores = pl_module(_grid(self.pictures.grid, pl_module)).float().cpu().numpy()
+        image = self.pictures.draw(scores, f"epoch {step}   test acc {self.test_acc:.3f}")
+        # Encoding the picture is the recorder's job, unless it is behind (opening a fresh
+        # store, say): then the trainer, which would only wait for it at the end, does it.
+        encoded = plot.webp(image) if self.run.recorder.backlog() > 2 else None
+        self.run.send("image", image, BOUNDARY_KEY, step, encoded)
+        self.drawn = step
 
     def state_dict(self) -> dict[str, Any]:
         # A checkpoint names its run, so that a resumed run continues the same MLflow record,
@@ -80,7 +92,10 @@ class MlflowCallback(pl.Callback):
         self.test_acc = state_dict["test_acc"]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.run.send("model", torchscript(pl_module.net), str(torch.__version__))
+        step = trainer.current_epoch  # the last epoch trained: fewer than planned if a callback stopped it
+        if self.drawn != step and self.test_acc is not None:  # its picture ends the run's record
+            self._picture(pl_module, step)
+        self.run.send("model", torchscript(pl_module.net), str(torch.__version__), step)
 
 
 def tag_run(trainer: pl.Trainer, tags: dict[str, str]) -> None:
@@ -106,10 +121,12 @@ class BatchedMlflowCallback(pl.Callback):
     BACKLOG = 2000  # messages waiting for a recorder: ~100 pictures, ~15 MB
 
     def __init__(self, runs: list[Run | None], test: tuple[torch.Tensor, torch.Tensor],
-                 plot_cfgs: list[PlotConfig], num_epochs: int, params: list[dict[str, str]]) -> None:
+                 plot_cfgs: list[PlotConfig], num_epochs: int, params: list[dict[str, str]],
+                 planes: list[plot.Plane]) -> None:
         self.runs, self.cfgs, self.num_epochs, self.params = runs, plot_cfgs, num_epochs, params
-        self.pictures = [plot.Boundary(x.numpy(), y.numpy(), cfg.resolution)
-                         for x, y, cfg in zip(test[0], test[1], plot_cfgs, strict=True)]
+        self.pictures = [plot.Boundary(x.numpy(), y.numpy(), cfg.resolution, plane)
+                         for x, y, cfg, plane in zip(test[0], test[1], plot_cfgs, planes, strict=True)]
+        self.drawn = [-1] * len(runs)  # each job's latest picture
         self.test_size = test[1].shape[1]
         self.test_acc: list[float | None] = [None] * len(runs)
         self.errors: dict[int, str] = {}  # job -> why its run ended FAILED
@@ -162,17 +179,18 @@ class BatchedMlflowCallback(pl.Callback):
             time.sleep(0.01)
 
     def _pictures(self, pl_module: pl.LightningModule, jobs: list[int], step: int) -> None:
-        by_resolution: dict[int, list[int]] = {}
+        by_grid: dict[tuple[int, plot.Plane], list[int]] = {}  # jobs whose pictures share a grid
         for job in jobs:
-            by_resolution.setdefault(self.cfgs[job].resolution, []).append(job)
-        for resolution, group in by_resolution.items():
-            grid = torch.from_numpy(plot.grid(resolution)).to(pl_module.device)
+            by_grid.setdefault((self.cfgs[job].resolution, self.pictures[job].plane), []).append(job)
+        for group in by_grid.values():
+            grid = _grid(self.pictures[group[0]].grid, pl_module)
             with torch.no_grad():
                 index = torch.tensor(group, device=pl_module.device)
-                scores = pl_module(grid.expand(len(group), *grid.shape), index).cpu().numpy()
+                scores = pl_module(grid.expand(len(group), *grid.shape), index).float().cpu().numpy()
             for job, job_scores in zip(group, scores, strict=True):
                 image = self.pictures[job].draw(job_scores, f"epoch {step}   test acc {self.test_acc[job]:.3f}")
                 self.runs[job].send("image", image, BOUNDARY_KEY, step, plot.webp(image))
+                self.drawn[job] = step
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_ids": [run.id if run else None for run in self.runs], "params": self.params,
@@ -182,10 +200,15 @@ class BatchedMlflowCallback(pl.Callback):
         self.test_acc, self.errors = state_dict["test_acc"], state_dict["errors"]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.current_epoch  # the last epoch trained: fewer than planned if a callback stopped it
+        active = self._active(pl_module)
+        undrawn = [job for job in active if self.drawn[job] != step and self.test_acc[job] is not None]
+        for chunk in range(0, len(undrawn), self.CHUNK):  # the last picture ends each job's record
+            self._pictures(pl_module, undrawn[chunk:chunk + self.CHUNK], step)
         traced: dict[tuple[int, ...], torch.jit.ScriptModule] = {}  # tracing costs ~15 ms: once per shape
-        for job in self._active(pl_module):
+        for job in active:
             network = pl_module.net.network(job)
-            self.runs[job].send("model", torchscript(network, traced), str(torch.__version__))
+            self.runs[job].send("model", torchscript(network, traced), str(torch.__version__), step)
 
 
 def torchscript(network: torch.nn.Module, traced: dict[tuple[int, ...], Any] | None = None) -> bytes:
@@ -193,7 +216,7 @@ def torchscript(network: torch.nn.Module, traced: dict[tuple[int, ...], Any] | N
     as the run's MLflow model (logged_model.py). With `traced`, networks of one shape share one
     trace, given each network's weights before it is saved."""
     traced = {} if traced is None else traced
-    network = copy.deepcopy(network).cpu().eval()
+    network = copy.deepcopy(network).float().cpu().eval()  # float32, as its signature says, whatever the precision
     shape = tuple(p.numel() for p in network.parameters())
     with torch.no_grad():
         if shape in traced:

@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -30,12 +31,16 @@ from moonprop.config import ConfigError, first_line, redact, resolve_uri, valida
 from moonprop.jobs import Interrupted, Launcher, Task, this_job
 from moonprop.recorder import close_shared, shared
 
+if TYPE_CHECKING:
+    from moonprop.train import Trained
+
 EXIT_BAD_INPUT = 2
 CONFIG_PATH, CONFIG_NAME = "conf", "config"  # the packaged configs
 
 
-def task(cfg: DictConfig) -> Task:
-    """The run of the job Hydra is running (HydraConfig): its checked config, folder and tags."""
+def task(cfg: DictConfig, command: list[str] | None = None) -> Task:
+    """The run of the job Hydra is running (HydraConfig): its checked config, folder and tags.
+    `command`: its arguments, if not this process's (moonprop.run's overrides)."""
     config = validate(cfg)  # again: a Python caller or a search sampler may get here directly
     hc = HydraConfig.get()
     run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
@@ -44,16 +49,17 @@ def task(cfg: DictConfig) -> Task:
         config.resume = str(Path(hc.runtime.cwd, config.resume))
     tags = {"hydra.job.name": hc.job.name, "hydra.output_dir": str(run_dir)}
     if hc.mode != RunMode.MULTIRUN:
-        tags["mlflow.source.name"] = shlex.join(["moonprop", *(redact(a) for a in sys.argv[1:])])  # as run
+        arguments = sys.argv[1:] if command is None else command
+        tags["mlflow.source.name"] = shlex.join(["moonprop", *(redact(a) for a in arguments)])  # as run
         return Task(config, run_dir, overrides, tags, None, hc.runtime.cwd)
     job = this_job(config.tracking.run_name)
     tags["mlflow.source.name"] = shlex.join(["moonprop", *job.overrides])  # what runs this job alone
     return Task(config, run_dir, overrides, tags, job, hc.runtime.cwd)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
-def app(cfg: DictConfig) -> float:
-    this = task(cfg)
+def train_task(this: Task) -> Trained | None:
+    """Train and record the run `this`, and say so on stderr; None for a sweep's job that failed
+    (recorded FAILED: the other jobs go on, the summary counts it)."""
     # The recorder starts first: it imports MLflow and opens the store on the other core while
     # this process imports Lightning (~3 s each on a fresh store).
     recorder = shared()
@@ -62,23 +68,31 @@ def app(cfg: DictConfig) -> float:
 
     start = time.perf_counter()
     if this.job is None:
-        acc = train(*this, recorder)
-        print(f"moonprop: run {recorder.last.name} FINISHED: test acc {acc:.3f} in "  # type: ignore[union-attr]
-              f"{time.perf_counter() - start:.1f} s (run id {recorder.last.id}, folder {this.run_dir})",  # type: ignore[union-attr]
-              file=sys.stderr)
-        return acc
+        trained = train(*this, recorder)
+        print(f"moonprop: run {recorder.last.name} FINISHED: test acc {trained.metrics['test/acc']:.3f} in "  # type: ignore[union-attr]
+              f"{time.perf_counter() - start:.1f} s (run id {trained.run_id}, folder {this.run_dir})", file=sys.stderr)
+        return trained
     job = f"job {HydraConfig.get().job.num} ({this.job.name})"
     try:
         # Only the in-process launcher runs the next job in this process, and drains the recorder
         # before the summary: a joblib worker or a SLURM job may be ended as soon as it returns.
         in_process = Launcher.of(HydraConfig.get().launcher) is Launcher.IN_PROCESS
-        acc = train(*this, recorder, close_in_background=in_process)
-    except Exception as e:  # recorded FAILED in MLflow; the other jobs go on, the summary counts it
+        trained = train(*this, recorder, close_in_background=in_process)
+    except Exception as e:
         print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {type(e).__name__}: {e}",
               file=sys.stderr)
-        return float("nan")  # what a search sampler takes as a failed trial
-    print(f"moonprop: {job} FINISHED: test acc {acc:.3f} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    return acc
+        return None
+    print(f"moonprop: {job} FINISHED: test acc {trained.metrics['test/acc']:.3f} in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return trained
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
+def app(cfg: DictConfig) -> float:
+    """The final test accuracy, what a sweeper maximises; NaN for a job that failed, which a
+    search's sampler takes as a failed trial."""
+    trained = train_task(task(cfg))
+    return trained.metrics["test/acc"] if trained else float("nan")
 
 
 def threads_per_job(hc: DictConfig) -> int:

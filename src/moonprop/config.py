@@ -29,27 +29,106 @@ class ConfigError(ValueError):
 
 def option(default: Any, help: str) -> Any:
     """A config field and what it means; scripts/config_reference.py turns these into docs/config.md."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class DataConfig:
+    """A dataset of two classes in the plane, labelled -1 and +1; `name` picks it (data.py draws it)."""
+
+    name: str = MISSING
     num_batches: int = option(150, "training epochs; each is one batch of freshly drawn points")
     batch_size: int = option(50, "points per training batch")
     test_size: int = option(1000, "points in the fixed test set, evaluated after every epoch")
-    noise: float = option(0.1, "standard deviation of the Gaussian noise of sklearn's make_moons")
+
+
+@dataclass
+class MoonsData(DataConfig):
+    name: str = option("moons", "two interlocking half circles (sklearn's make_moons): upper -1, lower +1")
+    noise: float = option(0.1, "standard deviation of the Gaussian noise added to every point")
+
+
+@dataclass
+class CirclesData(DataConfig):
+    name: str = option("circles", "a circle inside another (sklearn's make_circles): outer -1, inner +1")
+    noise: float = option(0.05, "standard deviation of the Gaussian noise added to every point")
+    factor: float = option(0.5, "the inner circle's radius, the outer one's being 1 (0 < factor < 1)")
+
+
+@dataclass
+class BlobsData(DataConfig):
+    name: str = option("blobs", "two Gaussian blobs (sklearn's make_blobs) at (-offset, -offset): -1, "
+                                "and (offset, offset): +1")
+    noise: float = option(0.6, "standard deviation of each blob")
+    offset: float = option(1.0, "the blobs' centres are (-offset, -offset) and (offset, offset)")
+
+
+@dataclass
+class XorData(DataConfig):
+    name: str = option("xor", "points uniform in [-1, 1]^2, +1 where x * y > 0 (quadrants 1 and 3), else -1")
+    noise: float = option(0.05, "standard deviation of the Gaussian noise added to every point (after labelling)")
+
+
+@dataclass
+class SpiralData(DataConfig):
+    name: str = option("spiral", "two interleaved spiral arms of radius 1: -1 and +1")
+    noise: float = option(0.05, "standard deviation of the Gaussian noise added to every point")
+    turns: float = option(1.0, "turns of each arm from the centre to radius 1")
 
 
 @dataclass
 class ModelConfig:
     hidden: list[int] = option([16, 16], "hidden layer sizes (input 2, output 1); [] is a linear classifier")
+    activation: str = option("relu", "between layers, never on the output: relu, tanh, sigmoid, identity, gelu "
+                                      "or leaky_relu (slope 0.01)")
+    init: str = option("uniform", "weights: uniform (U(-1, 1), the seed's), kaiming or xavier (uniform, with the "
+                                  "activation's gain); biases 0")
 
 
 @dataclass
 class LossConfig:
-    alpha: float = option(1e-4, "weight of the L2 term alpha * sum(p^2) over all parameters")
+    name: str = option("hinge", "the data term, chosen with loss=NAME: hinge (the seed's max-margin, "
+                                "mean(relu(1 - y f))), logistic (mean(log(1 + exp(-y f)))) or squared_hinge "
+                                "(mean(relu(1 - y f)^2))")
+    alpha: float = option(1e-4, "weight of the penalty over all parameters")
+    penalty: str = option("l2", "l2: alpha * sum(p^2), the seed's; l1: alpha * sum(|p|); none")
+
+
+@dataclass
+class OptimizerConfig:
+    """How a step follows the gradient; `name` picks it. The schedule sets the rate of every step."""
+
+    name: str = MISSING
+    weight_decay: float = option(0.0, "torch's weight_decay (on top of the loss's penalty)")
+
+
+@dataclass
+class SgdOptimizer(OptimizerConfig):
+    name: str = option("sgd", "plain SGD, the seed's: p -= lr * grad")
+
+
+@dataclass
+class MomentumOptimizer(OptimizerConfig):
+    name: str = option("momentum", "SGD with momentum (torch.optim.SGD)")
+    momentum: float = option(0.9, "the momentum factor, 0 <= momentum < 1")
+    dampening: float = option(0.0, "dampening of the momentum, 0 <= dampening <= 1")
+    nesterov: bool = option(False, "Nesterov momentum (needs dampening 0)")
+
+
+@dataclass
+class AdamOptimizer(OptimizerConfig):
+    name: str = option("adam", "Adam (torch.optim.Adam); its weight_decay adds to the gradient")
+    betas: list[float] = option([0.9, 0.999], "decay rates of the gradient's running averages, each in [0, 1)")
+    eps: float = option(1e-8, "added to the denominator, > 0")
+    amsgrad: bool = option(False, "the AMSGrad variant")
+
+
+@dataclass
+class AdamWOptimizer(AdamOptimizer):
+    name: str = option("adamw", "AdamW (torch.optim.AdamW): weight decay decoupled from the gradient")
+    weight_decay: float = option(0.01, "decoupled weight decay, p -= lr * weight_decay * p")
 
 
 @dataclass
@@ -89,8 +168,17 @@ class StepSchedule(ScheduleConfig):
 
 @dataclass
 class TrainerConfig:
+    """The Lightning Trainer: moonprop's own two keys, and any other argument of Lightning's Trainer
+    (`+trainer.NAME=VALUE`, or without `+` for those listed in conf/config.yaml), in `lightning`."""
+
     accelerator: str = option("auto", "auto, cpu or gpu (Lightning's accelerator)")
     threads: int = option(1, "torch threads per job, capped so that parallel workers x threads fit the cores")
+    lightning: dict[str, Any] = field(default_factory=dict, metadata={"help": "Lightning's own arguments"})
+
+
+# the trainer's keys in every config, so that `trainer.precision=64` needs no `+`
+TRAINER_DEFAULTS = {"accelerator": "auto", "threads": 1, "deterministic": True, "precision": "32-true",
+                    "gradient_clip_val": None}
 
 
 @dataclass
@@ -100,6 +188,9 @@ class TrackingConfig:
     run_name: str | None = option(None, "MLflow run name; null: MLflow picks one, a sweep names each job by its values")
     registered_model: str | None = option(None, "register the run's model as a new version of this MLflow "
                                                 "registered model; in a sweep only the best job's, aliased sweep-best")
+    tags: dict[str, str] = option({}, "MLflow tags on every run: +tracking.tags.team=moons")
+    system_metrics: bool = option(False, "record MLflow's system metrics (CPU, memory, ...) beside the run's; "
+                                         "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true does the same")
 
 
 @dataclass
@@ -110,13 +201,16 @@ class PlotConfig:
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = MISSING  # a DataConfig, chosen by the `data` config group
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: Any = MISSING  # an OptimizerConfig, chosen by the `optimizer` config group
     schedule: Any = MISSING  # a ScheduleConfig, chosen by the `schedule` config group
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: Any = field(default_factory=lambda: dict(TRAINER_DEFAULTS))  # see TrainerConfig
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
+    callbacks: dict[str, Any] = option({}, "Lightning callbacks, each a config with its _target_: "
+                                           "callbacks=[early_stopping], or yours from your config folder")
     seed: int = option(0, "seeds the initial weights, the training batches and the test set")
     resume: str | None = option(None, "checkpoints/last.ckpt of an interrupted run: continue that MLflow run")
 
@@ -146,6 +240,13 @@ def redacted(cfg: Config) -> Config:
     return replace(cfg, tracking=replace(cfg.tracking, uri=redact(cfg.tracking.uri)))
 
 
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """The config as nested dicts, as the user writes it: Lightning's arguments under `trainer`."""
+    out = asdict(cfg)
+    out["trainer"] = {"accelerator": cfg.trainer.accelerator, "threads": cfg.trainer.threads, **cfg.trainer.lightning}
+    return out
+
+
 def params(cfg: Config) -> dict[str, str]:
     """Every resolved config value under its dotted key, as MLflow params (credentials redacted);
     `resume` is left out, so that a resumed run's params stay those it started with."""
@@ -158,7 +259,7 @@ def params(cfg: Config) -> dict[str, str]:
         else:
             out[prefix[:-1]] = str(node)
 
-    walk("", asdict(redacted(cfg)))
+    walk("", as_dict(redacted(cfg)))
     del out["resume"]
     return out
 
@@ -178,7 +279,38 @@ SCHEDULES: dict[str, type[ScheduleConfig]] = {
     "cosine": CosineSchedule,
     "step": StepSchedule,
 }
+DATASETS: dict[str, type[DataConfig]] = {
+    "moons": MoonsData, "circles": CirclesData, "blobs": BlobsData, "xor": XorData, "spiral": SpiralData,
+}
+OPTIMIZERS: dict[str, type[OptimizerConfig]] = {
+    "sgd": SgdOptimizer, "momentum": MomentumOptimizer, "adam": AdamOptimizer, "adamw": AdamWOptimizer,
+}
+# the config groups whose choice is typed by its `name` (conf/<group>/<name>.yaml)
+GROUPS: dict[str, dict[str, Any]] = {"data": DATASETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+LOSSES = ("hinge", "logistic", "squared_hinge")  # conf/loss/<name>.yaml: one LossConfig for all
+PENALTIES = ("l2", "l1", "none")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity", "gelu", "leaky_relu")
+INITS = ("uniform", "kaiming", "xavier")
 ACCELERATORS = ("auto", "cpu", "gpu")
+OPEN = ("trainer", "callbacks", "tracking.tags")  # nodes whose keys are the user's (checked apart)
+# Lightning Trainer arguments that moonprop sets itself, and what to use instead
+OWN_TRAINER_ARGS = {
+    **dict.fromkeys(("max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches",
+                     "fast_dev_run"), "data.num_batches (an epoch is one freshly drawn batch)"),
+    **dict.fromkeys(("limit_val_batches", "val_check_interval", "check_val_every_n_epoch", "num_sanity_val_steps",
+                     "overfit_batches", "reload_dataloaders_every_n_epochs", "limit_test_batches",
+                     "limit_predict_batches"),
+                    "data.test_size (the test set is scored before training and after every epoch)"),
+    "logger": "tracking.* (moonprop records every run in MLflow)",
+    "callbacks": "the callbacks group (callbacks=[early_stopping], or yours in your config folder)",
+    "enable_checkpointing": "resume= (a run stopped by Ctrl-C or SIGTERM leaves a checkpoint)",
+    "default_root_dir": "hydra.run.dir",
+    **dict.fromkeys(("devices", "num_nodes", "strategy"),
+                    "trainer.accelerator (a run trains on one device; a sweep's jobs in parallel with hydra/launcher)"),
+    **dict.fromkeys(("enable_progress_bar", "enable_model_summary", "barebones"),
+                    "nothing: moonprop shows its progress on a terminal and records the rest"),
+    "accelerator": "trainer.accelerator",
+}
 
 
 def _positive_int(x: Any) -> bool:
@@ -194,6 +326,10 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
+def _one_of(key: str, value: Any, choices: Any) -> None:
+    _check(value in choices, key, value, f"one of {', '.join(choices)}")
+
+
 def check_positive_int(key: str, value: Any) -> None:
     """The one-line refusal of `key` unless `value` is a positive integer (plugins' settings too)."""
     _check(_positive_int(value), key, value, "a positive integer")
@@ -201,9 +337,10 @@ def check_positive_int(key: str, value: Any) -> None:
 
 def validate(cfg: DictConfig) -> Config:
     """Check what the types cannot and return the config as dataclasses; raise ConfigError."""
-    schedule_name = OmegaConf.select(cfg, "schedule.name")
-    _check(schedule_name in SCHEDULES, "schedule", schedule_name, f"one of {', '.join(SCHEDULES)}")
-    schema = _schema(schedule_name)
+    names = {group: OmegaConf.select(cfg, f"{group}.name") for group in GROUPS}
+    for group, choices in GROUPS.items():
+        _one_of(group, names[group], choices)
+    schema = _schema(names["data"], names["optimizer"], names["schedule"])
     _check_known_keys(cfg, schema)  # `+key=value` gets past Hydra's struct flag, not past this
     try:
         typed = OmegaConf.merge(schema, cfg)
@@ -212,14 +349,37 @@ def validate(cfg: DictConfig) -> Config:
         value = OmegaConf.select(cfg, re.sub(r"\[(\d+)\]", r".\1", key), default=None)
         raise ConfigError(key, value, first_line(e)) from None
     c: Config = OmegaConf.to_object(typed)  # type: ignore[assignment]
+    c.trainer = _trainer(c.trainer)
 
-    d, s = c.data, c.schedule
+    d, m, o, s = c.data, c.model, c.optimizer, c.schedule
     for key in ("num_batches", "batch_size", "test_size"):
         check_positive_int(f"data.{key}", getattr(d, key))
     _check(_finite(d.noise) and d.noise >= 0, "data.noise", d.noise, "a finite number >= 0")
-    for i, h in enumerate(c.model.hidden):
+    if isinstance(d, CirclesData):
+        _check(_finite(d.factor) and 0 < d.factor < 1, "data.factor", d.factor, "a number between 0 and 1")
+    if isinstance(d, BlobsData):
+        _check(_finite(d.offset) and d.offset > 0, "data.offset", d.offset, "a finite number > 0")
+    if isinstance(d, SpiralData):
+        _check(_finite(d.turns) and d.turns > 0, "data.turns", d.turns, "a finite number > 0")
+    for i, h in enumerate(m.hidden):
         check_positive_int(f"model.hidden[{i}]", h)
+    _one_of("model.activation", m.activation, ACTIVATIONS)
+    _one_of("model.init", m.init, INITS)
+    _one_of("loss", c.loss.name, LOSSES)
+    _one_of("loss.penalty", c.loss.penalty, PENALTIES)
     _check(_finite(c.loss.alpha) and c.loss.alpha >= 0, "loss.alpha", c.loss.alpha, "a finite number >= 0")
+    _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay,
+           "a finite number >= 0")
+    if isinstance(o, MomentumOptimizer):
+        _check(_finite(o.momentum) and 0 <= o.momentum < 1, "optimizer.momentum", o.momentum, "a number in [0, 1)")
+        _check(_finite(o.dampening) and 0 <= o.dampening <= 1, "optimizer.dampening", o.dampening,
+               "a number in [0, 1]")
+        _check(not o.nesterov or (o.momentum > 0 and o.dampening == 0), "optimizer.nesterov", o.nesterov,
+               "false, or true with momentum > 0 and dampening 0 (torch's Nesterov)")
+    if isinstance(o, AdamOptimizer):
+        _check(len(o.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in o.betas), "optimizer.betas",
+               o.betas, "two numbers in [0, 1)")
+        _check(_finite(o.eps) and o.eps > 0, "optimizer.eps", o.eps, "a finite number > 0")
     for key in ("start", "end", "lr"):
         if hasattr(s, key):
             v = getattr(s, key)
@@ -227,8 +387,7 @@ def validate(cfg: DictConfig) -> Config:
     if isinstance(s, StepSchedule):
         _check(_finite(s.gamma) and s.gamma > 0, "schedule.gamma", s.gamma, "a finite number > 0")
         check_positive_int("schedule.every", s.every)
-    _check(c.trainer.accelerator in ACCELERATORS, "trainer.accelerator", c.trainer.accelerator,
-           f"one of {', '.join(ACCELERATORS)}")
+    _one_of("trainer.accelerator", c.trainer.accelerator, ACCELERATORS)
     check_positive_int("trainer.threads", c.trainer.threads)
     _check(bool(c.tracking.experiment), "tracking.experiment", c.tracking.experiment, "a non-empty name")
     _check(c.tracking.registered_model is None or bool(c.tracking.registered_model.strip()),
@@ -236,18 +395,33 @@ def validate(cfg: DictConfig) -> Config:
     check_positive_int("plot.every_n_epochs", c.plot.every_n_epochs)
     _check(_positive_int(c.plot.resolution) and 16 <= c.plot.resolution <= 2048, "plot.resolution",
            c.plot.resolution, "an integer from 16 to 2048 (pixels)")
+    for name, callback in c.callbacks.items():
+        _check(isinstance(callback, dict) and isinstance(callback.get("_target_"), str), f"callbacks.{name}",
+               callback, "a Lightning callback's config, with its _target_ (see conf/callbacks/)")
     return c
 
 
+def _trainer(node: dict[str, Any]) -> TrainerConfig:
+    """The trainer's keys: moonprop's own, and Lightning's arguments (those it sets itself refused)."""
+    lightning = {k: v for k, v in node.items() if k not in ("accelerator", "threads")}
+    for name, value in lightning.items():
+        if name in OWN_TRAINER_ARGS:
+            raise ConfigError(f"trainer.{name}", value, f"moonprop sets it: use {OWN_TRAINER_ARGS[name]}")
+    return TrainerConfig(node.get("accelerator", "auto"), node.get("threads", 1), lightning)
+
+
 @functools.cache  # building it costs more than the rest of a validation; merge does not change it
-def _schema(schedule: str) -> DictConfig:
-    return OmegaConf.structured(Config(schedule=SCHEDULES[schedule]()))
+def _schema(data: str, optimizer: str, schedule: str) -> DictConfig:
+    return OmegaConf.structured(Config(data=DATASETS[data](), optimizer=OPTIMIZERS[optimizer](),
+                                       schedule=SCHEDULES[schedule]()))
 
 
 def _check_known_keys(cfg: DictConfig, schema: DictConfig, prefix: str = "") -> None:
     for key in cfg:
         if key not in schema:
             raise ConfigError(f"{prefix}{key}", cfg[key], unknown_key_message(schema))
+        if f"{prefix}{key}" in OPEN:
+            continue
         if isinstance(cfg[key], DictConfig) and isinstance(schema[key], DictConfig):
             _check_known_keys(cfg[key], schema[key], f"{prefix}{key}.")
 
@@ -260,7 +434,7 @@ def first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-# The schema that conf/config.yaml extends (`defaults: [config_schema]`). The schedules are not
-# registered: a ConfigStore entry in the `schedule` group would be offered as a schedule (in --help,
-# completion, `schedule=`); `validate` types a schedule by its `name` instead.
+# The schema that conf/config.yaml extends (`defaults: [config_schema]`). The choices of the data,
+# optimizer and schedule groups are not registered: a ConfigStore entry in a group would be offered
+# as one of its options (in --help, completion, `schedule=`); `validate` types each by its `name`.
 ConfigStore.instance().store(name="config_schema", node=Config)

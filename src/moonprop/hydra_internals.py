@@ -4,7 +4,8 @@ moonprop checks a command line before `@hydra.main` acts on it (preflight.py), s
 creates nothing. To check what Hydra will do it must do as Hydra does: read the arguments with
 Hydra's own parser, build the app's search path (`--config-path`, `--config-dir`, the packaged
 configs), compose a single run's or a sweep's config in its run mode, compose each job from the
-sweep's config, and list a grid sweep's jobs as Hydra's basic sweeper will. Hydra's public API
+sweep's config, and list a grid sweep's jobs as Hydra's basic sweeper will; and moonprop.run runs
+the app from Python as `@hydra.main` runs it from the command line. Hydra's public API
 (`hydra.compose` under `initialize_config_*`) composes a single run's task config only: no run
 mode, no `hydra.mode` from an experiment file, no sweep. So these come from `hydra._internal`,
 which no release promises to keep.
@@ -36,11 +37,12 @@ from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.types import Override
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig
 
-__all__ = ["Hydra", "app_hydra", "args_parser", "compose", "grid_jobs", "mode_of", "sweeper_of"]
+__all__ = ["Hydra", "app_hydra", "args_parser", "compose", "grid_jobs", "mode_of", "run", "sweeper_of"]
 
 
 def args_parser() -> argparse.ArgumentParser:
@@ -71,6 +73,13 @@ def compose(hydra: Hydra, config_name: str | None, overrides: list[str], mode: R
 def mode_of(hydra: Hydra, config_name: str | None, overrides: list[str]) -> RunMode:
     """RUN or MULTIRUN, as Hydra decides it: `-m`, or `hydra.mode` in the composed config."""
     return hydra.get_mode(config_name, overrides)
+
+
+def run(hydra: Hydra, config_name: str | None, task_function: Callable[[DictConfig], Any],
+        overrides: list[str]) -> JobReturn:
+    """One run of the app, as `@hydra.main` runs it: its folder, `.hydra/`, logging, HydraConfig;
+    what the task returned or raised is in the JobReturn."""
+    return hydra.run(config_name=config_name, task_function=task_function, overrides=overrides)
 
 
 def sweeper_of(hydra: Hydra, master: DictConfig) -> Sweeper:

@@ -36,17 +36,18 @@ BEST_ALIAS = "sweep-best"  # a sweep registers only its best job's model, under 
 
 def log(client: MlflowClient, run_id: str, torchscript: bytes, torch_version: str, step: int,
         test_set: tuple[str, str] | None = None, registered_model: str | None = None,
-        known: tuple[str, dict[str, str], list[Metric]] | None = None) -> str:
+        known: tuple[str, dict[str, str], dict[str, Metric]] | None = None) -> str:
     """Log the network as the run's model at `step` (its last epoch): listed in the experiment's
     Models tab with the run's final test/acc and test/loss (evaluated on `test_set`, the dataset's
     name and digest), and registered as a new version of `registered_model` if given. Its id.
-    `known`: the run's experiment, params and final test metrics, which are otherwise read back."""
+    `known`: the run's experiment, params and final test metrics by key, which are otherwise read back."""
     if known is None:
-        run, last = client.get_run(run_id), []
+        run, last = client.get_run(run_id), {}
         for key in ("test/acc", "test/loss"):
-            last += [m for m in client.get_metric_history(run_id, key) if m.step == step][-1:]
+            last |= {m.key: m for m in client.get_metric_history(run_id, key) if m.step == step}
         known = (run.info.experiment_id, run.data.params, last)
-    experiment_id, params, final_metrics = known
+    experiment_id, params, by_key = known
+    final_metrics = list(by_key.values())
     model = client.create_logged_model(experiment_id, name=NAME, source_run_id=run_id,
                                        params=params, model_type=MODEL_TYPE)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,41 +1,93 @@
-"""The network and its loss, as in micrograd: an MLP scored with a max-margin loss plus L2."""
+"""The network and its loss, as in micrograd: an MLP scored with a max-margin loss plus L2 (the
+seed's), or the other activations, initialisations, losses and penalties people try next."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity, "gelu": nn.GELU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+}
+# each activation's name in torch.nn.init.calculate_gain, for kaiming and xavier (GELU's is ReLU's)
+GAINS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "identity": "linear", "gelu": "relu",
+         "leaky_relu": "leaky_relu"}
+
+
+def init_weight(weight: Tensor, init: str, activation: str, generator: torch.Generator | None) -> None:
+    """Draw a layer's weight [out, in] in place: uniform(-1, 1) as micrograd and the seed do, or
+    kaiming / xavier uniform with the gain of the activation that follows it ("linear" for the
+    output layer)."""
+    if init == "uniform":
+        weight.uniform_(-1.0, 1.0, generator=generator)
+    elif init == "kaiming":
+        nn.init.kaiming_uniform_(weight, a=0.01 if activation == "leaky_relu" else 0.0,
+                                 nonlinearity=GAINS.get(activation, "linear"), generator=generator)
+    elif init == "xavier":
+        gain = nn.init.calculate_gain(GAINS.get(activation, "linear"), 0.01 if activation == "leaky_relu" else None)
+        nn.init.xavier_uniform_(weight, gain=gain, generator=generator)
+    else:
+        raise ValueError(f"unknown init {init!r}")
+
 
 class MLP(nn.Sequential):
-    """2 inputs -> hidden layers with ReLU -> 1 raw score (no activation on the output).
+    """2 inputs -> hidden layers, each followed by `activation` -> 1 raw score (no activation on
+    the output).
 
-    Weights are uniform(-1, 1) and biases 0, as in micrograd and the seed post.
+    By default the seed's: ReLU, weights uniform(-1, 1) and biases 0, as in micrograd.
     """
 
-    def __init__(self, hidden: list[int], generator: torch.Generator | None = None) -> None:
+    def __init__(self, hidden: list[int], generator: torch.Generator | None = None, activation: str = "relu",
+                 init: str = "uniform") -> None:
         sizes = [2, *hidden, 1]
         layers: list[nn.Module] = []
-        for n_in, n_out in zip(sizes, sizes[1:], strict=False):
+        for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
             linear = nn.Linear(n_in, n_out)
             with torch.no_grad():
-                linear.weight.uniform_(-1.0, 1.0, generator=generator)
+                init_weight(linear.weight, init, activation if i < len(hidden) else "output", generator)
                 linear.bias.zero_()
-            layers += [linear, nn.ReLU()]
-        super().__init__(*layers[:-1])  # no ReLU on the output
+            layers += [linear, ACTIVATIONS[activation]()]
+        super().__init__(*layers[:-1])  # no activation on the output
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x).squeeze(-1)
 
 
-def hinge_l2_loss(scores: Tensor, y: Tensor, params: list[Tensor], alpha: float) -> Tensor:
-    """mean(relu(1 - y * f(x))) + alpha * sum(p^2): micrograd's "svm max-margin" loss.
+def data_loss(name: str, scores: Tensor, y: Tensor) -> Tensor:
+    """The data term, per point (labels -1 / +1): hinge, the seed's max-margin relu(1 - y f);
+    logistic, log(1 + exp(-y f)); squared_hinge, relu(1 - y f)^2."""
+    if name == "hinge":
+        return torch.relu(1 - y * scores)
+    if name == "logistic":
+        return nn.functional.softplus(-y * scores)
+    if name == "squared_hinge":
+        return torch.relu(1 - y * scores) ** 2
+    raise ValueError(f"unknown loss {name!r}")
 
-    The L2 term is explicit rather than SGD's weight_decay, which would add alpha * p to the
-    gradient where this adds 2 * alpha * p.
+
+def penalty(name: str, params: list[Tensor]) -> Tensor:
+    """l2: sum(p^2) over all parameters, the seed's; l1: sum(|p|); none: 0."""
+    if name == "l2":
+        return sum((p * p).sum() for p in params)  # type: ignore[return-value]
+    if name == "l1":
+        return sum(p.abs().sum() for p in params)  # type: ignore[return-value]
+    if name == "none":
+        return torch.zeros(())
+    raise ValueError(f"unknown penalty {name!r}")
+
+
+def loss(scores: Tensor, y: Tensor, params: list[Tensor], alpha: float, name: str = "hinge",
+         penalty_name: str = "l2") -> Tensor:
+    """mean(data term) + alpha * penalty; by default micrograd's "svm max-margin" loss,
+    mean(relu(1 - y * f(x))) + alpha * sum(p^2).
+
+    The L2 term is explicit rather than an optimizer's weight_decay, which would add alpha * p to
+    the gradient where this adds 2 * alpha * p.
     """
-    data_loss = torch.relu(1 - y * scores).mean()
-    reg_loss = alpha * sum((p * p).sum() for p in params)
-    return data_loss + reg_loss
+    return data_loss(name, scores, y).mean() + alpha * penalty(penalty_name, params)
 
 
 def accuracy(scores: Tensor, y: Tensor) -> float:

@@ -1,19 +1,35 @@
-"""The LightningModule: the MLP, its loss, plain SGD and the learning-rate schedule.
+"""The LightningModule: the MLP, its loss, the optimizer and the learning-rate schedule.
 
-Pure maths: MLflow and plotting live in callbacks (callbacks.py).
+Pure maths: MLflow and plotting live in callbacks (callbacks.py). It logs its metrics the
+Lightning way, `self.log` at every step (train/loss, lr; test/acc and test/loss when the test set
+is scored), so that it works under any `pl.Trainer` with Lightning's own loggers and callbacks:
+
+    module, data = moonprop.build(["optimizer=adam", "schedule.start=0.05"])
+    pl.Trainer(max_epochs=data.cfg.num_batches, logger=CSVLogger("logs"),
+               callbacks=[EarlyStopping("test/acc", mode="max")]).fit(module, datamodule=data)
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from moonprop.config import LossConfig, ModelConfig, ScheduleConfig
-from moonprop.model import MLP, accuracy, hinge_l2_loss
+from moonprop.config import (
+    AdamOptimizer,
+    AdamWOptimizer,
+    LossConfig,
+    ModelConfig,
+    MomentumOptimizer,
+    OptimizerConfig,
+    ScheduleConfig,
+    SgdOptimizer,
+)
+from moonprop.model import MLP, accuracy, loss
 from moonprop.schedule import schedule_fn
 
 
@@ -21,12 +37,32 @@ class NonFiniteLoss(ArithmeticError):
     """Training diverged: the loss is NaN or infinite."""
 
 
+def optimizer(cfg: OptimizerConfig, params: Any) -> torch.optim.Optimizer:
+    """torch's optimizer of `cfg` at base rate 1.0: the schedule (LambdaLR) sets each step's rate."""
+    if isinstance(cfg, AdamWOptimizer):
+        return torch.optim.AdamW(params, lr=1.0, betas=tuple(cfg.betas), eps=cfg.eps,  # type: ignore[arg-type]
+                                 weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+    if isinstance(cfg, AdamOptimizer):
+        return torch.optim.Adam(params, lr=1.0, betas=tuple(cfg.betas), eps=cfg.eps,  # type: ignore[arg-type]
+                                weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+    if isinstance(cfg, MomentumOptimizer):
+        return torch.optim.SGD(params, lr=1.0, momentum=cfg.momentum, dampening=cfg.dampening,
+                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    if isinstance(cfg, SgdOptimizer):
+        return torch.optim.SGD(params, lr=1.0, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg!r}")
+
+
 class MoonsClassifier(pl.LightningModule):
-    def __init__(self, model: ModelConfig, loss: LossConfig, schedule: ScheduleConfig,
+    def __init__(self, model: ModelConfig, loss: LossConfig, optimizer: OptimizerConfig, schedule: ScheduleConfig,
                  num_batches: int, seed: int) -> None:
         super().__init__()
-        self.alpha, self.schedule, self.num_batches = loss.alpha, schedule, num_batches
-        self.net = MLP(model.hidden, torch.Generator().manual_seed(seed))
+        # what Lightning's loggers record of the module, as plain values: a checkpoint holding
+        # dataclasses would not load under torch.load(weights_only=True), as Lightning resumes
+        self.save_hyperparameters({"model": asdict(model), "loss": asdict(loss), "optimizer": asdict(optimizer),
+                                   "schedule": asdict(schedule), "num_batches": num_batches, "seed": seed})
+        self.loss_cfg, self.optimizer_cfg, self.schedule, self.num_batches = loss, optimizer, schedule, num_batches
+        self.net = MLP(model.hidden, torch.Generator().manual_seed(seed), model.activation, model.init)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -34,26 +70,28 @@ class MoonsClassifier(pl.LightningModule):
     def _common_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x, y = batch
         scores = self(x)
-        return hinge_l2_loss(scores, y, list(self.parameters()), self.alpha), scores
+        cfg = self.loss_cfg
+        return loss(scores, y, list(self.parameters()), cfg.alpha, cfg.name, cfg.penalty), scores
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        loss, _ = self._common_step(batch)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLoss(f"loss is {loss.item()} at epoch {self.current_epoch + 1}")
+        value, _ = self._common_step(batch)
+        if not math.isfinite(value.item()):
+            raise NonFiniteLoss(f"loss is {value.item()} at epoch {self.current_epoch + 1}")
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        if self.trainer.progress_bar_callback is not None:
-            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[0]))
-        return {"loss": loss, "lr": lr}
+        # an epoch is one batch: logged per epoch, so that every logger writes every step's value
+        # (per step, Lightning's loggers write only every `log_every_n_steps`)
+        self.log_dict({"train/loss": value, "lr": lr}, on_step=False, on_epoch=True, prog_bar=True,
+                      batch_size=len(batch[0]))
+        return {"loss": value, "lr": lr}
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        loss, scores = self._common_step(batch)
+        value, scores = self._common_step(batch)
         acc = accuracy(scores, batch[1])
-        if self.trainer.progress_bar_callback is not None:
-            self.log_dict({"test/loss": loss, "test/acc": acc}, prog_bar=True, batch_size=len(batch[0]))
-        return {"loss": loss, "acc": acc}
+        self.log_dict({"test/loss": value, "test/acc": acc}, prog_bar=True, batch_size=len(batch[0]))
+        return {"loss": value, "acc": acc}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        # Plain SGD at base rate 1.0; LambdaLR sets the absolute rate of step k before it is taken.
-        optimizer = torch.optim.SGD(self.parameters(), lr=1.0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(self.schedule, self.num_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # base rate 1.0; LambdaLR sets the absolute rate of step k before it is taken
+        step = optimizer(self.optimizer_cfg, self.parameters())
+        scheduler = torch.optim.lr_scheduler.LambdaLR(step, schedule_fn(self.schedule, self.num_batches))
+        return {"optimizer": step, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -19,9 +19,10 @@ from typing import NamedTuple
 import numpy as np
 from PIL import GifImagePlugin, Image, ImageDraw, ImageFont
 
-# The plane shown: the moons span x in [-1, 2], y in [-0.5, 1] plus noise.
-X_RANGE = (-1.5, 2.5)
-Y_RANGE = (-1.0, 1.5)
+# The plane a picture shows, (x0, x1, y0, y1): by default the moons', which span x in [-1, 2] and
+# y in [-0.5, 1] plus noise (each dataset has its own: data.plane).
+Plane = tuple[float, float, float, float]
+MOONS: Plane = (-1.5, 2.5, -1.0, 1.5)
 SCORE_CLIP = 2.0  # the background saturates beyond |f(x)| = 2: the margin is at 1
 EVAL_STEP = 3  # the network is scored on every 3rd pixel and the scores interpolated (see `grid`)
 
@@ -101,20 +102,20 @@ def write(image: Image.Image, xy: tuple[float, float], text: str, size: int, col
 
 # ---- a run's boundary ----------------------------------------------------------------------------
 
-def frame_size(resolution: int) -> tuple[int, int]:
-    """(width, height) of a boundary image `resolution` pixels wide, square pixels."""
-    aspect = (Y_RANGE[1] - Y_RANGE[0]) / (X_RANGE[1] - X_RANGE[0])
-    return resolution, round(resolution * aspect)
+def frame_size(resolution: int, plane: Plane = MOONS) -> tuple[int, int]:
+    """(width, height) of a boundary image of `plane`, `resolution` pixels wide, square pixels."""
+    x0, x1, y0, y1 = plane
+    return resolution, round(resolution * (y1 - y0) / (x1 - x0))
 
 
-def grid_size(resolution: int) -> tuple[int, int]:
+def grid_size(resolution: int, plane: Plane = MOONS) -> tuple[int, int]:
     """(width, height) of the grid the network is scored on: a third of the picture's each way."""
-    w, h = frame_size(resolution)
+    w, h = frame_size(resolution, plane)
     return max(2, round(w / EVAL_STEP)), max(2, round(h / EVAL_STEP))
 
 
 @functools.cache  # every run's Boundary, and a batched sweep's every picture, share it
-def grid(resolution: int) -> np.ndarray:
+def grid(resolution: int, plane: Plane = MOONS) -> np.ndarray:
     """Where the network is scored for a picture `resolution` px wide: the centres of a grid's
     cells in data coordinates, row-major from the top, shape (gw * gh, 2).
 
@@ -122,24 +123,26 @@ def grid(resolution: int) -> np.ndarray:
     3 px apart fall on the true ones except within a pixel or two of a kink: the zero level is
     drawn where the network puts it, and scoring a ninth of the pixels keeps a frame within ~3 ms.
     """
-    gw, gh = grid_size(resolution)
-    xs = X_RANGE[0] + (np.arange(gw) + 0.5) * (X_RANGE[1] - X_RANGE[0]) / gw
-    ys = Y_RANGE[1] - (np.arange(gh) + 0.5) * (Y_RANGE[1] - Y_RANGE[0]) / gh
+    gw, gh = grid_size(resolution, plane)
+    x0, x1, y0, y1 = plane
+    xs = x0 + (np.arange(gw) + 0.5) * (x1 - x0) / gw
+    ys = y1 - (np.arange(gh) + 0.5) * (y1 - y0) / gh
     gx, gy = np.meshgrid(xs, ys)
     return np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
 
 
-def scores_image(scores: np.ndarray, resolution: int) -> np.ndarray:
-    """The scores on `grid(resolution)` interpolated bilinearly to every pixel, shape (h, w).
+def scores_image(scores: np.ndarray, resolution: int, plane: Plane = MOONS) -> np.ndarray:
+    """The scores on `grid(resolution, plane)` interpolated bilinearly to every pixel, shape (h, w).
     Pillow maps cell centres to pixel centres, as `grid` places them."""
-    gw, gh = grid_size(resolution)
+    gw, gh = grid_size(resolution, plane)
     coarse = Image.fromarray(np.ascontiguousarray(scores, dtype=np.float32).reshape(gh, gw), "F")
-    return np.asarray(coarse.resize(frame_size(resolution), Image.Resampling.BILINEAR))
+    return np.asarray(coarse.resize(frame_size(resolution, plane), Image.Resampling.BILINEAR))
 
 
-def _to_pixels(points: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    col = np.floor((points[:, 0] - X_RANGE[0]) / (X_RANGE[1] - X_RANGE[0]) * w).astype(int)
-    row = np.floor((Y_RANGE[1] - points[:, 1]) / (Y_RANGE[1] - Y_RANGE[0]) * h).astype(int)
+def _to_pixels(points: np.ndarray, w: int, h: int, plane: Plane) -> tuple[np.ndarray, np.ndarray]:
+    x0, x1, y0, y1 = plane
+    col = np.floor((points[:, 0] - x0) / (x1 - x0) * w).astype(int)
+    row = np.floor((y1 - points[:, 1]) / (y1 - y0) * h).astype(int)
     return row, col
 
 
@@ -154,25 +157,25 @@ class Boundary:
     2 px wide, the test points coloured by their true class, a caption in the corner.
     """
 
-    def __init__(self, points: np.ndarray, labels: np.ndarray, resolution: int) -> None:
-        self.resolution = resolution
-        self.size = frame_size(resolution)
-        self.grid = grid(resolution)
+    def __init__(self, points: np.ndarray, labels: np.ndarray, resolution: int, plane: Plane = MOONS) -> None:
+        self.resolution, self.plane = resolution, plane
+        self.size = frame_size(resolution, plane)
+        self.grid = grid(resolution, plane)
         w, h = self.size
-        row, col = _to_pixels(points, w, h)
+        row, col = _to_pixels(points, w, h, plane)
         self._dots = np.concatenate([np.clip(row + dr, 0, h - 1) * w + np.clip(col + dc, 0, w - 1) for dr, dc in _DOT])
         self._dot_colours = np.tile(np.where(labels > 0, RED, BLUE).astype(np.uint8), len(_DOT))
 
     def draw(self, scores: np.ndarray, caption: str = "") -> Image.Image:
         """The picture for the network's `scores` on `self.grid`."""
         w, h = self.size
-        s = scores_image(scores, self.resolution)
+        s = scores_image(scores, self.resolution, self.plane)
         shade = (np.clip(s, -SCORE_CLIP, SCORE_CLIP - 1e-6) + SCORE_CLIP) * (LEVELS / (2 * SCORE_CLIP))
         shade = shade.astype(np.uint8)
         # The line: how far each pixel is from the zero level, in pixels (|f| over its slope), turned
         # into how much of the pixel a line 2 px wide covers, in thirds. The slope is the coarse
         # grid's, spread over its cells: that is what the interpolation between its points has.
-        gw, gh = grid_size(self.resolution)
+        gw, gh = grid_size(self.resolution, self.plane)
         dy, dx = np.gradient(np.asarray(scores, dtype=np.float32).reshape(gh, gw))
         slope = Image.fromarray(np.hypot(dx * gw / w, dy * gh / h).astype(np.float32), "F")
         slope = np.asarray(slope.resize(self.size, Image.Resampling.BILINEAR))
@@ -360,9 +363,14 @@ def small_multiples(cells: Sequence[tuple[dict[str, str], str, Image.Image | Non
     """
     size = 16
     keys = list(dict.fromkeys(k for values, *_ in cells for k in values))
-    aspect = (Y_RANGE[1] - Y_RANGE[0]) / (X_RANGE[1] - X_RANGE[0])
-    tile = (tile_width, round(tile_width * aspect))
+    default = frame_size(tile_width)[1]  # the moons' plane, for a sweep of failed jobs only
+
+    def height_of(image: Image.Image) -> int:  # each dataset's picture keeps its plane's aspect
+        return round(tile_width * image.height / image.width)
+
+    tile = (tile_width, max((height_of(image) for _, _, image, _ in cells if image is not None), default=default))
     line, gap = size + 5, 12
+    heights = [height_of(image) if image is not None else None for _, _, image, _ in cells]
 
     def text_of(values: dict[str, str], names: Sequence[str]) -> str:
         return " ".join(f"{k}={values.get(k, '-')}" for k in names)
@@ -385,33 +393,37 @@ def small_multiples(cells: Sequence[tuple[dict[str, str], str, Image.Image | Non
     left = max((text_size(name, size)[0] for lines in row_names for name in lines), default=0)
     left = left + gap if left else 0
     title_h = max(len(t) for t in titles.values()) * line if titles else 0
-    cell_w, cell_h = tile[0] + gap, title_h + tile[1] + gap
-    canvas = Image.new("RGB", (gap + left + len(columns) * cell_w, gap + header_h + len(rows) * cell_h), "white")
+    # each row as tall as its tallest picture: a sweep over datasets mixes the moons' plane and square ones
+    row_h = [max((h for i, h in enumerate(heights) if place[i][0] == r and h), default=tile[1])
+             for r in range(len(rows))]
+    row_top = [gap + header_h + sum(title_h + h + gap for h in row_h[:r]) for r in range(len(rows))]
+    cell_w = tile[0] + gap
+    canvas = Image.new("RGB", (gap + left + len(columns) * cell_w, row_top[-1] + title_h + row_h[-1] + gap), "white")
     draw = ImageDraw.Draw(canvas)
     for c, lines in enumerate(headers):
         for k, text in enumerate(lines):
             draw.text((gap + left + c * cell_w, gap + k * line), text, fill=TEXT, font=font(size))
     for r, lines in enumerate(row_names):
-        top = gap + header_h + r * cell_h + title_h + (tile[1] - len(lines) * line) // 2
+        top = row_top[r] + title_h + (row_h[r] - len(lines) * line) // 2
         for k, text in enumerate(lines):
             draw.text((gap, top + k * line), text, fill=TEXT, font=font(size))
     for i, (_, result, image, best) in enumerate(cells):
         r, c = place[i]
-        x, y = gap + left + c * cell_w, gap + header_h + r * cell_h
+        x, y, tile_h = gap + left + c * cell_w, row_top[r], heights[i] or row_h[r]
         for k, text in enumerate(titles[i]):
             draw.text((x, y + k * line), text, fill=TEXT, font=font(size))
         y += title_h
         if image is not None:
-            canvas.paste(image.convert("RGB").resize(tile, Image.Resampling.LANCZOS), (x, y))
+            canvas.paste(image.convert("RGB").resize((tile_width, height_of(image)), Image.Resampling.LANCZOS), (x, y))
         else:
-            draw.rectangle((x, y, x + tile[0] - 1, y + tile[1] - 1), fill=(235, 235, 235))
+            draw.rectangle((x, y, x + tile[0] - 1, y + tile_h - 1), fill=(235, 235, 235))
         # the result where the picture's own caption was, which is too small to read at half size
         label = result + ("  best" if best else "")
         draw.rectangle((x, y, x + max(text_size(label, size)[0] + 12, tile[0] // 2), y + line + 6), fill="white")
         colour = FAILED if not result.startswith("acc") else BEST if best else TEXT
         draw.text((x + 6, y + 4), label, fill=colour, font=font(size))
         if best:
-            draw.rectangle((x - 3, y - 3, x + tile[0] + 2, y + tile[1] + 2), outline=BEST, width=3)
+            draw.rectangle((x - 3, y - 3, x + tile[0] + 2, y + tile_h + 2), outline=BEST, width=3)
     return canvas
 
 

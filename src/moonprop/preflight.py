@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import re
 import tempfile
@@ -36,6 +37,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from moonprop import hydra_internals
 from moonprop.config import (
+    GROUPS,
+    OWN_TRAINER_ARGS,
+    TRAINER_DEFAULTS,
     Config,
     ConfigError,
     check_same_params,
@@ -179,6 +183,13 @@ def key_error(hydra: Hydra, config_name: str | None, overrides: list[str], key: 
     parent_key, _, name = key.rpartition(".")
     if parent_key == "hydra.sweeper.params":
         return ConfigError(key, value, f"a new entry of the sweeper's params: add it with +{key}={value}")
+    if parent_key == "trainer":  # one of Lightning's arguments, not in the config until added
+        if name in OWN_TRAINER_ARGS:
+            return ConfigError(key, value, f"moonprop sets it: use {OWN_TRAINER_ARGS[name]}")
+        with contextlib.suppress(ConfigError):  # a name the Trainer knows: the + that adds it
+            check_trainer_names({name: value})
+            return ConfigError(key, value, f"one of Lightning's Trainer arguments: add it with +{key}={value}")
+        check_trainer_names({name: value})
     known = [o for o in overrides if _override_of(key, [o]) is None]
     with contextlib.suppress(Exception):
         job = hydra_internals.compose(hydra, config_name, known, RunMode.RUN)
@@ -288,7 +299,7 @@ def checked_jobs(hydra: Hydra, master: DictConfig, jobs: list[list[str]]) -> lis
     checked: dict[tuple[tuple[str, ...], str], Config] = {}
     for job in jobs:
         overrides = parser.parse_overrides(job)
-        refuse_schedule_name(overrides)
+        refuse_group_names(overrides)
         structure = tuple(o.input_line for o in overrides if not plain(master, o))
         if structure not in composed:
             composed[structure] = without_hydra(compose_job(hydra, master, list(structure)))
@@ -300,12 +311,25 @@ def checked_jobs(hydra: Hydra, master: DictConfig, jobs: list[list[str]]) -> lis
     return list(checked.values())
 
 
-def refuse_schedule_name(overrides: list[Override]) -> None:
+def refuse_group_names(overrides: list[Override]) -> None:
+    """`schedule.name=cosine` would give the linear schedule's values the cosine's name."""
     for o in overrides:
-        if o.key_or_group == "schedule.name" and not o.is_delete():
+        group, _, key = o.key_or_group.partition(".")
+        if key == "name" and (group in GROUPS or group == "loss") and not o.is_delete():
             value = o.get_value_element_as_str()
-            raise ConfigError("schedule.name", value, f"the schedule is a config group: choose it with "
-                                                      f"schedule={value}")
+            raise ConfigError(o.key_or_group, value, f"the {group} is a config group: choose it with {group}={value}")
+
+
+def refuse_targets(overrides: list[str]) -> None:
+    """No command line makes moonprop instantiate a callable of its choosing: a `_target_` (a
+    callback's) comes from a config file, the user's own or moonprop's. Hydra's own keys
+    (`hydra.launcher._target_`, ...) are Hydra's business, as in plain Hydra."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        own = not key.startswith("hydra.") or key.startswith("hydra.sweeper.params.")
+        if own and "_target_" in override:
+            raise ConfigError(key, value, "a _target_ comes from a config file, not the command line: put the "
+                                          "callback in your config folder's callbacks/ (see the README)")
 
 
 # ---- what the schema cannot know -----------------------------------------------------------------
@@ -373,6 +397,40 @@ def check_environment(job: DictConfig, config: Config, multirun: bool) -> None:
             raise ConfigError("trainer.accelerator", "gpu", "auto or cpu: this machine has no GPU")
 
 
+def check_trainer_names(args: dict[str, Any]) -> None:
+    """Each name one of the arguments of Lightning's Trainer, or one line naming the nearest."""
+    import difflib
+    import inspect
+
+    import pytorch_lightning as pl
+
+    known = [name for name in inspect.signature(pl.Trainer.__init__).parameters if name != "self"]
+    for name, value in args.items():
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            raise ConfigError(f"trainer.{name}", value, "not an argument of Lightning's Trainer"
+                              + (f"; did you mean trainer.{near[0]}?" if near else ""))
+
+
+def check_trainer(config: Config) -> None:
+    """Lightning's own arguments (`trainer.NAME`), against the Trainer's signature, then by the
+    Trainer itself, which checks their values (Lightning is imported only for arguments other than
+    the shipped defaults: the default run's checks stay light)."""
+    args = config.trainer.lightning
+    shipped = {k: v for k, v in TRAINER_DEFAULTS.items() if k not in ("accelerator", "threads")}
+    if args == shipped:
+        return
+    check_trainer_names(args)
+    from moonprop.train import trainer
+
+    try:
+        trainer(config, [])
+    except Exception as e:  # Lightning's word on a value, often on several lines
+        changed = [name for name in args if args[name] != shipped.get(name, object())]
+        name = next((n for n in changed if n in str(e)), changed[0])
+        raise ConfigError(f"trainer.{name}", args[name], first_line(e)) from None
+
+
 def check_search(job: DictConfig) -> None:
     """The app returns test accuracy: a search that minimises it would find the worst model."""
     sweeper = OmegaConf.select(job, "hydra.sweeper")
@@ -385,11 +443,14 @@ def check(argv: list[str], app: App) -> list[Config]:
     """Validate every job the command line `argv` of `app` describes, and what they need outside
     their config (folders, the store, the GPU); raise ConfigError. Returns their configs."""
     configs, master, multirun = _compose_and_validate(argv, app)
-    environments = set()
+    environments, trainers = set(), set()
     for config in configs:
         if (key := (config.tracking.uri, config.trainer.accelerator, config.resume)) not in environments:
             environments.add(key)
             check_environment(master, config, multirun)  # type: ignore[arg-type]
+        if (args := json.dumps(config.trainer.lightning, sort_keys=True, default=str)) not in trainers:
+            trainers.add(args)
+            check_trainer(config)
     return configs
 
 
@@ -409,6 +470,7 @@ def _compose_and_validate(argv: list[str], app: App) -> tuple[list[Config], Dict
                                                         "--shell-completion at a time")
     if only_prints(args):
         return [], None, False  # Hydra only prints: nothing is created
+    refuse_targets(args.overrides)
     with app_hydra(app, args) as (hydra, config_name):
         # Hydra composes once to read hydra.mode (an experiment file may say MULTIRUN), then
         # again; a single run's composition tells the mode too, so it is composed once here.
@@ -426,5 +488,5 @@ def _compose_and_validate(argv: list[str], app: App) -> tuple[list[Config], Dict
             checked = checked_jobs(hydra, master, sweep_jobs(hydra, master))
             check_search(master)
             return checked, master, True
-        refuse_schedule_name(parse(args.overrides))
+        refuse_group_names(parse(args.overrides))
         return [validate(without_hydra(master))], master, False

@@ -45,6 +45,7 @@ class Run:
     def __init__(self, recorder: Recorder, seq: int) -> None:
         self.recorder, self.seq = recorder, seq
         self._started: tuple[str, str] | None = None  # (id, name), once the store has opened it
+        self.model_id: str | None = None  # its MLflow model, once a finished run is closed
 
     def send(self, op: str, *args: Any) -> None:
         """`metrics`, `image`, `model` or `tags`, as RunWriter's methods of those names take them."""
@@ -84,7 +85,8 @@ class Run:
         if not wait:
             self.recorder._unfinished.add(self.seq)
             return
-        self.recorder._reply((self.seq, "end"))
+        ended = self.recorder._reply((self.seq, "end"))
+        self.model_id = ended[1] if ended else None
         # a run that failed or was stopped reports its own error, not the store's
         if status == "FINISHED" and (error := self.recorder._errors.get(self.seq)):
             raise RecorderError(error)
@@ -319,7 +321,7 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
                 if status == "FINISHED":
                     run.log_final_pictures()
                 run.close(status, error, details)
-                reply(seq, op, "ok", run.id)
+                reply(seq, op, "ok", (run.id, run.model_id))
             elif seq in runs and seq not in broken:
                 run = runs[seq]
                 {"metrics": run.log_metrics, "image": run.log_image, "model": run.log_model,

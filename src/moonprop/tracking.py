@@ -23,7 +23,9 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag, SourceType
+from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.utils.mlflow_tags import (
     MLFLOW_DATASET_CONTEXT,
     MLFLOW_GIT_COMMIT,
@@ -102,25 +104,29 @@ class RunWriter:
         self.frame_steps: set[int] = set()
         self.num_epochs = 0
         self.last_image: Image.Image | None = None
-        self.network: tuple[bytes, str] | None = None  # TorchScript and torch's version, once trained
+        self.last_frame = -1  # the step of the animation's latest frame
+        self.network: tuple[bytes, str, int] | None = None  # TorchScript, torch's version, the last step
         self.registered_model: str | None = None
         self.test_set: tuple[str, str] | None = None  # the test set's dataset name and digest
         self.curves: dict[str, list[float]] = {"test/acc": [], "test/loss": []}
-        # the run's experiment, params and final test metrics, for its model (None: read them back)
-        self.known: tuple[str, dict[str, str], list[Metric]] | None = None
+        self.model_id: str | None = None  # once logged
+        self.system_metrics: Any = None  # MLflow's SystemMetricsMonitor, when asked for
+        # the run's experiment, params and latest test metrics, for its model (None: read them back)
+        self.known: tuple[str, dict[str, str], dict[str, Metric]] | None = None
 
     @classmethod
     def open(cls, uri: str, experiment: str, run_name: str | None, params: dict[str, str],
              tags: dict[str, str], texts: dict[str, str], parent_run_id: str | None = None,
              resume_run_id: str | None = None, num_epochs: int = 0, plot_every: int = 1,
              start_time_ms: int | None = None, datasets: list[dict[str, Any]] | None = None,
-             registered_model: str | None = None) -> RunWriter:
+             registered_model: str | None = None, system_metrics: bool = False) -> RunWriter:
         """Start a run with its params, tags, texts and dataset inputs, its source (the command as
         the tag `mlflow.source.name`, else `moonprop`; the user; the git commit) and its start
         time when training began (a fresh store takes seconds to open); or reopen `resume_run_id`,
         whose params are already there, with its curves and pictures so far for the animation. A
         finished run's network is logged as its MLflow model, registered under `registered_model`
-        if given."""
+        if given. With `system_metrics` (or MLflow's MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING), MLflow's
+        own monitor records the machine's CPU, memory, disk and network beside the run."""
         client, experiment_id = prepare(uri, experiment)
         if resume_run_id:
             client.update_run(resume_run_id, status="RUNNING")
@@ -137,9 +143,15 @@ class RunWriter:
                 tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
             info = client.create_run(experiment_id, run_name=run_name, tags=tags, start_time=start_time_ms).info
         writer = cls(client, info.run_id, info.run_name, info.artifact_uri)
-        writer.known = None if resume_run_id else (experiment_id, params, [])  # what its model needs
+        writer.known = None if resume_run_id else (experiment_id, params, {})  # what its model needs
         writer.num_epochs, writer.frame_steps = num_epochs, plot.animation_steps(num_epochs, plot_every)
         writer.registered_model, writer.test_set = registered_model, _test_set(datasets)
+        if system_metrics or MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get():
+            # MLflow's monitor, as mlflow.start_run(log_system_metrics=True) starts it; a sample every
+            # second (these runs take seconds) unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says
+            writer.system_metrics = SystemMetricsMonitor(info.run_id, sampling_interval=1.0,
+                                                         resume_logging=bool(resume_run_id), tracking_uri=uri)
+            writer.system_metrics.start()
         if resume_run_id:
             writer._reload()
             return writer
@@ -174,8 +186,8 @@ class RunWriter:
     def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int) -> None:
         new = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
         self._pending += new
-        if step == self.num_epochs and self.known is not None:  # the last test metrics: the model's
-            self.known[2].extend(m for m in new if m.key in self.curves)
+        if self.known is not None:  # the latest test metrics: the model's, once the run ends
+            self.known[2].update((m.key, m) for m in new if m.key in self.curves)
         for key, curve in self.curves.items():
             if key in metrics:
                 curve.append(float(metrics[key]))
@@ -192,19 +204,27 @@ class RunWriter:
             (self._staging / IMAGES / name).write_bytes(data)
         self.last_image = image
         if step in self.frame_steps:
-            self.animation.add(plot.animation_frame(image, self.curves["test/acc"], self.curves["test/loss"],
-                                                    self.num_epochs))
+            self._frame(image, step)
         self._maybe_flush()
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def log_model(self, torchscript: bytes, torch_version: str) -> None:
-        """The trained network, logged as the run's MLflow model when the run finishes."""
-        self.network = (torchscript, torch_version)
+    def _frame(self, image: Image.Image, step: int) -> None:
+        self.animation.add(plot.animation_frame(image, self.curves["test/acc"], self.curves["test/loss"],
+                                                self.num_epochs))
+        self.last_frame = step
+
+    def log_model(self, torchscript: bytes, torch_version: str, step: int) -> None:
+        """The trained network after `step` epochs, logged as the run's MLflow model when the run
+        finishes."""
+        self.network = (torchscript, torch_version, step)
 
     def log_final_pictures(self) -> None:
-        """The last boundary as `boundary.png`, and the whole run as `training.gif`."""
+        """The last boundary as `boundary.png`, and the whole run as `training.gif` (its last
+        frame the last boundary, where a callback stopped the training early)."""
+        if self.last_image is not None and self.network and self.last_frame != self.network[2]:
+            self._frame(self.last_image, self.network[2])
         if self.last_image is not None:
             self.last_image.save(self._staging / "boundary.png", compress_level=6)
             self.animation.save(str(self._staging / "training.gif"))
@@ -235,9 +255,16 @@ class RunWriter:
             with contextlib.ExitStack() as stack:
                 if status != "FINISHED":  # keep what can be kept; the store may be what failed
                     stack.enter_context(contextlib.suppress(Exception))
+                if self.system_metrics is not None:
+                    self.system_metrics.finish()
+                    # the sample taken since the last one it published (a run of a few seconds may
+                    # end before its first): MLflow's monitor drops it at its end
+                    if last := self.system_metrics.aggregate_metrics():
+                        self.system_metrics.publish_metrics(last)
+                        self.system_metrics.mlflow_logger.flush()
                 self.flush()
                 if status == "FINISHED" and self.network:
-                    logged_model.log(self.client, self.id, *self.network, step=self.num_epochs,
+                    self.model_id = logged_model.log(self.client, self.id, *self.network,
                                      test_set=self.test_set, registered_model=self.registered_model,
                                      known=self.known)
                 if error:

@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -17,15 +17,16 @@ from omegaconf import OmegaConf
 
 from moonprop.batched import BatchedMoonsClassifier, BatchedMoonsData
 from moonprop.callbacks import BatchedMlflowCallback, GracefulStop, MlflowCallback
-from moonprop.config import Config, ConfigError, check_same_params, params, redact, redacted, resolve_uri
+from moonprop.config import Config, ConfigError, as_dict, check_same_params, params, redact, redacted, resolve_uri
 from moonprop.data import MoonsDataModule
 from moonprop.jobs import Job, Task
 from moonprop.module import MoonsClassifier
 from moonprop.recorder import Recorder, Run
 
-# Lightning's start-up banner (GPU available, TPU available, ...) says nothing a run's record lacks,
+# Lightning's start-up banner (GPU available, TPU available, ...) says nothing a run's record lacks
+# (its other messages, a profiler's report say, still show),
 # and its own use of a deprecated torch API is not the user's to fix.
-logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 # A sweep on a SLURM node already runs under srun/sbatch through submitit: the hint does not apply.
 warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
@@ -46,15 +47,23 @@ def run_spec(cfg: Config, datamodule: MoonsDataModule, overrides: list[str], tag
     return dict(
         uri=resolve_uri(cfg.tracking.uri, launch_dir), experiment=cfg.tracking.experiment,
         run_name=job.name if job else cfg.tracking.run_name, params=params(cfg),
-        tags={**tags, **(job.tags if job else {})},
-        texts={"config.yaml": OmegaConf.to_yaml(OmegaConf.structured(redacted(cfg))),
+        tags={**cfg.tracking.tags, **tags, **(job.tags if job else {})},
+        texts={"config.yaml": OmegaConf.to_yaml(OmegaConf.create(as_dict(redacted(cfg)))),
                "overrides.yaml": OmegaConf.to_yaml(overrides)},
         parent_run_id=job.parent if job else None, plot_every=cfg.plot.every_n_epochs,
         num_epochs=cfg.data.num_batches, start_time_ms=int(time.time() * 1000), datasets=datamodule.datasets(),
-        registered_model=None if job else cfg.tracking.registered_model)  # a sweep registers its best
+        registered_model=None if job else cfg.tracking.registered_model,  # a sweep registers its best
+        system_metrics=cfg.tracking.system_metrics)
+
+
+def build(cfg: Config) -> tuple[MoonsClassifier, MoonsDataModule]:
+    """The LightningModule and the DataModule of `cfg`, for any Trainer."""
+    module = MoonsClassifier(cfg.model, cfg.loss, cfg.optimizer, cfg.schedule, cfg.data.num_batches, cfg.seed)
+    return module, MoonsDataModule(cfg.data, cfg.seed)
 
 
 def trainer(cfg: Config, callbacks: list[pl.Callback], resuming: bool = False) -> pl.Trainer:
+    """Lightning's Trainer as moonprop runs it, with the user's own arguments (`trainer.NAME`)."""
     return pl.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
@@ -65,9 +74,15 @@ def trainer(cfg: Config, callbacks: list[pl.Callback], resuming: bool = False) -
         enable_checkpointing=False,  # GracefulStop writes the checkpoint that matters
         enable_model_summary=False,
         enable_progress_bar=sys.stderr.isatty(),
-        deterministic=True,
         callbacks=callbacks,
+        **cfg.trainer.lightning,  # deterministic, precision, gradient_clip_val, ... (config.OWN_TRAINER_ARGS refused)
     )
+
+
+def callbacks_of(cfg: Config, job: Job | None) -> list[pl.Callback]:
+    """The Lightning callbacks of the config's `callbacks` group, then the sweeper's for this job
+    (a search's pruner): each instantiated from its `_target_`."""
+    return [instantiate(c) for c in cfg.callbacks.values()] + [instantiate(c) for c in (job.callbacks if job else [])]
 
 
 def fit(trainer: pl.Trainer, stopper: GracefulStop, *args: Any, **kwargs: Any) -> None:
@@ -79,9 +94,17 @@ def fit(trainer: pl.Trainer, stopper: GracefulStop, *args: Any, **kwargs: Any) -
         raise
 
 
+class Trained(NamedTuple):
+    """What a run left: its MLflow run, each metric's final value by its key, its MLflow model."""
+
+    run_id: str
+    metrics: dict[str, float]
+    model_id: str | None  # None until the recorder has closed the run (in a sweep, in the background)
+
+
 def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str], job: Job | None,
-          launch_dir: str | None, recorder: Recorder, close_in_background: bool = False) -> float:
-    """Train and record one run; returns the final test accuracy (what a sweeper maximises).
+          launch_dir: str | None, recorder: Recorder, close_in_background: bool = False) -> Trained:
+    """Train and record one run (its final test accuracy is what a sweeper maximises).
 
     Interrupted by Ctrl-C or SIGTERM, it writes `run_dir/checkpoints/last.ckpt`; `resume=` that
     path continues the same MLflow run where it stopped. A sweep's `job` names the run, nests it
@@ -92,17 +115,16 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
     (a job may run elsewhere).
     """
     torch.set_num_threads(cfg.trainer.threads)  # 2 threads made this tiny model 14-56x slower
-    datamodule = MoonsDataModule(cfg.data, cfg.seed)
-    module = MoonsClassifier(cfg.model, cfg.loss, cfg.schedule, cfg.data.num_batches, cfg.seed)
+    module, datamodule = build(cfg)
     stopper = GracefulStop(run_dir / "checkpoints" / "last.ckpt")
-    sweepers = [instantiate(callback) for callback in job.callbacks] if job else []
     spec = run_spec(cfg, datamodule, overrides, tags, job, launch_dir)
     resume_run_id = checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None
     with stopper.handling_signals(), recorder.run(close_in_background, **spec, resume_run_id=resume_run_id) as run:
-        tracker = MlflowCallback(run, datamodule.test, cfg.plot, cfg.data.num_batches, spec["params"])
-        fit(trainer(cfg, [tracker, stopper, *sweepers], bool(cfg.resume)), stopper,
+        tracker = MlflowCallback(run, datamodule.test, cfg.plot, cfg.data.num_batches, spec["params"],
+                                 datamodule.plane)
+        fit(trainer(cfg, [tracker, stopper, *callbacks_of(cfg, job)], bool(cfg.resume)), stopper,
             module, datamodule=datamodule, ckpt_path=cfg.resume)
-    return tracker.test_acc
+    return Trained(run.id, tracker.last, run.model_id)
 
 
 def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path,
@@ -132,11 +154,13 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
         else:
             runs.append(recorder.start(**spec, resume_run_id=saved["run_ids"][job]))
     tracker = BatchedMlflowCallback(runs, datamodule.test, [c.plot for c in cfgs], cfgs[0].data.num_batches,
-                                    [spec["params"] for spec in specs])
+                                    [spec["params"] for spec in specs], [data.plane for data in datamodule.jobs])
     stopper = GracefulStop(checkpoint, how_to_continue)
+    # a job with callbacks of its own trains in a batch of one (batched.stack_key): they are its
+    extra = callbacks_of(cfgs[0], None) if len(cfgs) == 1 else []
     try:
         with stopper.handling_signals():
-            fit(trainer(cfgs[0], [tracker, stopper], resuming=saved is not None), stopper, module,
+            fit(trainer(cfgs[0], [tracker, stopper, *extra], resuming=saved is not None), stopper, module,
                 datamodule=datamodule, ckpt_path=checkpoint if saved else None)
     except BaseException as e:  # every job still training ends with the batch
         for job, run in enumerate(runs):

@@ -90,7 +90,7 @@ class BatchedLauncher(Launcher):
 
         groups: dict[Any, list[tuple[int, JobReturn]]] = {}
         for idx, ret in jobs:
-            groups.setdefault(stack_key(ret.return_value.cfg), []).append((idx, ret))
+            groups.setdefault(stack_key(ret.return_value.cfg, idx), []).append((idx, ret))
         return [group[i:i + self.max_batch] for group in groups.values()
                 for i in range(0, len(group), self.max_batch)]
 

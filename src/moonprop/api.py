@@ -1,0 +1,95 @@
+"""moonprop from Python: the runs the command line makes, from a script or a notebook.
+
+    import moonprop
+
+    result = moonprop.run(["data=circles", "optimizer=adam", "schedule.start=0.05"])
+    result.metrics["test/acc"], result.run_id, result.model_uri, result.run_dir
+    module, data = moonprop.build(["model.activation=tanh"])  # for a Trainer of your own
+
+`run` takes the overrides the command line takes, checks them as the CLI does (a bad value raises
+moonprop.ConfigError with the same one-line message, before anything exists), and runs the app
+through Hydra as `@hydra.main` would: the same run folder, the same MLflow record. It never exits
+the interpreter, leaves signal handlers and logging as it found them, and can be called again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from moonprop import cli, hydra_internals, preflight
+from moonprop.config import ConfigError
+
+if TYPE_CHECKING:
+    from moonprop.data import MoonsDataModule
+    from moonprop.module import MoonsClassifier
+
+
+class Result(NamedTuple):
+    """What a run left: its MLflow run, each metric's final value by its logged key (`test/acc`,
+    `test/loss`, `train/loss`, `lr`), its MLflow model (`mlflow.pyfunc.load_model(model_uri)`) and
+    its Hydra run folder."""
+
+    run_id: str
+    metrics: dict[str, float]
+    model_uri: str | None
+    run_dir: Path
+
+
+def run(overrides: Sequence[str] = ()) -> Result:
+    """Train and record one run of the config `overrides` make, as `moonprop OVERRIDES` does."""
+    argv = list(overrides)
+    configs = preflight.check(argv, cli.APP)
+    args = hydra_internals.args_parser().parse_args(argv)
+    if args.multirun or preflight.only_prints(args) or not configs:
+        raise ConfigError("overrides", " ".join(argv), "the overrides of one run (a sweep: moonprop -m on the "
+                                                       "command line)")
+    results: list[Result] = []
+
+    def task(cfg: DictConfig) -> None:
+        this = cli.task(cfg, argv)
+        trained = cli.train_task(this)
+        assert trained is not None  # a single run raises what stopped it
+        model_uri = f"models:/{trained.model_id}" if trained.model_id else None
+        results.append(Result(trained.run_id, trained.metrics, model_uri, this.run_dir))
+
+    with _as_found(), hydra_internals.app_hydra(task, cli.CONFIG_PATH, None) as hydra:
+        if hydra_internals.mode_of(hydra, cli.CONFIG_NAME, args.overrides) == RunMode.MULTIRUN:
+            raise ConfigError("overrides", " ".join(argv), "the overrides of one run: this config is a sweep "
+                                                           "(hydra.mode: MULTIRUN); run it with moonprop")
+        hydra_internals.run(hydra, cli.CONFIG_NAME, task, args.overrides).return_value  # noqa: B018 - raises its error
+    return results[0]
+
+
+def build(overrides: Sequence[str] = ()) -> tuple[MoonsClassifier, MoonsDataModule]:
+    """The LightningModule and the DataModule of the config `overrides` make, for a Trainer of
+    your own; a bad value raises moonprop.ConfigError."""
+    from moonprop.train import build as build_config
+
+    (config,) = preflight.configs(list(overrides), cli.APP)
+    return build_config(config)
+
+
+@contextlib.contextmanager
+def _as_found() -> Iterator[None]:
+    """Signal handlers and the root logger as they were: Hydra configures logging for its run."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    root = logging.getLogger()
+    level, root_handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        for handler in root.handlers:
+            if handler not in root_handlers:
+                handler.close()
+        root.handlers[:] = root_handlers
+        root.setLevel(level)
