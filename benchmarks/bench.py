@@ -15,6 +15,8 @@ invocation, so that ratios compare like with like; single runs are medians over 
   - hydra/launcher=batched: a 40-seed sweep (a picture every 10 epochs) beside the in-process
     launcher's, a 200-job one for the marginal cost of a job ((200 jobs - 40 jobs) / 160), and the
     batched training loop alone (benchmarks/batched_loop.py) for 1 and for 100 models;
+  - the same experiment written the plain way (benchmarks/plain.py): one run and 10 seeds, beside
+    moonprop's 10-seed sweep (the in-process launcher);
   - one boundary frame's rendering, a default run's artifact bytes, the peak memory of a run
     (trainer and recorder together, PSS), and `moonprop --help` / `--cfg job`.
 """
@@ -178,6 +180,15 @@ def main() -> None:
             results[f"batched_loop_{models}_s"] = median([loop["loop_s"] for loop in loops])
             results[f"batched_loop_{models}_worst_acc"] = loops[0]["worst_test_acc"]
 
+        # the same experiment written the plain way (benchmarks/plain.py: self.log, MLFlowLogger, a
+        # matplotlib callback with log_image every epoch): one run, and ten seeds one after another
+        for name, extra in (("plain_run", []), ("plain_sweep10", ["-m", "seed=range(0,10)"]),
+                            ("sweep10", ["-m", "seed=range(0,10)"])):
+            cwd = tmp_path / name
+            cwd.mkdir()
+            command = MOONPROP if name == "sweep10" else [sys.executable, str(ROOT / "benchmarks" / "plain.py")]
+            results[f"{name}_s"] = timed(command + extra, cwd)[0]
+
         results["frame_ms"] = frame_ms()
         results["help_s"] = median([timed(MOONPROP + ["--help"], tmp_path)[0] for _ in range(args.reps)])
         results["cfg_job_s"] = median([timed(MOONPROP + ["--cfg", "job"], tmp_path)[0] for _ in range(args.reps)])
@@ -191,6 +202,8 @@ def main() -> None:
         "100 models in a batch / 1": (results["batched_loop_100_s"] / results["batched_loop_1_s"], 3.0, "<="),
         "100 models in a batch / reference loop": (results["batched_loop_100_s"] / results["reference_loop_s"], 3.0,
                                                    "<="),
+        "moonprop run / plain-way run": (results["moonprop_run_s"] / results["plain_run_s"], 1.0, "<="),
+        "moonprop 10 seeds / plain-way 10 seeds": (results["sweep10_s"] / results["plain_sweep10_s"], 1.0, "<="),
     }
     limits = {"frame_ms": (5.0, "<="), "artifact_mb": (4.0, "<="), "help_s": (1.5, "<="),
               "batched_marginal_per_job_s": (0.1, "<="),
