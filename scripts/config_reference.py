@@ -12,29 +12,54 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from moonprop.config import SCHEDULES, Config
+from moonprop.config import (
+    DATASETS,
+    LOSSES,
+    OPTIMIZERS,
+    SCHEDULES,
+    TRAINER_DEFAULTS,
+    Config,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    TrainerConfig,
+)
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+GROUPED = ("data", "model", "optimizer", "schedule", "trainer", "loss")  # tabled apart
 
 
 def _default(value: Any) -> str:
     return "null" if value is None else str(value).replace(" ", "")
 
 
-def _rows(cls: type, prefix: str) -> list[str]:
+def _rows(cls: type, prefix: str, skip: tuple[str, ...] = ()) -> list[str]:
     rows = []
     for f in dataclasses.fields(cls):
-        if f.name == "schedule" or f.name == "name" and prefix == "schedule.":
+        if f.name in skip:
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):  # a group such as data.*: its keys, one by one
+        if dataclasses.is_dataclass(default):  # a node such as plot.*: its keys, one by one
             rows += _rows(type(default), f"{prefix}{f.name}.")
         else:
             rows.append(f"| `{prefix}{f.name}` | `{_default(default)}` | {f.metadata.get('help', '')} |")
     return rows
 
 
+def _group(group: str, choices: dict[str, type], default: str, intro: str, shared: tuple[str, ...] = ()) -> list[str]:
+    """A config group's section: a table of each choice's own keys (the `shared` ones are above)."""
+    lines = ["", f"## `{group}`: {intro}", "",
+             f"Pick one with `{group}=NAME` (default `{default}`), then set its values with `{group}.KEY=...`."]
+    for name, cls in choices.items():
+        what = next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == "name")
+        lines += ["", f"### `{group}={name}`: {what}", "", "| key | default | meaning |", "|---|---|---|"]
+        lines += _rows(cls, f"{group}.", skip=("name", *shared))
+    return lines
+
+
 def render() -> str:
+    lightning = [f"| `trainer.{k}` | `{_default(v)}` | Lightning's Trainer argument, as moonprop sets it |"
+                 for k, v in TRAINER_DEFAULTS.items() if k not in ("accelerator", "threads")]
     lines = [
         "# Configuration reference",
         "",
@@ -43,18 +68,41 @@ def render() -> str:
         "",
         "| key | default | meaning |",
         "|---|---|---|",
-        *_rows(Config, ""),
+        *_rows(DataConfig, "data.", skip=("name",)),
+        *_rows(ModelConfig, "model."),
+        *_rows(LossConfig, "loss.", skip=("name",)),
+        *_rows(TrainerConfig, "trainer.", skip=("lightning",)),
+        *lightning,
+        "| `+trainer.NAME` | | any other argument of Lightning's Trainer (`+trainer.profiler=simple`), checked against "
+        "its signature; those moonprop sets (`max_epochs`, `logger`, `callbacks`, ...) say what to use instead |",
+        *_rows(Config, "", skip=GROUPED),
         "",
-        "## `schedule`: the learning-rate schedule",
+        "## `loss`: the data term",
         "",
-        "Pick one with `schedule=NAME` (default `linear`), then set its values with `schedule.KEY=...`.",
-        "k is the step (0-based) and N is `data.num_batches`.",
+        f"Pick one with `loss=NAME` (default `hinge`): {', '.join(f'`{n}`' for n in LOSSES)}. "
+        "`loss.alpha` and `loss.penalty` (above) hold for each.",
+        "",
+        "| `loss=` | data term, per point (labels -1 / +1, score f) |",
+        "|---|---|",
+        "| `hinge` | relu(1 - y f), the seed's max-margin |",
+        "| `logistic` | log(1 + exp(-y f)) |",
+        "| `squared_hinge` | relu(1 - y f)^2 |",
     ]
-    for name, cls in SCHEDULES.items():
-        formula = next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == "name")
-        lines += ["", f"### `schedule={name}`: {formula}", "", "| key | default | meaning |", "|---|---|---|"]
-        lines += _rows(cls, "schedule.")
+    shared_data = tuple(f.name for f in dataclasses.fields(DataConfig))
+    lines += _group("data", DATASETS, "moons", "the dataset (each a fresh batch every epoch, a fixed test set, "
+                    "labels -1 / +1)", shared_data)
+    lines += _group("optimizer", OPTIMIZERS, "sgd", "how a step follows the gradient (the schedule sets the rate "
+                    "of every step)")
+    lines += _group("schedule", SCHEDULES, "linear", "the learning-rate schedule (k is the step, 0-based, "
+                    "and N is `data.num_batches`)")
     lines += [
+        "",
+        "## `callbacks`: Lightning callbacks",
+        "",
+        "`callbacks=[early_stopping]` adds Lightning's `EarlyStopping` on `test/acc` (`conf/callbacks/`); set its "
+        "values with `callbacks.early_stopping.patience=10`. Your own: a file `callbacks/NAME.yaml` in your config "
+        "folder (`-cd myconf callbacks=[NAME]`) holding `NAME: {_target_: your.Callback, ...}`. A `_target_` comes "
+        "from a config file, never from the command line.",
         "",
         "## Launchers and sweepers (Hydra's `hydra/...` groups)",
         "",
