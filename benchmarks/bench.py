@@ -17,6 +17,7 @@ invocation, so that ratios compare like with like; single runs are medians over 
     batched training loop alone (benchmarks/batched_loop.py) for 1 and for 100 models;
   - the same experiment written the plain way (benchmarks/plain.py): one run and 10 seeds, beside
     moonprop's 10-seed sweep (the in-process launcher);
+  - what the validation set adds to an epoch (its forward pass, loss and accuracy);
   - one boundary frame's rendering, a default run's artifact bytes, the peak memory of a run
     (trainer and recorder together, PSS), and `moonprop --help` / `--cfg job`.
 """
@@ -113,6 +114,29 @@ def frame_ms() -> float:
     return 1000 * median(times)
 
 
+def validation_ms() -> float:
+    """Median time of what the validation set adds to an epoch: its forward pass, loss and accuracy
+    (1,000 points through the default network, one thread)."""
+    import torch
+
+    from moonprop.config import MoonsData
+    from moonprop.data import MoonsDataModule
+    from moonprop.model import MLP, accuracy, loss
+
+    torch.set_num_threads(1)
+    x, y = MoonsDataModule(MoonsData(), 0).val
+    net, times = MLP([16, 16]), []
+    params = list(net.parameters())
+    for _ in range(500):
+        t = time.perf_counter()
+        with torch.no_grad():
+            scores = net(x)
+            loss(scores, y, params, 1e-4).item()
+            accuracy(scores, y)
+        times.append(time.perf_counter() - t)
+    return 1000 * median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -190,6 +214,7 @@ def main() -> None:
             results[f"{name}_s"] = timed(command + extra, cwd)[0]
 
         results["frame_ms"] = frame_ms()
+        results["validation_pass_ms"] = validation_ms()
         results["help_s"] = median([timed(MOONPROP + ["--help"], tmp_path)[0] for _ in range(args.reps)])
         results["cfg_job_s"] = median([timed(MOONPROP + ["--cfg", "job"], tmp_path)[0] for _ in range(args.reps)])
 

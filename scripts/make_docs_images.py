@@ -2,8 +2,9 @@
 
     docs/training.gif         the default experiment's animation
     docs/sweep-boundaries.png `experiment=schedules`: every job's final boundary, schedule x seed
-    docs/sweep-curves.png     the same sweep's accuracy curves
+    docs/sweep-curves.png     the same sweep's accuracy curves, each schedule's mean over its seeds
     docs/ui-card.png          the boundary card of a run's Model metrics tab, in Chromium
+    docs/ui-groups.png        the same sweep in MLflow's runs view, grouped by moonprop.config
 
     python scripts/make_docs_images.py     # needs Debian's chromium, as the UI tests do
 
@@ -13,6 +14,7 @@ or the GIF's comment); tests/test_docs.py fails when the code has changed since.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -22,7 +24,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, PngImagePlugin
 
@@ -73,9 +77,10 @@ def artifact(store: Path, run_name_like: str, name: str, into: Path) -> tuple[Pa
     return Path(client.download_artifacts(run.info.run_id, name, str(into))), experiment, run.info.run_id
 
 
-def card_screenshot(store: Path, experiment: str, run_id: str, path: Path) -> None:
-    """The run's boundary card at its default size (1400 x 1000, MLflow's assistant panel open, as
-    in a fresh browser) once the card's run parameters are switched off (see the README)."""
+@contextlib.contextmanager
+def ui_page(store: Path) -> Iterator[tuple[Any, str]]:
+    """MLflow's UI on `store` and a fresh Chromium page at 1400 x 1000 (MLflow's assistant panel
+    open, as in a fresh browser): the page and the UI's address."""
     from playwright.sync_api import sync_playwright
 
     with socket.socket() as s:
@@ -97,29 +102,66 @@ def card_screenshot(store: Path, experiment: str, run_id: str, path: Path) -> No
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
                 "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs/{run_id}/model-metrics"
-                      "?workflowType=machine_learning", wait_until="load")
-            image = "img[src*='test~boundary']"
-            page.locator(image).first.wait_for(timeout=30_000)
-            title = page.get_by_text("test/boundary", exact=True).first
-            menus = page.locator("[data-testid=experiment-view-compare-runs-card-menu]")
-            box = title.bounding_box()
-            boxes = [menus.nth(i).bounding_box() for i in range(menus.count())]
-            next(menus.nth(i) for i, b in enumerate(boxes) if abs(b["y"] - box["y"]) < 20 and b["x"] > box["x"]).click()
-            page.get_by_role("menuitem", name="Configure").click()
-            page.get_by_text("Show run parameters").click()
-            page.get_by_text("Save changes").click()
-            page.wait_for_function(f"() => document.querySelector(\"{image}\").naturalWidth > 0")
-            page.wait_for_timeout(1000)
-            card = title.locator("xpath=ancestor::div[.//input][1]")
-            shot = Path(tempfile.mkstemp(suffix=".png")[1])
-            card.screenshot(path=str(shot))
-            save_png(Image.open(shot), path)
-            browser.close()
+            try:
+                yield browser.new_page(viewport={"width": 1400, "height": 1000}), f"http://127.0.0.1:{port}"
+            finally:
+                browser.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def shot(element: Any, path: Path) -> None:
+    file = Path(tempfile.mkstemp(suffix=".png")[1])
+    element.screenshot(path=str(file))
+    save_png(Image.open(file), path)
+
+
+def card_screenshot(store: Path, experiment: str, run_id: str, path: Path) -> None:
+    """The run's boundary card at its default size once the card's run parameters are switched off
+    (see the README)."""
+    with ui_page(store) as (page, url):
+        page.goto(f"{url}/#/experiments/{experiment}/runs/{run_id}/model-metrics?workflowType=machine_learning",
+                  wait_until="load")
+        image = "img[src*='test~boundary']"
+        page.locator(image).first.wait_for(timeout=30_000)
+        title = page.get_by_text("test/boundary", exact=True).first
+        menus = page.locator("[data-testid=experiment-view-compare-runs-card-menu]")
+        box = title.bounding_box()
+        boxes = [menus.nth(i).bounding_box() for i in range(menus.count())]
+        next(menus.nth(i) for i, b in enumerate(boxes) if abs(b["y"] - box["y"]) < 20 and b["x"] > box["x"]).click()
+        page.get_by_role("menuitem", name="Configure").click()
+        page.get_by_text("Show run parameters").click()
+        page.get_by_text("Save changes").click()
+        page.wait_for_function(f"() => document.querySelector(\"{image}\").naturalWidth > 0")
+        page.wait_for_timeout(1000)
+        shot(title.locator("xpath=ancestor::div[.//input][1]"), path)
+
+
+def group_by_config(page: Any, url: str, experiment: str) -> Any:
+    """The runs view grouped by the tag moonprop.config, in its chart view, test/acc's chart
+    expanded: MLflow's own mean curve and band per configuration. The expanded dialog."""
+    page.goto(f"{url}/#/experiments/{experiment}/runs?workflowType=machine_learning", wait_until="load")
+    page.get_by_text("Group by", exact=True).first.click()
+    page.get_by_text("moonprop.config", exact=True).first.click()
+    page.keyboard.press("Escape")
+    page.locator("label:has(input[name=runs-view-mode][value=CHART])").click()
+    page.get_by_placeholder("Search metric charts").fill("test/acc")
+    title = page.get_by_text("test/acc", exact=True).last
+    title.wait_for(timeout=30_000)
+    box = title.bounding_box()
+    expand = [b for b in page.locator("button").all() if (bb := b.bounding_box()) and abs(bb["y"] - box["y"]) < 20
+              and bb["x"] > box["x"]]
+    expand[0].click()
+    dialog = page.locator("[role=dialog] .du-bois-light-modal-content").first
+    dialog.locator("path.js-fill").first.wait_for(state="attached", timeout=30_000)
+    page.wait_for_timeout(1000)
+    return dialog
+
+
+def groups_screenshot(store: Path, experiment: str, path: Path) -> None:
+    with ui_page(store) as (page, url):
+        shot(group_by_config(page, url, experiment), path)
 
 
 def main() -> None:
@@ -135,7 +177,8 @@ def main() -> None:
             png, *_ = artifact(store, "sweep %", f"{name}.png", work)
             save_png(Image.open(png).quantize(128, dither=Image.Dither.NONE), DOCS / f"sweep-{name}.png")
         card_screenshot(store, experiment, run_id, DOCS / "ui-card.png")
-    for name in ("training.gif", "sweep-boundaries.png", "sweep-curves.png", "ui-card.png"):
+        groups_screenshot(store, experiment, DOCS / "ui-groups.png")
+    for name in ("training.gif", "sweep-boundaries.png", "sweep-curves.png", "ui-card.png", "ui-groups.png"):
         print(f"written: docs/{name} ({(DOCS / name).stat().st_size // 1024} KB)")
 
 

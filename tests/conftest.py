@@ -113,12 +113,18 @@ def check_sweep(client: MlflowClient, jobs: int) -> None:
     for child in children:
         assert len(client.get_metric_history(child.info.run_id, "test/acc")) == 4  # steps 0..3
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"summary.csv", "summary.md", "boundaries.png", "curves.png"} <= names
-    csv = open(client.download_artifacts(parent.info.run_id, "summary.csv")).read().splitlines()
-    assert csv[0].startswith("job,name,overrides,status,test_acc") and len(csv) == jobs + 1
-    best = max(children, key=lambda c: c.data.metrics["test/acc"])
+    assert {"summary.csv", "jobs.csv", "summary.json", "summary.md", "boundaries.png", "curves.png"} <= names
+    table = open(client.download_artifacts(parent.info.run_id, "jobs.csv")).read().splitlines()
+    assert table[0].startswith("job,name,config,overrides,status,val_acc,val_loss,test_acc") and len(table) == jobs + 1
+    # the best job: the best by val/acc in the configuration of the best mean val/acc
+    configs: dict[str, list] = {}
+    for child in children:
+        configs.setdefault(child.data.tags["moonprop.config"], []).append(child)
+    best_config = max(configs.values(), key=lambda runs: sum(r.data.metrics["val/acc"] for r in runs) / len(runs))
+    best = max(best_config, key=lambda c: c.data.metrics["val/acc"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
-    assert parent.data.metrics == {}  # no one-value chart for the experiment's chart view
+    assert parent.data.metrics["best/val_acc"] == best.data.metrics["val/acc"]
+    assert parent.data.metrics["jobs/finished"] == jobs and parent.data.metrics["jobs/failed"] == 0
     # every job named by the values it was given for the swept keys, unique in the sweep
     names = [c.info.run_name for c in children]
     assert len(set(names)) == jobs and all("=" in n for n in names)

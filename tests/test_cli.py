@@ -13,7 +13,7 @@ from .conftest import default_store, epoch_images, moonprop
 def test_short_run_records_everything(workdir):
     proc = moonprop("data.num_batches=5", "tracking.run_name=short", cwd=workdir)
     # not a terminal: no progress bar, one line for the run
-    assert "moonprop: run short FINISHED: test acc" in proc.stderr and "it/s" not in proc.stderr
+    assert "moonprop: run short FINISHED: val acc" in proc.stderr and "it/s" not in proc.stderr
     client = default_store(workdir)
     (run,) = client.search_runs([client.get_experiment_by_name("moonprop").experiment_id])
     assert run.info.status == "FINISHED" and run.info.end_time and run.info.run_name == "short"

@@ -24,7 +24,8 @@ def test_default_config_is_the_seed_experiment():
     assert asdict(make_config()) == asdict(Config(data=MoonsData(), optimizer=SgdOptimizer(), schedule=LinearSchedule(),
                                                   trainer=TrainerConfig(lightning=lightning)))
     assert asdict(make_config()) == {
-        "data": {"name": "moons", "num_batches": 150, "batch_size": 50, "test_size": 1000, "noise": 0.1},
+        "data": {"name": "moons", "num_batches": 150, "batch_size": 50, "test_size": 1000, "val_size": 1000,
+                 "noise": 0.1},
         "model": {"hidden": [16, 16], "activation": "relu", "init": "uniform"},
         "loss": {"name": "hinge", "alpha": 1e-4, "penalty": "l2"},
         "optimizer": {"name": "sgd", "weight_decay": 0.0},

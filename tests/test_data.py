@@ -54,7 +54,7 @@ def test_every_dataset_keeps_the_contract(name):
     inside = (dm.test[0][:, 0] > x0) & (dm.test[0][:, 0] < x1) & (dm.test[0][:, 1] > y0) & (dm.test[0][:, 1] < y1)
     assert inside.float().mean() > 0.99
     noisier = MoonsDataModule(DATASETS[name](test_size=400, noise=cfg.noise + 0.1), seed=3)
-    assert {d["name"] for d in dm.datasets()} == {f"{name}-test", f"{name}-train"}
+    assert {d["name"] for d in dm.datasets()} == {f"{name}-test", f"{name}-train", f"{name}-val"}
     assert {d["digest"] for d in dm.datasets()}.isdisjoint({d["digest"] for d in noisier.datasets()})
 
 
@@ -88,7 +88,8 @@ def test_seeding_is_reproducible_and_streams_are_independent():
 def test_datamodule_fixed_test_set_and_one_fresh_batch_per_epoch():
     dm = MoonsDataModule(MoonsData(batch_size=20, test_size=300), seed=1)
     assert dm.test[0].shape == (300, 2)
-    (tx, ty), = list(dm.val_dataloader())
+    (batch,) = list(dm.val_dataloader())
+    tx, ty = batch["test"]
     assert torch.equal(tx, dm.test[0]) and torch.equal(ty, dm.test[1])
     assert dm.train_batch(0)[0].shape == (20, 2)
     assert not torch.equal(dm.train_batch(0)[0], dm.train_batch(1)[0])
@@ -97,7 +98,7 @@ def test_datamodule_fixed_test_set_and_one_fresh_batch_per_epoch():
     x, y = sklearn.datasets.make_moons(300, noise=0.1, random_state=state)
     dm.train_batch(7)
     assert np.allclose(dm.test[0].numpy(), x.astype(np.float32)) and np.array_equal(dm.test[1].numpy(), 2 * y - 1)
-    (again, _), = list(dm.val_dataloader())  # every epoch's validation sees the same points
+    (again, _) = next(iter(dm.val_dataloader()))["test"]  # every epoch's validation sees the same points
     assert torch.equal(again, tx)
 
 

@@ -17,7 +17,8 @@ def test_config_reference_is_generated_from_the_schema_and_current():
         assert key in text
 
 
-@pytest.mark.parametrize("name", ["training.gif", "sweep-boundaries.png", "sweep-curves.png", "ui-card.png"])
+@pytest.mark.parametrize("name", ["training.gif", "sweep-boundaries.png", "sweep-curves.png", "ui-card.png",
+                                  "ui-groups.png"])
 def test_readme_pictures_were_made_by_the_current_code(name):
     """Each picture carries the digest of the code that draws it (scripts/make_docs_images.py)."""
     sys.path.insert(0, str(ROOT / "scripts"))

@@ -30,12 +30,12 @@ def plain_trainer(**kwargs) -> pl.Trainer:
 
 def test_under_a_plain_trainer_lightnings_callbacks_see_the_metrics(tmp_path):
     module, data = moonprop.build(["data.num_batches=60"])
-    stop = EarlyStopping(monitor="test/acc", mode="max", patience=3)
-    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="test/acc", mode="max")
+    stop = EarlyStopping(monitor="val/acc", mode="max", patience=3)
+    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max")
     trainer = plain_trainer(max_epochs=data.cfg.num_batches, callbacks=[stop, best], logger=False)
     trainer.fit(module, datamodule=data)
-    assert 0 < trainer.current_epoch < 60 and stop.stopped_epoch > 0  # it stopped on test/acc
-    assert {"train/loss", "lr", "test/acc", "test/loss"} <= set(trainer.callback_metrics)
+    assert 0 < trainer.current_epoch < 60 and stop.stopped_epoch > 0  # it stopped on val/acc
+    assert {"train/loss", "lr", "val/acc", "val/loss", "test/acc", "test/loss"} <= set(trainer.callback_metrics)
     assert Path(best.best_model_path).is_file() and best.best_model_score is not None
 
 
@@ -146,7 +146,7 @@ def test_moonprop_run_from_python_twice_in_one_process(workdir):
     assert out["refused"] == "invalid config: data.batch_size=0: a positive integer"
     assert out["scores"] == 3 and out["second_dir"]
     first = out["first"]
-    assert set(first["metrics"]) == {"test/acc", "test/loss", "train/loss", "lr"}
+    assert set(first["metrics"]) == {"val/acc", "val/loss", "test/acc", "test/loss", "train/loss", "lr"}
     assert first["model_uri"].startswith("models:/m-")
     client = MlflowClient(f"sqlite:///{workdir / 'outputs' / 'mlflow.db'}")
     run = client.get_run(first["run_id"])

@@ -154,7 +154,7 @@ def test_datasets_and_sources_are_recorded(store):
     _, client = store
     runs = [run_named(client, "seed0"), run_named(client, "seed1")]
     inputs = [{d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs} for run in runs]
-    assert all(set(i) == {"test", "train"} for i in inputs)
+    assert all(set(i) == {"test", "train", "val"} for i in inputs)
     test0, test1 = inputs[0]["test"], inputs[1]["test"]
     assert (test0.name, test0.source_type) == ("moons-test", "code")
     assert test0.digest != test1.digest  # another seed, other points
@@ -172,4 +172,4 @@ def test_datasets_and_sources_are_recorded(store):
     from moonprop.data import MoonsDataModule
 
     again = {d["context"]: d["digest"] for d in MoonsDataModule(MoonsData(num_batches=EPOCHS), 0).datasets()}
-    assert again == {"test": test0.digest, "train": inputs[0]["train"].digest}
+    assert again == {"test": test0.digest, "train": inputs[0]["train"].digest, "val": inputs[0]["val"].digest}

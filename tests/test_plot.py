@@ -117,7 +117,8 @@ def test_small_multiples_label_rows_and_columns_without_cutting_any_label():
 
 
 def test_curves_zoom_to_where_they_differ_and_name_every_job():
-    series = [("seed=0", [0.5] + [0.9, 0.95, 0.99] * 13), ("seed=1", [0.5] + [0.92, 0.97, 0.98] * 13)]
+    series = [("schedule=linear", [[0.5] + [0.9, 0.95, 0.99] * 13]),
+              ("schedule=cosine", [[0.5] + [0.92, 0.97, 0.98] * 13])]
     pixels = np.array(plot.curves(series))
     frame_top, frame_bottom = 36, 420 - 58  # the plot's frame, as curves() draws it at its default size
     for i, _ in enumerate(series):
@@ -126,3 +127,16 @@ def test_curves_zoom_to_where_they_differ_and_name_every_job():
         assert len(in_plot) and (xs >= 900).any()  # drawn in the plot, and its sample in the legend beside it
         # zoomed to 0.85..1: 0.9 to 0.99 fill most of the frame (from 0 to 1 they would fill a tenth)
         assert in_plot.max() - in_plot.min() > 0.5 * (frame_bottom - frame_top)
+
+
+def test_curves_draw_each_configurations_mean_and_a_band_over_its_seeds():
+    seeds = [[0.5] + [0.90] * 39, [0.5] + [0.96] * 39]  # the mean 0.93, a standard deviation of 0.042
+    image = plot.curves([("schedule=linear", seeds)])
+    pixels = np.array(image)
+    ys, xs = np.nonzero((pixels == plot.SERIES[0]).all(axis=2))
+    line_y = int(np.median(ys[(xs > 500) & (xs < 850)]))  # where the mean runs, late in training
+    band = pixels[:, 700].astype(int)  # a column through the band: neither white nor the line's colour
+    tinted = [y for y in range(36, 420 - 58) if (band[y] != 255).any() and not (band[y] == plot.SERIES[0]).all()
+              and abs(band[y] - np.array(plot.SERIES[0])).sum() < 400]
+    assert min(tinted) < line_y < max(tinted) and max(tinted) - min(tinted) > 20  # the band either side of it
+    assert plot.text_size("schedule=linear  0.930 ± 0.042 (n=2)", 16)[0] < image.width - 900

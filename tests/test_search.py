@@ -51,12 +51,16 @@ def test_a_search_lives_in_its_storage_and_the_same_command_continues_it(workdir
     assert len(jobs) == 6 and len(parents) == 2
     by_trial = {int(r.data.tags["optuna.trial"]): r for r in jobs}
     assert sorted(by_trial) == list(range(6)) and {r.data.tags["optuna.study"] for r in jobs} == {again.study_name}
-    for trial in again.trials:  # each trial's value is its run's final test accuracy
-        assert trial.value == by_trial[trial.number].data.metrics["test/acc"]
+    for trial in again.trials:  # each trial's value is its run's final validation accuracy (the test's only reports)
+        assert trial.value == by_trial[trial.number].data.metrics["val/acc"]
         assert by_trial[trial.number].info.run_name.startswith(f"#{trial.number} ")
     last = max(parents, key=lambda r: r.info.start_time)
     assert json.loads(last.data.tags["search.best_params"]) == again.best_params
     assert set(json.loads(last.data.tags["search.importances"])) == {"model.hidden", "schedule.start", "loss.alpha"}
+    # a search's parent sorts like any sweep's: its best by validation, its test accuracy reported
+    best = max((r for r in jobs if r.data.tags["mlflow.parentRunId"] == last.info.run_id),
+               key=lambda r: r.data.metrics["val/acc"])
+    assert last.data.metrics["best/val_acc"] == best.data.metrics["val/acc"] and "best/test_acc" in last.data.metrics
 
 
 def test_hopeless_trials_are_pruned_at_an_epochs_end(workdir):

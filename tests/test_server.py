@@ -40,7 +40,7 @@ def test_parallel_sweep_through_a_tracking_server(server, workdir):
         # the network as a logged model, through the server's artifact proxy; the datasets
         (output,) = child.outputs.model_outputs
         assert client.get_logged_model(output.model_id).source_run_id == child.info.run_id
-        assert {d.tags[0].value for d in child.inputs.dataset_inputs} == {"test", "train"}
+        assert {d.tags[0].value for d in child.inputs.dataset_inputs} == {"test", "train", "val"}
         assert "s3cret" not in str(child.data.params) + str(child.data.tags)
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"summary.csv", "summary.md", "boundaries.png", "curves.png"} <= names

@@ -42,6 +42,7 @@ def ui(tmp_path_factory):
     work = tmp_path_factory.mktemp("ui")
     moonprop("data.num_batches=5", "tracking.run_name=ui-check", cwd=work)
     moonprop("-m", "data.num_batches=3", "model.hidden=[8],[16,16]", "schedule=linear,cosine", cwd=work)
+    moonprop("-m", "data.num_batches=6", "seed=0,1,2", "loss=hinge,logistic", cwd=work)  # two configurations
     client = default_store(work)
     experiment = client.get_experiment_by_name("moonprop").experiment_id
     (run,) = client.search_runs([experiment], "attributes.run_name = 'ui-check'")
@@ -161,6 +162,23 @@ def test_the_picture_is_on_screen_with_the_cards_run_params_off_and_large_when_e
     page.screenshot(path=str(SHOTS / "card-expanded.png"))
     shown = on_screen(page, f"[role=dialog] {IMAGE}")
     assert shown["visible"] and shown["width"] == 480
+
+
+def test_group_by_configuration_draws_each_ones_mean_curve_with_a_band(ui, page):
+    """MLflow's own "Group by" on the tag moonprop.config: each configuration a group of its seeds,
+    its test/acc chart a line per configuration and a band over the seeds (README's picture)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_images", REPO / "scripts" / "make_docs_images.py")
+    docs_images = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(docs_images)  # type: ignore[union-attr]
+    url, experiment, _, _ = ui
+    dialog = docs_images.group_by_config(page, url, experiment)
+    page.screenshot(path=str(SHOTS / "grouped.png"))
+    legend = dialog.inner_text()
+    for config in ("loss=hinge", "loss=logistic"):
+        assert f"{config} (test/acc)" in legend
+    assert dialog.locator("path.js-fill").count() >= 2  # a band for each configuration
 
 
 def test_animation_is_among_the_artifacts(ui, page):

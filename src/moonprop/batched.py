@@ -49,7 +49,7 @@ def stack_key(cfg: Config, job: int) -> tuple[Any, ...]:
     lightning = cfg.trainer.lightning
     alone = bool(cfg.callbacks) or (lightning.get("gradient_clip_val") is not None
                                     and lightning.get("gradient_clip_algorithm") != "value")
-    return (len(cfg.model.hidden), cfg.data.num_batches, cfg.data.batch_size, cfg.data.test_size,
+    return (len(cfg.model.hidden), cfg.data.num_batches, cfg.data.batch_size, cfg.data.test_size, cfg.data.val_size,
             cfg.trainer.accelerator, cfg.trainer.threads, cfg.model.activation, cfg.optimizer.name,
             json.dumps(lightning, sort_keys=True, default=str), job if alone else None)
 
@@ -131,6 +131,8 @@ class BatchedMoonsData(pl.LightningDataModule):
         super().__init__()
         self.jobs = [MoonsDataModule(cfg.data, cfg.seed) for cfg in cfgs]
         self.test = (torch.stack([dm.test[0] for dm in self.jobs]), torch.stack([dm.test[1] for dm in self.jobs]))
+        self.val = (torch.stack([dm.val[0] for dm in self.jobs]), torch.stack([dm.val[1] for dm in self.jobs])) \
+            if self.jobs[0].val is not None else None
 
     def train_batch(self, epoch: int) -> Batch:
         batches = [dm.train_batch(epoch) for dm in self.jobs]
@@ -140,7 +142,8 @@ class BatchedMoonsData(pl.LightningDataModule):
         return _OneBatchPerEpoch(self)  # type: ignore[arg-type]
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader([self.test], batch_size=None)  # one batch, as it is
+        # one batch, as it is: {"test": (x, y), "val": (x, y)}, each [K, n, ...]
+        return DataLoader([{"test": self.test, **({"val": self.val} if self.val else {})}], batch_size=None)
 
 
 class BatchedMoonsClassifier(pl.LightningModule):
@@ -195,13 +198,18 @@ class BatchedMoonsClassifier(pl.LightningModule):
                           batch_size=x.shape[1])
         return {"loss": torch.where(self.active, losses, 0.0).sum(), "losses": losses.detach(), "rates": rates}
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
-        x, y = batch
-        scores = self(x)
-        losses, correct = self.losses(scores, y), ((scores > 0) == (y > 0)).sum(1)
-        if len(losses) == 1:
-            self.log_dict({"test/loss": losses[0], "test/acc": int(correct[0]) / y.shape[1]}, batch_size=y.shape[1])
-        return {"losses": losses, "correct": correct}
+    def validation_step(self, batch: dict[str, Batch], batch_idx: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for split, prefix in (("val", "val_"), ("test", "")):
+            if split in batch:
+                x, y = batch[split]
+                scores = self(x)
+                losses, correct = self.losses(scores, y), ((scores > 0) == (y > 0)).sum(1)
+                if len(losses) == 1:
+                    self.log_dict({f"{split}/loss": losses[0], f"{split}/acc": int(correct[0]) / y.shape[1]},
+                                  batch_size=y.shape[1])
+                out |= {f"{prefix}losses": losses, f"{prefix}correct": correct}
+        return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return StackedOptimizer(self.parameters(), self.optimizer_cfgs,

@@ -66,9 +66,11 @@ class MlflowCallback(pl.Callback):
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         step = step_of(trainer)
-        acc, loss = outputs["acc"], shortest(outputs["loss"].item())
-        self.test_acc = acc
-        self._send_metrics({"test/acc": acc, "test/loss": loss}, step)
+        self.test_acc = outputs["acc"]
+        metrics = {"test/acc": outputs["acc"], "test/loss": shortest(outputs["loss"].item())}
+        if "val_acc" in outputs:
+            metrics |= {"val/acc": outputs["val_acc"], "val/loss": shortest(outputs["val_loss"].item())}
+        self._send_metrics(metrics, step)
         if step % self.cfg.every_n_epochs == 0 or step == self.num_epochs:
             self._picture(pl_module, step)
         self.run.check()
@@ -129,6 +131,7 @@ class BatchedMlflowCallback(pl.Callback):
         self.drawn = [-1] * len(runs)  # each job's latest picture
         self.test_size = test[1].shape[1]
         self.test_acc: list[float | None] = [None] * len(runs)
+        self.val_acc: list[float | None] = [None] * len(runs)  # what a sweeper chooses on
         self.errors: dict[int, str] = {}  # job -> why its run ended FAILED
 
     def _active(self, pl_module: pl.LightningModule) -> list[int]:
@@ -156,10 +159,14 @@ class BatchedMlflowCallback(pl.Callback):
         self._wait_for_recorders()
         step, now = step_of(trainer), int(time.time() * 1000)
         losses, correct = outputs["losses"].tolist(), outputs["correct"].tolist()
+        val = (outputs["val_losses"].tolist(), outputs["val_correct"].tolist()) if "val_losses" in outputs else None
         active = self._active(pl_module)
         for job in active:
             self.test_acc[job] = correct[job] / self.test_size  # the exact ratio, as model.accuracy
             metrics = {"test/acc": self.test_acc[job], "test/loss": shortest(losses[job])}
+            if val:
+                self.val_acc[job] = val[1][job] / batch["val"][1].shape[1]
+                metrics |= {"val/acc": self.val_acc[job], "val/loss": shortest(val[0][job])}
             self.runs[job].send("metrics", metrics, step, now)
         due = [job for job in active if step % self.cfgs[job].every_n_epochs == 0 or step == self.num_epochs]
         for chunk in range(0, len(due), self.CHUNK):
@@ -194,10 +201,11 @@ class BatchedMlflowCallback(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_ids": [run.id if run else None for run in self.runs], "params": self.params,
-                "test_acc": self.test_acc, "errors": self.errors}
+                "test_acc": self.test_acc, "val_acc": self.val_acc, "errors": self.errors}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.test_acc, self.errors = state_dict["test_acc"], state_dict["errors"]
+        self.val_acc = state_dict.get("val_acc", self.val_acc)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.current_epoch  # the last epoch trained: fewer than planned if a callback stopped it

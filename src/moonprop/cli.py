@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from moonprop import preflight, sweep
 from moonprop.config import ConfigError, first_line, redact, resolve_uri, validate
-from moonprop.jobs import Interrupted, Launcher, Task, this_job
+from moonprop.jobs import CONFIG_TAG, Interrupted, Launcher, Task, config_name, this_job
 from moonprop.recorder import close_shared, shared
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ def task(cfg: DictConfig, command: list[str] | None = None) -> Task:
     if hc.mode != RunMode.MULTIRUN:
         arguments = sys.argv[1:] if command is None else command
         tags["mlflow.source.name"] = shlex.join(["moonprop", *(redact(a) for a in arguments)])  # as run
+        tags[CONFIG_TAG] = config_name([redact(o) for o in overrides], [])
         return Task(config, run_dir, overrides, tags, None, hc.runtime.cwd)
     job = this_job(config.tracking.run_name)
     tags["mlflow.source.name"] = shlex.join(["moonprop", *job.overrides])  # what runs this job alone
@@ -69,7 +70,7 @@ def train_task(this: Task) -> Trained | None:
     start = time.perf_counter()
     if this.job is None:
         trained = train(*this, recorder)
-        print(f"moonprop: run {recorder.last.name} FINISHED: test acc {trained.metrics['test/acc']:.3f} in "  # type: ignore[union-attr]
+        print(f"moonprop: run {recorder.last.name} FINISHED: {accuracies(trained)} in "  # type: ignore[union-attr]
               f"{time.perf_counter() - start:.1f} s (run id {trained.run_id}, folder {this.run_dir})", file=sys.stderr)
         return trained
     job = f"job {HydraConfig.get().job.num} ({this.job.name})"
@@ -82,17 +83,24 @@ def train_task(this: Task) -> Trained | None:
         print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {type(e).__name__}: {e}",
               file=sys.stderr)
         return None
-    print(f"moonprop: {job} FINISHED: test acc {trained.metrics['test/acc']:.3f} in "
-          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(f"moonprop: {job} FINISHED: {accuracies(trained)} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return trained
+
+
+def accuracies(trained: Trained) -> str:
+    val = trained.metrics.get("val/acc")
+    return f"{'' if val is None else f'val acc {val:.3f}, '}test acc {trained.metrics['test/acc']:.3f}"
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def app(cfg: DictConfig) -> float:
-    """The final test accuracy, what a sweeper maximises; NaN for a job that failed, which a
-    search's sampler takes as a failed trial."""
+    """The final validation accuracy, what a sweeper maximises (the test set only reports; a run
+    without a validation set, its test accuracy); NaN for a job that failed, which a search's
+    sampler takes as a failed trial."""
     trained = train_task(task(cfg))
-    return trained.metrics["test/acc"] if trained else float("nan")
+    if trained is None:
+        return float("nan")
+    return trained.metrics.get("val/acc", trained.metrics["test/acc"])
 
 
 def threads_per_job(hc: DictConfig) -> int:

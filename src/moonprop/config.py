@@ -41,7 +41,9 @@ class DataConfig:
     name: str = MISSING
     num_batches: int = option(150, "training epochs; each is one batch of freshly drawn points")
     batch_size: int = option(50, "points per training batch")
-    test_size: int = option(1000, "points in the fixed test set, evaluated after every epoch")
+    test_size: int = option(1000, "points in the fixed test set, evaluated after every epoch: it only reports")
+    val_size: int = option(1000, "points in the fixed validation set, scored every epoch: what a sweep's best, a "
+                                 "search and early stopping choose on (0: none, for a single run that chooses nothing)")
 
 
 @dataclass
@@ -354,6 +356,7 @@ def validate(cfg: DictConfig) -> Config:
     d, m, o, s = c.data, c.model, c.optimizer, c.schedule
     for key in ("num_batches", "batch_size", "test_size"):
         check_positive_int(f"data.{key}", getattr(d, key))
+    _check(d.val_size == 0 or _positive_int(d.val_size), "data.val_size", d.val_size, "an integer >= 0")
     _check(_finite(d.noise) and d.noise >= 0, "data.noise", d.noise, "a finite number >= 0")
     if isinstance(d, CirclesData):
         _check(_finite(d.factor) and 0 < d.factor < 1, "data.factor", d.factor, "a number between 0 and 1")

@@ -25,7 +25,8 @@ from moonprop.config import BlobsData, CirclesData, DataConfig, MoonsData, Spira
 
 Batch = tuple[Tensor, Tensor]
 Plane = tuple[float, float, float, float]  # x0, x1, y0, y1: what a boundary picture shows
-_TRAIN, _TEST = 0, 1  # seed streams: batches and test set never share random numbers
+_TRAIN, _TEST, _VAL = 0, 1, 2  # seed streams: batches, test and validation sets never share random numbers
+_SIZES = ("name", "num_batches", "batch_size", "test_size", "val_size")  # not how a point is drawn
 
 
 def points(cfg: DataConfig, n: int, seed: int, stream: int, index: int = 0) -> Batch:
@@ -159,27 +160,33 @@ class _OneBatchPerEpoch:
 
 
 class MoonsDataModule(pl.LightningDataModule):
-    """Any of the datasets (`cfg.name`), as the seed's moons: a fresh batch every epoch and a fixed
-    test set, each from `seed`'s own stream."""
+    """Any of the datasets (`cfg.name`), as the seed's moons: a fresh batch every epoch, a fixed
+    validation set (what is chosen on) and a fixed test set (what is reported), each from `seed`'s
+    own stream. Both fixed sets are scored after every epoch, in one validation batch
+    {"test": (x, y), "val": (x, y)} ("val" absent with `val_size=0`)."""
 
     def __init__(self, cfg: DataConfig, seed: int) -> None:
         super().__init__()
         self.cfg, self.seed = cfg, seed
         self.plane = plane(cfg)
         self.test = points(cfg, cfg.test_size, seed, _TEST)
+        self.val = points(cfg, cfg.val_size, seed, _VAL) if cfg.val_size else None
 
     def datasets(self) -> list[dict[str, Any]]:
-        """The test set and the training stream as a run records them (MLflow dataset inputs): a
-        name, the context, how to draw them again, and a digest that changes whenever they would."""
+        """The test and validation sets and the training stream as a run records them (MLflow
+        dataset inputs): a name, the context, how to draw them again, and a digest that changes
+        whenever they would."""
         cfg, seed = self.cfg, self.seed
         how = {"generator": GENERATED_AS[cfg.name], "seed": str(seed),
-               **{f.name: str(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
-                  if f.name not in ("name", "num_batches", "batch_size", "test_size")}}
+               **{f.name: str(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in _SIZES}}
         specs = [(f"{cfg.name}-test", "test", {**how, "stream": f"SeedSequence({seed}, spawn_key=({_TEST}, 0))",
                                                "points": str(cfg.test_size)}),
                  (f"{cfg.name}-train", "train", {**how, "stream": f"SeedSequence({seed}, spawn_key=({_TRAIN}, epoch))",
                                                  "batches": str(cfg.num_batches),
                                                  "points_per_batch": str(cfg.batch_size)})]
+        if cfg.val_size:
+            specs.append((f"{cfg.name}-val", "val", {**how, "stream": f"SeedSequence({seed}, spawn_key=({_VAL}, 0))",
+                                                     "points": str(cfg.val_size)}))
         return [{"name": name, "context": context, "source": source,
                  "digest": hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:8]}
                 for name, context, source in specs]
@@ -191,6 +198,6 @@ class MoonsDataModule(pl.LightningDataModule):
         return _OneBatchPerEpoch(self)
 
     def val_dataloader(self) -> DataLoader:
-        # The whole test set is one batch (1000 points x 337 weights is tiny); batch_size=None
-        # hands it over as it is, without collating 1000 samples every epoch.
-        return DataLoader([self.test], batch_size=None)
+        # Both sets are one batch (1000 points x 337 weights is tiny); batch_size=None hands it
+        # over as it is, without collating 1000 samples every epoch.
+        return DataLoader([{"test": self.test, **({"val": self.val} if self.val else {})}], batch_size=None)

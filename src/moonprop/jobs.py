@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 SWEEP_FILE = ".moonprop_sweep.json"  # the parent run and the swept keys: what every job needs to know
 TRIALS_FILE = ".moonprop_trials.json"  # a sweeper's word on each job it launches (see Trial)
 PRUNED_TAG = "optuna.pruned"  # a job its sweeper stopped early (a search's pruner): PRUNED in the summary
+CONFIG_TAG = "moonprop.config"  # a run's settings but its seed: what MLflow's "Group by" groups seeds by
 
 
 class Launcher(enum.Enum):
@@ -107,6 +108,23 @@ def job_name(overrides: list[str], keys: list[str], number: int, numbered: bool)
     return f"#{number} {text}".strip() if numbered or not text else text
 
 
+def config_name(overrides: list[str], keys: list[str]) -> str:
+    """A run's settings without its seed, in the words of its job name (`hidden=[8] schedule=cosine`):
+    the values of the swept keys but the seed; if the sweep varies only the seed, or for a single
+    run, its other overrides; `default` for the default config. What only names or draws the run
+    (`tracking.*`, `plot.*`) is no setting. The runs of one configuration share it, whatever their
+    seeds."""
+    def words(names: list[str]) -> str:
+        return " ".join(f"{short}={_short_value(value)}" for short, value in swept_values(overrides, names).items())
+
+    def setting(key: str) -> bool:  # what changes what is trained: not the seed, the record, the pictures
+        return key != "seed" and key != "resume" and not key.startswith(("tracking.", "plot.", "hydra."))
+
+    given = [o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o]
+    return words([k for k in keys if setting(k)]) or words([k for k in given if setting(k) and k not in keys]) \
+        or "default"
+
+
 def sweep_name(keys: list[str], sweep_id: str) -> str:
     """The parent run's name: `sweep hidden, schedule` (its folder, if it sweeps no key); the
     runs table shows when it started, and its `sweep.id` tag its folder."""
@@ -157,7 +175,9 @@ def this_job(run_name: str | None) -> Job:
     overrides = [redact(o) for o in hc.overrides.task]
     tags = {"sweep.id": folder.name, "sweep.job": str(hc.job.num), "sweep.overrides": " ".join(overrides)}
     trial = read_trial(folder, hc.job.num) or Trial(hc.job.num, {}, [])
-    name = run_name or job_name(overrides, sweep.get("keys", []), trial.number, sweep.get("numbered", True))
+    keys = sweep.get("keys", [])
+    name = run_name or job_name(overrides, keys, trial.number, sweep.get("numbered", True))
+    tags[CONFIG_TAG] = config_name(overrides, keys)
     return Job(sweep.get("parent"), name, overrides, tags | trial.tags, trial.callbacks)
 
 

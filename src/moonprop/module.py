@@ -2,11 +2,12 @@
 
 Pure maths: MLflow and plotting live in callbacks (callbacks.py). It logs its metrics the
 Lightning way, `self.log` at every step (train/loss, lr; test/acc and test/loss when the test set
-is scored), so that it works under any `pl.Trainer` with Lightning's own loggers and callbacks:
+is scored, val/acc and val/loss for the validation set), so that it works under any `pl.Trainer`
+with Lightning's own loggers and callbacks:
 
     module, data = moonprop.build(["optimizer=adam", "schedule.start=0.05"])
     pl.Trainer(max_epochs=data.cfg.num_batches, logger=CSVLogger("logs"),
-               callbacks=[EarlyStopping("test/acc", mode="max")]).fit(module, datamodule=data)
+               callbacks=[EarlyStopping("val/acc", mode="max")]).fit(module, datamodule=data)
 """
 
 from __future__ import annotations
@@ -84,11 +85,17 @@ class MoonsClassifier(pl.LightningModule):
                       batch_size=len(batch[0]))
         return {"loss": value, "lr": lr}
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        value, scores = self._common_step(batch)
-        acc = accuracy(scores, batch[1])
-        self.log_dict({"test/loss": value, "test/acc": acc}, prog_bar=True, batch_size=len(batch[0]))
-        return {"loss": value, "acc": acc}
+    def validation_step(self, batch: dict[str, tuple[Tensor, Tensor]], batch_idx: int) -> dict[str, Any]:
+        """Both fixed sets (data.MoonsDataModule): the validation set, what is chosen on, and the
+        test set, which only reports."""
+        out: dict[str, Any] = {}
+        for split, prefix in (("val", "val_"), ("test", "")):
+            if split in batch:
+                value, scores = self._common_step(batch[split])
+                acc = accuracy(scores, batch[split][1])
+                self.log_dict({f"{split}/loss": value, f"{split}/acc": acc}, prog_bar=True, batch_size=len(scores))
+                out |= {f"{prefix}loss": value, f"{prefix}acc": acc}
+        return out
 
     def configure_optimizers(self) -> dict[str, Any]:
         # base rate 1.0; LambdaLR sets the absolute rate of step k before it is taken

@@ -427,22 +427,36 @@ def small_multiples(cells: Sequence[tuple[dict[str, str], str, Image.Image | Non
     return canvas
 
 
-def curves(series: Sequence[tuple[str, Sequence[float]]], width: int = 900, height: int = 420) -> Image.Image:
-    """The sweep's test-accuracy curves overlaid: an epoch axis, the accuracy axis zoomed to where
-    the curves differ (from their lowest value after the first tenth of training to 1), one colour
-    and dash per job, and a legend beside the plot naming each job with its final accuracy."""
+def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int = 900,
+           height: int = 420) -> Image.Image:
+    """The sweep's test-accuracy curves, a configuration at a time: its mean over its seeds as a
+    line, one standard deviation either side as a band (with two seeds or more), over an epoch
+    axis; the accuracy axis zoomed to where the curves differ (from their lowest mean after the
+    first tenth of training to 1), one colour and dash per configuration, and a legend beside the
+    plot naming each with its final mean, spread and number of seeds."""
     size = 16
     line = size + 6
-    longest = max((len(v) for _, v in series), default=1)
-    settled = [x for _, values in series for x in values[max(1, len(values) // 10):]] or [0.5]
+    means, spreads = [], []
+    for _, runs in groups:
+        steps = min(len(r) for r in runs) if runs else 0
+        stacked = np.array([list(r[:steps]) for r in runs], dtype=float).reshape(len(runs), steps)
+        means.append(stacked.mean(0) if len(runs) else np.zeros(0))
+        spreads.append(stacked.std(0, ddof=1) if len(runs) > 1 else None)
+    longest = max((len(m) for m in means), default=1)
+    settled = [x for m in means for x in m[max(1, len(m) // 10):]] or [0.5]
     lo = max(0.0, math.floor(min(settled) * 20) / 20 - 0.05)  # a multiple of 0.05 below the lowest
-    legend = [f"{label}  {values[-1]:.3f}" if values else label for label, values in series]
+    legend = []
+    for (label, runs), mean, spread in zip(groups, means, spreads, strict=True):
+        final = f"  {mean[-1]:.3f}" if len(mean) else ""
+        legend.append(f"{label}{final}" + (f" ± {spread[-1]:.3f} (n={len(runs)})" if spread is not None else ""))
     legend_w = max((text_size(t, size)[0] for t in legend), default=0) + 40
-    height = max(height, 60 + line * len(series))
+    height = max(height, 60 + line * len(groups))
     image = Image.new("RGB", (width + legend_w, height), "white")
     draw = ImageDraw.Draw(image)
     x0, x1, y0, y1 = 64, width - 16, 36, height - 58
-    draw.text((x0, 8), "test accuracy per epoch", fill=TEXT, font=font(size))
+    banded = any(s is not None for s in spreads)
+    title = "test accuracy per epoch" + (": mean over seeds, band ± 1 standard deviation" if banded else "")
+    draw.text((x0, 8), title, fill=TEXT, font=font(size))
     draw.rectangle((x0, y0, x1, y1), outline=FRAME)
 
     def x(epoch: float) -> float:
@@ -460,9 +474,18 @@ def curves(series: Sequence[tuple[str, Sequence[float]]], width: int = 900, heig
         value = 1.0 - k * step
         draw.line((x0, y(value), x1, y(value)), fill=(240, 240, 240))
         draw.text((x0 - 6, y(value)), f"{value:.2f}", fill=MUTED, font=font(size), anchor="rm")
-    for i, (_, values) in enumerate(series):
+    bands = Image.new("RGBA", image.size, (255, 255, 255, 0))  # translucent: overlapping bands stay readable
+    band_draw = ImageDraw.Draw(bands)
+    for i, (mean, spread) in enumerate(zip(means, spreads, strict=True)):
+        if spread is not None and len(mean) > 1:
+            upper = [(x(k), y(v + s)) for k, (v, s) in enumerate(zip(mean, spread, strict=True))]
+            lower = [(x(k), y(v - s)) for k, (v, s) in enumerate(zip(mean, spread, strict=True))]
+            band_draw.polygon(upper + lower[::-1], fill=(*SERIES[i % len(SERIES)], 56))
+    image.paste(Image.alpha_composite(image.convert("RGBA"), bands).convert("RGB"))
+    draw = ImageDraw.Draw(image)
+    for i, mean in enumerate(means):
         colour, dashed = SERIES[i % len(SERIES)], (i // len(SERIES)) % 2 == 1
-        points = [(x(k), y(v)) for k, v in enumerate(values)]
+        points = [(x(k), y(v)) for k, v in enumerate(mean)]
         segments = [points[k:k + 4] for k in range(0, len(points) - 1, 6)] if dashed else [points]
         for segment in segments:
             if len(segment) > 1:

@@ -431,12 +431,26 @@ def check_trainer(config: Config) -> None:
         raise ConfigError(f"trainer.{name}", args[name], first_line(e)) from None
 
 
+def check_chooses_on_validation(config: Config, multirun: bool) -> None:
+    """What chooses (a sweep's best configuration, a search, a callback that monitors val/...)
+    chooses on the validation set: never on the test set, whose accuracy would then be biased."""
+    if config.data.val_size:
+        return
+    if multirun:
+        raise ConfigError("data.val_size", 0, "a validation set of at least 1 point: a sweep chooses its best "
+                                              "configuration on it (the test set only reports)")
+    for name, callback in config.callbacks.items():
+        if str(callback.get("monitor", "")).startswith("val/"):
+            raise ConfigError("data.val_size", 0, f"a validation set of at least 1 point: callbacks.{name} "
+                                                  f"monitors {callback['monitor']}")
+
+
 def check_search(job: DictConfig) -> None:
-    """The app returns test accuracy: a search that minimises it would find the worst model."""
+    """The app returns the validation accuracy: a search that minimises it would find the worst model."""
     sweeper = OmegaConf.select(job, "hydra.sweeper")
     direction = str(sweeper.get("direction", "")).rpartition(".")[2].lower()  # Direction.minimize -> minimize
     if Sweeper.of(sweeper) is Sweeper.SEARCH and direction != "maximize":
-        raise ConfigError("hydra.sweeper.direction", direction, "maximize: moonprop returns the test accuracy")
+        raise ConfigError("hydra.sweeper.direction", direction, "maximize: moonprop returns the validation accuracy")
 
 
 def check(argv: list[str], app: App) -> list[Config]:
@@ -451,6 +465,7 @@ def check(argv: list[str], app: App) -> list[Config]:
         if (args := json.dumps(config.trainer.lightning, sort_keys=True, default=str)) not in trainers:
             trainers.add(args)
             check_trainer(config)
+        check_chooses_on_validation(config, multirun)
     return configs
 
 

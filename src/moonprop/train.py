@@ -130,7 +130,8 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
 def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path,
                   how_to_continue: str) -> list[float | str]:
     """Train the jobs `tasks` (of one batched.stack_key) as one batched model, each recorded as its
-    own run, as `train` would record it; for each job its final test accuracy, or why it failed.
+    own run, as `train` would record it; for each job its final validation accuracy (what a sweeper
+    chooses on; the test accuracy without a validation set), or why it failed.
     The runs are shared out among the `recorders` (processes: a run costs ~0.2 s of recording).
 
     Interrupted by Ctrl-C or SIGTERM, every running job's run ends KILLED after a checkpoint of the
@@ -170,7 +171,8 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
     for job, run in enumerate(runs):
         if run is not None and job not in tracker.errors:
             run.end("FINISHED", wait=False)
-    return [tracker.errors.get(job, tracker.test_acc[job]) for job in range(len(tasks))]  # type: ignore[misc]
+    chosen = tracker.val_acc if cfgs[0].data.val_size else tracker.test_acc
+    return [tracker.errors.get(job, chosen[job]) for job in range(len(tasks))]  # type: ignore[misc]
 
 
 def resumed_batch(checkpoint: Path, params: list[dict[str, str]]) -> dict[str, Any]:

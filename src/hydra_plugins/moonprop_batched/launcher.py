@@ -4,7 +4,7 @@ Every job is set up as Hydra's own launchers set it up (`run_job`: its composed 
 with .hydra/, HydraConfig, Hydra's callbacks), but instead of training there, the launcher collects
 what the job would train (`moonprop.cli.task`). Jobs that can share a model (batched.stack_key)
 then train as one, in this process, on `trainer.accelerator`; each job is recorded as its own
-MLflow run under the sweep's parent, and Hydra gets each job's final test accuracy back, NaN for
+MLflow run under the sweep's parent, and Hydra gets each job's final validation accuracy back, NaN for
 a job that failed, as from the in-process launcher.
 
 Kept light at import: Hydra imports every plugin module to discover it, even for `--help`.
@@ -117,6 +117,6 @@ class BatchedLauncher(Launcher):
                 print(f"moonprop: {job} FAILED: {result}", file=sys.stderr)
                 ret.return_value = float("nan")  # what a search sampler takes as a failed trial
             else:
-                print(f"moonprop: {job} FINISHED: test acc {result:.3f} ({len(batch)} jobs in {took:.1f} s)",
+                print(f"moonprop: {job} FINISHED: val acc {result:.3f} ({len(batch)} jobs in {took:.1f} s)",
                       file=sys.stderr)
                 ret.return_value = result

@@ -1,6 +1,6 @@
-"""A search's trial as its job trains it: the Lightning callback that reports every epoch's test
-accuracy to the trial's Optuna study and stops the training when the study's pruner judges it
-hopeless.
+"""A search's trial as its job trains it: the Lightning callback that reports every epoch's
+validation accuracy (what the search maximises; the test set only reports) to the trial's Optuna
+study and stops the training when the study's pruner judges it hopeless.
 
 The sweeper (search.py) names this callback in each job's entry of the sweep's trials file
 (`moonprop.jobs.Trial`); moonprop instantiates it beside its own, wherever the job runs (this
@@ -21,7 +21,7 @@ from moonprop.jobs import PRUNED_TAG
 
 
 class PruneHopeless(pl.Callback):
-    """Every epoch's test accuracy goes to trial `number` of `study`; when the study's pruner
+    """Every epoch's validation accuracy goes to trial `number` of `study`; when the study's pruner
     judges the trial hopeless, training stops at that epoch's end (Lightning's own stop: the run
     ends, records and logs its model as usual), its run tagged PRUNED_TAG and its trial PRUNED_AT."""
 
@@ -35,7 +35,7 @@ class PruneHopeless(pl.Callback):
         if trainer.sanity_checking:  # step 0, the untrained network: nothing to judge yet
             return
         epoch = trainer.current_epoch + 1
-        self.trial.report(outputs["acc"], epoch)
+        self.trial.report(outputs["val_acc"], epoch)
         if self.trial.should_prune():
             self.trial.set_user_attr(PRUNED_AT, epoch)
             tag_run(trainer, {PRUNED_TAG: f"at epoch {epoch}"})

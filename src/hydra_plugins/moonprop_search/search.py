@@ -8,7 +8,7 @@ plugin's docs and habits carry over, and adds what that plugin cannot on optuna 
   `journal:PATH` for a cluster's shared file system), and the same command continues it: the
   study's name is derived from the search unless `study_name` is given;
 - trials are asked `n_jobs` at a time, so that a parallel launcher (joblib, SLURM) runs a batch;
-- each trial reports its test accuracy to the study as it trains, and the pruner (MedianPruner by
+- each trial reports its validation accuracy to the study as it trains, and the pruner (MedianPruner by
   default) stops hopeless trials at an epoch's end (`_trial.PruneHopeless`, a Lightning callback
   the sweeper hands to each job through the sweep's trials file, `moonprop.jobs.Trial`).
 
@@ -217,7 +217,7 @@ class SearchSweeper(Sweeper):
 
     @staticmethod
     def tell(study: Any, storage: Any, trial: Any, result: Any) -> None:
-        """A trial's end: its test accuracy, pruned (its job stopped it), or failed."""
+        """A trial's end: its validation accuracy, pruned (its job stopped it), or failed."""
         from optuna.trial import TrialState
 
         value = result.return_value if result.status == JobStatus.COMPLETED else None
