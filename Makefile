@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup install test bench ui
+.PHONY: setup install test bench ui gpu-check
 
 setup: install
 	$(BIN)/moonprop
@@ -15,13 +15,18 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[search,test]'
+	$(BIN)/pip install --quiet -e '.[search,server,test]'
 
 test:
 	$(BIN)/python -m pytest
 
 bench:
 	$(BIN)/python benchmarks/bench.py
+
+# on a machine with a CUDA device: a default run and a 1,000-job batched sweep on GPU and on CPU,
+# compared job by job (outputs/gpu-check/); elsewhere it says so in one line
+gpu-check:
+	$(BIN)/python scripts/gpu_check.py
 
 # the UI for the default store, on this machine only; prints the addresses that open on the runs
 ui:

@@ -13,8 +13,9 @@ invocation, so that ratios compare like with like; single runs are medians over 
   - a 30-trial search (hydra/sweeper=search) with its default pruner and without: wall time, best
     accuracy, trials pruned;
   - hydra/launcher=batched: a 40-seed sweep (a picture every 10 epochs) beside the in-process
-    launcher's, a 200-job one for the marginal cost of a job ((200 jobs - 40 jobs) / 160), and the
-    batched training loop alone (benchmarks/batched_loop.py) for 1 and for 100 models;
+    launcher's, both also through a tracking server on PostgreSQL (where scripts/postgres runs), a
+    200-job one for the marginal cost of a job ((200 jobs - 40 jobs) / 160), and the batched
+    training loop alone (benchmarks/batched_loop.py) for 1 and for 100 models;
   - the same experiment written the plain way (benchmarks/plain.py): one run and 10 seeds, beside
     moonprop's 10-seed sweep (the in-process launcher);
   - what the validation set adds to an epoch (its forward pass, loss and accuracy);
@@ -25,16 +26,21 @@ invocation, so that ratios compare like with like; single runs are medians over 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +88,45 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read()[-3000:]}")
         return wall, peak, out.read(), usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def tracking_server(root: Path) -> Iterator[str | None]:
+    """`mlflow server` on 127.0.0.1 with a fresh database on scripts/postgres's PostgreSQL and the
+    artifacts it serves (the cluster recipe); None where there is no PostgreSQL."""
+    try:
+        import psycopg
+    except ImportError:
+        yield None
+        return
+    url = subprocess.run([str(ROOT / "scripts" / "postgres"), "url", "postgres"], capture_output=True,
+                         text=True).stdout.strip()
+    name = f"moonprop_bench_{os.getpid()}"
+    try:
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+    except psycopg.Error:
+        yield None
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+                               url.rsplit("/", 1)[0] + f"/{name}", "--artifacts-destination", str(root / "art"),
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(180):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def median(xs: list[float]) -> float:
@@ -198,6 +243,19 @@ def main() -> None:
             wall, peak, _, cpu = timed(MOONPROP + sweep, cwd)
             results[f"{name}_s"], results[f"{name}_cpu_s"], results[f"{name}_peak_mb"] = wall, cpu, peak / 1024
         results["batched_marginal_per_job_s"] = (results["sweep200_batched_s"] - results["sweep40_batched_s"]) / 160
+        # the same 40 seeds through a tracking server on PostgreSQL (scripts/postgres start, as root)
+        with tracking_server(tmp_path / "server") as uri:
+            if uri is None:
+                print("no PostgreSQL (scripts/postgres start): the tracking-server rows are left out", file=sys.stderr)
+            for name, extra in (("sweep40_server", []), ("sweep40_batched_server", ["hydra/launcher=batched"])):
+                if uri is None:
+                    break
+                cwd = tmp_path / name
+                cwd.mkdir()
+                sweep = ["-m", "seed=range(0,40)", "plot.every_n_epochs=10", f"tracking.uri={uri}",
+                         f"tracking.experiment={name}", *extra]
+                wall, peak, _, cpu = timed(MOONPROP + sweep, cwd)
+                results[f"{name}_s"], results[f"{name}_cpu_s"] = wall, cpu
         for models in (1, 100):
             loops = [json.loads(timed([sys.executable, str(ROOT / "benchmarks" / "batched_loop.py"), str(models)],
                                       tmp_path)[2]) for _ in range(args.reps)]

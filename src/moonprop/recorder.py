@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, Literal
@@ -266,10 +267,13 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # A tracking server that goes away mid-run: fail in seconds, not after MLflow's ~4 minutes
-    # of retries (the CLI has checked that it answered at the start).
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    # A tracking server that goes away mid-run (restarted, its database failing over): MLflow
+    # retries each request with backoff, 0 + 4 + 8 + 16 + 32 s, about a minute, so that a restart
+    # loses nothing; past that the write fails and the run ends FAILED with the reason (not after
+    # MLflow's default ~4 minutes). The CLI has checked that the server answered at the start.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    logging.getLogger("urllib3.connectionpool").addFilter(_SayRetrying())
     from moonprop.tracking import FLUSH_EVERY_S, RunWriter, prepare
 
     # after MLflow's import, which sets its own: "Creating initial MLflow database tables..." is noise
@@ -330,6 +334,27 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
             broken.add(seq)
             reply(seq, op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")
             traceback.print_exc(file=sys.stderr)
+
+
+class _SayRetrying(logging.Filter):
+    """One line when the tracking server stops answering, instead of urllib3's warning for every
+    request MLflow retries (and again only if it stops answering later)."""
+
+    QUIET_S = 120.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = -self.QUIET_S
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Retrying"):
+            return True
+        if time.monotonic() - self.said > self.QUIET_S:
+            cause = record.getMessage().partition("after connection broken by")[2].strip(" :") or "no answer"
+            print(f"moonprop: the tracking server did not answer ({cause[:160]}); MLflow retries each write for "
+                  f"about a minute, then a run it cannot write ends FAILED", file=sys.stderr)
+        self.said = time.monotonic()
+        return False
 
 
 def _summary_calls() -> dict[str, Callable[..., Any]]:
