@@ -60,11 +60,12 @@ def run(overrides: Sequence[str] = ()) -> Result:
         model_uri = f"models:/{trained.model_id}" if trained.model_id else None
         results.append(Result(trained.run_id, trained.metrics, model_uri, this.run_dir))
 
-    with _as_found(), hydra_internals.app_hydra(task, cli.CONFIG_PATH, None) as hydra:
-        if hydra_internals.mode_of(hydra, cli.CONFIG_NAME, args.overrides) == RunMode.MULTIRUN:
+    config_name = args.config_name or cli.CONFIG_NAME  # `-cd myconf --config-name myexp`, as the CLI takes them
+    with _as_found(), hydra_internals.app_hydra(task, args.config_path or cli.CONFIG_PATH, args.config_dir) as hydra:
+        if hydra_internals.mode_of(hydra, config_name, args.overrides) == RunMode.MULTIRUN:
             raise ConfigError("overrides", " ".join(argv), "the overrides of one run: this config is a sweep "
                                                            "(hydra.mode: MULTIRUN); run it with moonprop")
-        hydra_internals.run(hydra, cli.CONFIG_NAME, task, args.overrides).return_value  # noqa: B018 - raises its error
+        hydra_internals.run(hydra, config_name, task, args.overrides).return_value  # noqa: B018 - raises its error
     return results[0]
 
 
