@@ -291,3 +291,14 @@ def test_bad_launcher_settings_are_refused_in_one_line(workdir, setting):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"moonprop: invalid config: hydra.launcher.{setting}: a positive integer"
     assert not (workdir / "outputs").exists()
+
+
+def test_jobs_with_callbacks_of_their_own_train_alone_and_their_callbacks_act(workdir):
+    proc = moonprop("-m", "seed=0,1", "callbacks=[early_stopping]", "callbacks.early_stopping.patience=2",
+                    "data.num_batches=200", "plot.every_n_epochs=50", BATCHED, cwd=workdir)
+    assert "2 jobs in 2 batched models" in proc.stderr
+    _, children = sweep_runs(default_store(workdir))
+    client = default_store(workdir)
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/acc")]
+        assert child.info.status == "FINISHED" and max(steps) < 200  # EarlyStopping stopped it on val/acc

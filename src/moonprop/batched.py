@@ -171,6 +171,7 @@ class BatchedMoonsClassifier(pl.LightningModule):
         self.register_buffer("rate_table", torch.tensor(self.rates).T.contiguous())  # [N, K]
         self.register_buffer("active", torch.ones(len(cfgs), dtype=torch.bool))
         self.diverged: dict[int, str] = {}  # job -> why it stopped
+        self.log_metrics = False  # a batch of one with callbacks of its own: logged as MoonsClassifier logs
 
     def forward(self, x: Tensor, jobs: Tensor | None = None) -> Tensor:
         return self.net(x, jobs)
@@ -193,7 +194,7 @@ class BatchedMoonsClassifier(pl.LightningModule):
                 self.diverged[job] = f"NonFiniteLoss: loss is {losses[job].item()} at epoch {self.current_epoch + 1}"
             self.active &= ~diverging
         rates = [rates[self.current_epoch] for rates in self.rates]  # one batch per epoch
-        if len(rates) == 1:
+        if self.log_metrics:
             self.log_dict({"train/loss": losses[0], "lr": rates[0]}, on_step=False, on_epoch=True,
                           batch_size=x.shape[1])
         return {"loss": torch.where(self.active, losses, 0.0).sum(), "losses": losses.detach(), "rates": rates}
@@ -205,7 +206,7 @@ class BatchedMoonsClassifier(pl.LightningModule):
                 x, y = batch[split]
                 scores = self(x)
                 losses, correct = self.losses(scores, y), ((scores > 0) == (y > 0)).sum(1)
-                if len(losses) == 1:
+                if self.log_metrics:
                     self.log_dict({f"{split}/loss": losses[0], f"{split}/acc": int(correct[0]) / y.shape[1]},
                                   batch_size=y.shape[1])
                 out |= {f"{prefix}losses": losses, f"{prefix}correct": correct}

@@ -119,10 +119,12 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
     stopper = GracefulStop(run_dir / "checkpoints" / "last.ckpt")
     spec = run_spec(cfg, datamodule, overrides, tags, job, launch_dir)
     resume_run_id = checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None
+    extra = callbacks_of(cfg, job)
+    module.log_metrics = bool(extra) or sys.stderr.isatty()  # what reads self.log: callbacks, the progress bar
     with stopper.handling_signals(), recorder.run(close_in_background, **spec, resume_run_id=resume_run_id) as run:
         tracker = MlflowCallback(run, datamodule.test, cfg.plot, cfg.data.num_batches, spec["params"],
                                  datamodule.plane)
-        fit(trainer(cfg, [tracker, stopper, *callbacks_of(cfg, job)], bool(cfg.resume)), stopper,
+        fit(trainer(cfg, [tracker, stopper, *extra], bool(cfg.resume)), stopper,
             module, datamodule=datamodule, ckpt_path=cfg.resume)
     return Trained(run.id, tracker.last, run.model_id)
 
@@ -159,6 +161,7 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
     stopper = GracefulStop(checkpoint, how_to_continue)
     # a job with callbacks of its own trains in a batch of one (batched.stack_key): they are its
     extra = callbacks_of(cfgs[0], None) if len(cfgs) == 1 else []
+    module.log_metrics = bool(extra)
     try:
         with stopper.handling_signals():
             fit(trainer(cfgs[0], [tracker, stopper, *extra], resuming=saved is not None), stopper, module,
