@@ -119,7 +119,7 @@ def test_the_boundary_card_with_its_step_slider(ui, page):
     image = page.locator(IMAGE).first
     assert "step%2B0%2B" in image.get_attribute("src")
     image.wait_for(state="visible")
-    page.wait_for_function(f"() => document.querySelector(\"{IMAGE}\").naturalWidth > 0")
+    page.wait_for_function(f"() => document.querySelector(\"{IMAGE}\")?.naturalWidth > 0")
     assert on_screen(page, IMAGE)["natural"] == 480  # the whole picture, shown at most at this size
     # MLflow's card lists every param of the run above the picture (README: why)
     params = ", ".join(f"{k}={v}" for k, v in run.data.params.items())
@@ -130,7 +130,7 @@ def test_the_boundary_card_with_its_step_slider(ui, page):
     slider.focus()
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
-    page.wait_for_function(f"() => document.querySelector(\"{IMAGE}\").src.includes('step%2B2%2B')")
+    page.wait_for_function(f"() => (document.querySelector(\"{IMAGE}\")?.src ?? '').includes('step%2B2%2B')")
     page.screenshot(path=str(SHOTS / "model-metrics-step-2.png"), full_page=True)
 
 
@@ -148,7 +148,7 @@ def test_the_picture_is_on_screen_with_the_cards_run_params_off_and_large_when_e
     page.get_by_role("menuitem", name="Configure").click()
     page.get_by_text("Show run parameters").click()
     page.get_by_text("Save changes").click()
-    page.wait_for_function(f"() => document.querySelector(\"{IMAGE}\").naturalWidth > 0")
+    page.wait_for_function(f"() => document.querySelector(\"{IMAGE}\")?.naturalWidth > 0")
     page.wait_for_timeout(500)
     page.screenshot(path=str(SHOTS / "card-without-params.png"))
     assert on_screen(page, IMAGE)["visible"]
