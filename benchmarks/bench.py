@@ -142,11 +142,12 @@ def frame_ms() -> float:
     import torch
 
     from moonprop import plot
-    from moonprop.data import moons
+    from moonprop.config import MoonsData
+    from moonprop.data import MoonsDataModule
     from moonprop.model import MLP
 
     torch.set_num_threads(1)
-    x, y = moons(1000, 0.1, 0, 1)
+    x, y = MoonsDataModule(MoonsData(), 0).test
     pictures = plot.Boundary(x.numpy(), y.numpy(), 480)  # once a run, as callbacks.py makes it
     net, grid = MLP([16, 16]), torch.from_numpy(pictures.grid)
     times = []

@@ -4,12 +4,12 @@ import sklearn.datasets
 import torch
 
 from moonprop.config import DATASETS, BlobsData, CirclesData, MoonsData, SpiralData, XorData
-from moonprop.data import GENERATORS, MoonsDataModule, make_moons, moons, plane, points
+from moonprop.data import GENERATORS, MoonsDataModule, plane, points
 
 
 @pytest.mark.parametrize("n, noise, seed", [(50, 0.1, 0), (1000, 0.1, 123456789), (51, 0.3, 7), (1, 0.0, 2**32 - 1)])
 def test_moons_are_sklearns_number_for_number(n, noise, seed):
-    x, y = make_moons(n, noise, seed)
+    x, y = GENERATORS["moons"](MoonsData(noise=noise), n, np.random.RandomState(seed))
     expected_x, expected_y = sklearn.datasets.make_moons(n_samples=n, noise=noise, random_state=seed)
     np.testing.assert_array_equal(x, expected_x)
     np.testing.assert_array_equal(y, expected_y)
@@ -63,7 +63,7 @@ def test_the_moons_plane_is_the_seeds():
 
 
 def test_shapes_dtypes_and_labels():
-    x, y = moons(50, 0.1, seed=0, stream=0)
+    x, y = points(MoonsData(noise=0.1), 50, seed=0, stream=0)
     assert x.shape == (50, 2) and y.shape == (50,)
     assert x.dtype == torch.float32 and y.dtype == torch.float32
     assert set(y.tolist()) == {-1.0, 1.0}
@@ -71,18 +71,19 @@ def test_shapes_dtypes_and_labels():
 
 
 def test_upper_moon_is_minus_one():
-    x, y = moons(1000, 0.0, seed=0, stream=0)
+    x, y = points(MoonsData(noise=0.0), 1000, seed=0, stream=0)
     upper, lower = x[y == -1], x[y == 1]
     assert upper[:, 1].min() >= -1e-6 and upper[:, 0].max() <= 1 + 1e-6  # x=cos t, y=sin t
     assert lower[:, 1].max() <= 0.5 + 1e-6 and lower[:, 0].min() >= -1e-6  # x=1-cos t, y=.5-sin t
 
 
 def test_seeding_is_reproducible_and_streams_are_independent():
-    a, b = moons(50, 0.1, seed=3, stream=0, index=4), moons(50, 0.1, seed=3, stream=0, index=4)
+    cfg = MoonsData(noise=0.1)
+    a, b = points(cfg, 50, seed=3, stream=0, index=4), points(cfg, 50, seed=3, stream=0, index=4)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not torch.equal(a[0], moons(50, 0.1, seed=3, stream=0, index=5)[0])  # next epoch
-    assert not torch.equal(a[0], moons(50, 0.1, seed=4, stream=0, index=4)[0])  # other seed
-    assert not torch.equal(a[0], moons(50, 0.1, seed=3, stream=1, index=4)[0])  # test stream
+    assert not torch.equal(a[0], points(MoonsData(noise=0.1), 50, seed=3, stream=0, index=5)[0])  # next epoch
+    assert not torch.equal(a[0], points(MoonsData(noise=0.1), 50, seed=4, stream=0, index=4)[0])  # other seed
+    assert not torch.equal(a[0], points(MoonsData(noise=0.1), 50, seed=3, stream=1, index=4)[0])  # test stream
 
 
 def test_datamodule_fixed_test_set_and_one_fresh_batch_per_epoch():
@@ -103,6 +104,6 @@ def test_datamodule_fixed_test_set_and_one_fresh_batch_per_epoch():
 
 
 def test_noise_moves_points_off_the_curves():
-    x0, _ = moons(200, 0.0, seed=0, stream=0)
-    x1, _ = moons(200, 0.3, seed=0, stream=0)
+    x0, _ = points(MoonsData(noise=0.0), 200, seed=0, stream=0)
+    x1, _ = points(MoonsData(noise=0.3), 200, seed=0, stream=0)
     assert (x0 - x1).abs().mean() > 0.1

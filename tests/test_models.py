@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from moonprop.data import moons
+from moonprop.config import MoonsData
+from moonprop.data import MoonsDataModule
 
 from .conftest import default_store, moonprop
 
@@ -84,7 +85,7 @@ def test_pyfunc_gives_the_scores_and_pytorch_the_network(store):
     _, client = store
     run = run_named(client, "seed0")
     uri = f"models:/{run.outputs.model_outputs[0].model_id}"
-    points, labels = moons(1000, 0.1, 0, 1)  # the run's test set (seed 0, test stream)
+    points, labels = MoonsDataModule(MoonsData(), 0).test  # the run's test set
     scores = mlflow.pyfunc.load_model(uri).predict(points.numpy())
     assert scores.shape == (1000,) and scores.dtype == np.float32
     # score > 0 is the lower moon (+1), as in training: the run's own final test accuracy
@@ -168,8 +169,5 @@ def test_datasets_and_sources_are_recorded(store):
     assert len(tags["mlflow.source.git.commit"]) == 40
     # the digest follows the data: other settings another digest, the same settings the same one
     assert inputs[0]["train"].digest != inputs[1]["train"].digest
-    from moonprop.config import MoonsData
-    from moonprop.data import MoonsDataModule
-
     again = {d["context"]: d["digest"] for d in MoonsDataModule(MoonsData(num_batches=EPOCHS), 0).datasets()}
     assert again == {"test": test0.digest, "train": inputs[0]["train"].digest, "val": inputs[0]["val"].digest}

@@ -257,8 +257,11 @@ class StackedOptimizer(torch.optim.Optimizer):
         self.decays = bool(self.hyper["weight_decay"].any())
 
     def _job(self, key: str, p: Tensor) -> Tensor:
-        """A per-job value, shaped to broadcast over `p` ([K, 1, 1]), in its dtype and on its device."""
-        return self.hyper[key].to(device=p.device).view(-1, *[1] * (p.dim() - 1))
+        """A per-job value (float64), shaped to broadcast over `p` ([K, 1, 1]), on its device (moved
+        there once)."""
+        if self.hyper[key].device != p.device:
+            self.hyper = {k: v.to(p.device) for k, v in self.hyper.items()}
+        return self.hyper[key].view(-1, *[1] * (p.dim() - 1))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]

@@ -38,17 +38,6 @@ def points(cfg: DataConfig, n: int, seed: int, stream: int, index: int = 0) -> B
     return torch.from_numpy(x).float(), torch.from_numpy(2.0 * y - 1.0).float()
 
 
-def moons(n: int, noise: float, seed: int, stream: int, index: int = 0) -> Batch:
-    """n points of sklearn's two moons, labelled -1 (upper moon) and +1 (lower moon)."""
-    return points(MoonsData(noise=noise), n, seed, stream, index)
-
-
-def make_moons(n: int, noise: float, random_state: int) -> tuple[np.ndarray, np.ndarray]:
-    """sklearn's `make_moons(n, noise=noise, random_state=random_state)`, number for number."""
-    _RNG.seed(random_state)
-    return _moons(MoonsData(noise=noise), n, _RNG)
-
-
 def _shuffled_with_noise(x: np.ndarray, y: np.ndarray, noise: float,
                          rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
     """sklearn.utils.shuffle with the same generator, then Gaussian noise: make_moons' and
@@ -122,7 +111,10 @@ def _noiseless(shapes: Callable[[int], tuple[np.ndarray, np.ndarray]], n: int) -
     return x, y
 
 
-GENERATED_AS = {  # what a run's dataset inputs say of how their points were drawn
+# What a run's dataset inputs say of how their points were drawn. The moons' words are those
+# earlier runs recorded (their function is `points` now): they are part of the digest, which must
+# change only when the points do.
+GENERATED_AS = {
     "moons": "moonprop.data.moons: sklearn.datasets.make_moons, labels -1 (upper) / +1 (lower)",
     "circles": "moonprop.data.points: sklearn.datasets.make_circles, labels -1 (outer) / +1 (inner)",
     "blobs": "moonprop.data.points: sklearn.datasets.make_blobs at (-offset, -offset) -1 and (offset, offset) +1",

@@ -95,16 +95,26 @@ def _short_value(value: str) -> str:
     return value
 
 
+def given_values(overrides: list[str]) -> dict[str, str]:
+    """The values overrides give, by key: `+data.foo=1` and `data.foo=1` alike give data.foo."""
+    return dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+
+
 def swept_values(overrides: list[str], keys: list[str]) -> dict[str, str]:
     """A job's values of the swept keys, under their short names: {"hidden": "[8]", ...}."""
-    given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    given = given_values(overrides)
     return {short: given[key] for key, short in short_names(keys).items() if key in given}
+
+
+def _words(overrides: list[str], keys: list[str]) -> str:
+    """The values of `keys` as a name says them: `hidden=[8] schedule=cosine`."""
+    return " ".join(f"{short}={_short_value(value)}" for short, value in swept_values(overrides, keys).items())
 
 
 def job_name(overrides: list[str], keys: list[str], number: int, numbered: bool) -> str:
     """A sweep job's run name: the values it was given for the swept keys, `hidden=[8]
     schedule=cosine`; a search's trials (whose values may repeat) also by their number, `#3 ...`."""
-    text = " ".join(f"{short}={_short_value(value)}" for short, value in swept_values(overrides, keys).items())
+    text = _words(overrides, keys)
     return f"#{number} {text}".strip() if numbered or not text else text
 
 
@@ -114,15 +124,11 @@ def config_name(overrides: list[str], keys: list[str]) -> str:
     run, its other overrides; `default` for the default config. What only names or draws the run
     (`tracking.*`, `plot.*`) is no setting. The runs of one configuration share it, whatever their
     seeds."""
-    def words(names: list[str]) -> str:
-        return " ".join(f"{short}={_short_value(value)}" for short, value in swept_values(overrides, names).items())
-
     def setting(key: str) -> bool:  # what changes what is trained: not the seed, the record, the pictures
         return key != "seed" and key != "resume" and not key.startswith(("tracking.", "plot.", "hydra."))
 
-    given = [o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o]
-    return words([k for k in keys if setting(k)]) or words([k for k in given if setting(k) and k not in keys]) \
-        or "default"
+    others = [k for k in given_values(overrides) if setting(k) and k not in keys]
+    return _words(overrides, [k for k in keys if setting(k)]) or _words(overrides, others) or "default"
 
 
 def sweep_name(keys: list[str], sweep_id: str) -> str:

@@ -15,6 +15,11 @@ cost a run too much:
   with MLflow's own `Model` and `pyfunc.add_to_model`, and three private helpers for the input
   example and the two environment files.
 
+A third is MLflow's system-metrics monitor, which only `mlflow.start_run(log_system_metrics=True)`
+starts: moonprop's runs are written with MlflowClient, so it starts the same monitor itself, and at
+the run's end publishes the sample the monitor would drop (a run of a few seconds may end before
+its first is published).
+
 What would break: a release that renames the private helpers fails on import; one that changes
 the layouts leaves the UI without the image card, or a model that does not load. tests/test_internals.py
 checks both against the installed MLflow (the names `log_image` gives, the folder `save_model`
@@ -33,6 +38,7 @@ import yaml
 from mlflow import pyfunc
 from mlflow.models import Model, ModelSignature
 from mlflow.models.utils import _save_example
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.utils.environment import _mlflow_conda_env, _PythonEnv
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
 
@@ -77,3 +83,20 @@ def save_torchscript(path: Path, torchscript: bytes, torch_version: str, run_id:
     _PythonEnv.current().to_yaml(str(path / "python_env.yaml"))
     model.model_size_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     model.save(str(path / "MLmodel"))
+
+
+def start_system_metrics(run_id: str, uri: str, resumed: bool) -> SystemMetricsMonitor:
+    """MLflow's monitor of the machine's CPU, memory, disk and network for `run_id`, as
+    `mlflow.start_run(log_system_metrics=True)` starts it, a sample a second (these runs take
+    seconds) unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says otherwise."""
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=1.0, resume_logging=resumed, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def finish_system_metrics(monitor: SystemMetricsMonitor) -> None:
+    """Stop the monitor, and publish the sample it took since its last one, which it would drop."""
+    monitor.finish()
+    if last := monitor.aggregate_metrics():
+        monitor.publish_metrics(last)
+        monitor.mlflow_logger.flush()

@@ -186,10 +186,11 @@ def key_error(hydra: Hydra, config_name: str | None, overrides: list[str], key: 
     if parent_key == "trainer":  # one of Lightning's arguments, not in the config until added
         if name in OWN_TRAINER_ARGS:
             return ConfigError(key, value, f"moonprop sets it: use {OWN_TRAINER_ARGS[name]}")
-        with contextlib.suppress(ConfigError):  # a name the Trainer knows: the + that adds it
+        try:
             check_trainer_names({name: value})
-            return ConfigError(key, value, f"one of Lightning's Trainer arguments: add it with +{key}={value}")
-        check_trainer_names({name: value})
+        except ConfigError as misspelt:
+            return misspelt
+        return ConfigError(key, value, f"one of Lightning's Trainer arguments: add it with +{key}={value}")
     known = [o for o in overrides if _override_of(key, [o]) is None]
     with contextlib.suppress(Exception):
         job = hydra_internals.compose(hydra, config_name, known, RunMode.RUN)

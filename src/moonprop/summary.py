@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from moonprop import logged_model, plot
-from moonprop.jobs import CONFIG_TAG, PRUNED_TAG, swept_values
+from moonprop.jobs import CONFIG_TAG, PRUNED_TAG, given_values, swept_values
 from moonprop.tracking import prepare
 
 
@@ -36,8 +36,7 @@ def open_parent(uri: str, experiment: str, name: str, sweep_id: str, keys: list[
                             tags={"sweep.id": sweep_id, "sweep.overrides": overrides, "sweep.keys": ",".join(keys),
                                   "mlflow.note.content": f"moonprop -m {overrides}"})
     # what the sweep holds fixed, as params: the runs table compares sweeps by them
-    fixed = dict(o.lstrip("+~").split("=", 1) for o in overrides.split() if "=" in o)
-    fixed = {k: v for k, v in fixed.items() if k not in keys}
+    fixed = {k: v for k, v in given_values(overrides.split()).items() if k not in keys}
     if fixed:
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in fixed.items()])
     return run.info.run_id
@@ -109,6 +108,11 @@ def _rows(client: MlflowClient, parent: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _finished(row: dict[str, Any]) -> bool:
+    """A job that ran to its end (a pruned trial did not) and left its final accuracy."""
+    return row["status"] == "FINISHED" and row["test_acc"] is not None
+
+
 def _spread(values: list[float]) -> tuple[float | None, float | None, float | None]:
     """The mean, the sample standard deviation and the half-width of the 95% interval of the
     mean (Student's t with n - 1 degrees of freedom); the last two None for a single value."""
@@ -131,7 +135,7 @@ def configurations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(row["config"], []).append(row)
     out = []
     for config, jobs in groups.items():
-        finished = [r for r in jobs if r["status"] == "FINISHED" and r["test_acc"] is not None]
+        finished = [r for r in jobs if _finished(r)]
         test_mean, test_std, test_ci = _spread([r["test_acc"] for r in finished])
         val_mean, val_std, _ = _spread([r["val_acc"] for r in finished if r["val_acc"] is not None])
         out.append({"config": config, "n": len(finished), "jobs": len(jobs), "test_acc_mean": test_mean,
@@ -147,7 +151,7 @@ def _best(rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> tuple[di
     if not scored:
         return None, None
     best = max(scored, key=lambda c: c["val_acc_mean"])
-    jobs = [r for r in rows if r["config"] == best["config"] and r["status"] == "FINISHED" and r["val_acc"] is not None]
+    jobs = [r for r in rows if r["config"] == best["config"] and _finished(r) and r["val_acc"] is not None]
     return best, max(jobs, key=lambda r: r["val_acc"])
 
 
@@ -220,7 +224,7 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
         return rows, f"\nsweep {sweep_dir.name}: no job recorded a run"
     configs = configurations(rows)
     best, best_job = _best(rows, configs)
-    finished = [r for r in rows if r["status"] == "FINISHED" and r["test_acc"] is not None]
+    finished = [r for r in rows if _finished(r)]
     table = _markdown(rows, configs, best, best_job)
     client.log_text(parent, _csv(configs), "summary.csv")
     client.log_text(parent, _csv(rows), "jobs.csv")

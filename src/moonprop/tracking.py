@@ -25,7 +25,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag, SourceType
 from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
 from mlflow.exceptions import MlflowException
-from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.utils.mlflow_tags import (
     MLFLOW_DATASET_CONTEXT,
     MLFLOW_GIT_COMMIT,
@@ -37,7 +36,14 @@ from mlflow.utils.mlflow_tags import (
 from PIL import Image
 
 from moonprop import logged_model, plot
-from moonprop.mlflow_internals import IMAGES, LOGGED_IMAGES_TAG, image_files, image_step
+from moonprop.mlflow_internals import (
+    IMAGES,
+    LOGGED_IMAGES_TAG,
+    finish_system_metrics,
+    image_files,
+    image_step,
+    start_system_metrics,
+)
 
 FLUSH_EVERY_S = 1.0  # the UI sees a live run at most a second late
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -147,11 +153,7 @@ class RunWriter:
         writer.num_epochs, writer.frame_steps = num_epochs, plot.animation_steps(num_epochs, plot_every)
         writer.registered_model, writer.test_set = registered_model, _test_set(datasets)
         if system_metrics or MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get():
-            # MLflow's monitor, as mlflow.start_run(log_system_metrics=True) starts it; a sample every
-            # second (these runs take seconds) unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says
-            writer.system_metrics = SystemMetricsMonitor(info.run_id, sampling_interval=1.0,
-                                                         resume_logging=bool(resume_run_id), tracking_uri=uri)
-            writer.system_metrics.start()
+            writer.system_metrics = start_system_metrics(info.run_id, uri, resumed=bool(resume_run_id))
         if resume_run_id:
             writer._reload()
             return writer
@@ -175,8 +177,8 @@ class RunWriter:
             curve += [m.value for m in history]
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(self.client.download_artifacts(self.id, IMAGES, tmp))
-            steps = {path: image_step(path.name) for path in local.iterdir()}
-            for path, step in sorted(((p, s) for p, s in steps.items() if s is not None), key=lambda item: item[1]):
+            pictures = sorted((step, path) for path in local.iterdir() if (step := image_step(path.name)) is not None)
+            for step, path in pictures:
                 if step in self.frame_steps:
                     image = Image.open(path)
                     image.load()
@@ -256,12 +258,7 @@ class RunWriter:
                 if status != "FINISHED":  # keep what can be kept; the store may be what failed
                     stack.enter_context(contextlib.suppress(Exception))
                 if self.system_metrics is not None:
-                    self.system_metrics.finish()
-                    # the sample taken since the last one it published (a run of a few seconds may
-                    # end before its first): MLflow's monitor drops it at its end
-                    if last := self.system_metrics.aggregate_metrics():
-                        self.system_metrics.publish_metrics(last)
-                        self.system_metrics.mlflow_logger.flush()
+                    finish_system_metrics(self.system_metrics)
                 self.flush()
                 if status == "FINISHED" and self.network:
                     self.model_id = logged_model.log(self.client, self.id, *self.network,
