@@ -31,19 +31,19 @@ import json
 import os
 import platform
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from mlflow_server import postgres_database, serving  # noqa: E402  (scripts/, shared with the tests)
+
 MOONPROP = [sys.executable, "-m", "moonprop"]
 
 
@@ -94,39 +94,13 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple
 def tracking_server(root: Path) -> Iterator[str | None]:
     """`mlflow server` on 127.0.0.1 with a fresh database on scripts/postgres's PostgreSQL and the
     artifacts it serves (the cluster recipe); None where there is no PostgreSQL."""
-    try:
-        import psycopg
-    except ImportError:
+    database = postgres_database("moonprop_bench")
+    if database is None:
         yield None
         return
-    url = subprocess.run([str(ROOT / "scripts" / "postgres"), "url", "postgres"], capture_output=True,
-                         text=True).stdout.strip()
-    name = f"moonprop_bench_{os.getpid()}"
-    try:
-        with psycopg.connect(url, connect_timeout=5, autocommit=True) as connection:
-            connection.execute(f"CREATE DATABASE {name}")
-    except psycopg.Error:
-        yield None
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-                               url.rsplit("/", 1)[0] + f"/{name}", "--artifacts-destination", str(root / "art"),
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(180):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    with serving("server", "--backend-store-uri", database, "--artifacts-destination", str(root / "art"),
+                 log=root / "server.log") as url:
+        yield url
 
 
 def median(xs: list[float]) -> float:

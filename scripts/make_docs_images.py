@@ -16,25 +16,27 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import signal
-import socket
+import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from mlflow_server import serving  # beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SOURCES = ["src/moonprop/plot.py", "src/moonprop/callbacks.py", "src/moonprop/summary.py",
            "src/moonprop/conf/experiment/schedules.yaml", "scripts/make_docs_images.py"]
 KEY = "moonprop-sources"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# as root in a container, without the machine's closed network getting in the way
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
 
 
 def sources_digest() -> str:
@@ -78,37 +80,24 @@ def artifact(store: Path, run_name_like: str, name: str, into: Path) -> tuple[Pa
 
 
 @contextlib.contextmanager
-def ui_page(store: Path) -> Iterator[tuple[Any, str]]:
-    """MLflow's UI on `store` and a fresh Chromium page at 1400 x 1000 (MLflow's assistant panel
-    open, as in a fresh browser): the page and the UI's address."""
+def browser_page() -> Iterator[Any]:
+    """A page of a fresh headless Chromium (Debian's; no remembered choices) at 1400 x 1000."""
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mlflow = Path(sys.executable).with_name("mlflow")
-    server = subprocess.Popen([str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"], start_new_session=True,
-                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"])
-            try:
-                yield browser.new_page(viewport={"width": 1400, "height": 1000}), f"http://127.0.0.1:{port}"
-            finally:
-                browser.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def ui_page(store: Path) -> Iterator[tuple[Any, str]]:
+    """MLflow's UI on `store` and a fresh browser's page (MLflow's assistant panel open, as in a
+    fresh browser): the page and the UI's address."""
+    with serving("ui", "--backend-store-uri", f"sqlite:///{store}") as url, browser_page() as page:
+        yield page, url
 
 
 def shot(element: Any, path: Path) -> None:

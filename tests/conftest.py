@@ -6,12 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from hydra import compose, initialize_config_module
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
+from mlflow_server import MLFLOW, serving  # scripts/, on pytest's pythonpath
 from moonprop import cli, preflight
 from moonprop.config import Config
 from moonprop.tracking import store_lock
@@ -160,47 +158,10 @@ def require(available: bool, reason: str) -> None:
         pytest.skip(reason)
 
 
-class MlflowServer:
-    """`mlflow server` or `mlflow ui` on a free port of 127.0.0.1, which a test may stop and start
-    again on the same port (a restart). One worker and no job runner: with defaults it starts ~15
-    processes and takes ~3 GiB. It is stopped by its process group, so nothing it started outlives
-    the test."""
-
-    def __init__(self, *args: str, log: Path) -> None:
-        mlflow = Path(sys.executable).with_name("mlflow")
-        require(mlflow.exists(), "the mlflow command is not installed")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.command = [str(mlflow), *args, "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        self.log, self.url = log, f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.command, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                                     start_new_session=True, stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=2)
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    pytest.fail(f"{' '.join(self.command[1:3])} did not start: {self.log.read_text()[-2000:]}")
-                time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
-
-
 @contextlib.contextmanager
 def mlflow_command(*args: str, log: Path) -> Iterator[str]:
-    """`mlflow server` or `mlflow ui` on a free port of 127.0.0.1, its URL once /health answers."""
-    server = MlflowServer(*args, log=log)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    """`mlflow server` or `mlflow ui` on a free port of 127.0.0.1, its URL once /health answers
+    (RuntimeError with the end of its log if it does not start)."""
+    require(MLFLOW.exists(), "the mlflow command is not installed")
+    with serving(*args, log=log) as url:
+        yield url

@@ -21,11 +21,7 @@ def test_config_reference_is_generated_from_the_schema_and_current():
                                   "ui-groups.png"])
 def test_readme_pictures_were_made_by_the_current_code(name):
     """Each picture carries the digest of the code that draws it (scripts/make_docs_images.py)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import make_docs_images
-    finally:
-        sys.path.pop(0)
+    import make_docs_images  # scripts/, on pytest's pythonpath
     recorded = make_docs_images.recorded_digest(ROOT / "docs" / name)
     assert recorded == make_docs_images.sources_digest(), \
         f"docs/{name} is older than the code that draws it: run python scripts/make_docs_images.py"

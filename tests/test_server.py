@@ -5,39 +5,21 @@ server restarted in the middle of a sweep."""
 
 from __future__ import annotations
 
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import REPO, MlflowServer, epoch_images, moonprop, require, slurm_is_up, start
+from mlflow_server import MlflowServer, postgres_database
 
-
-def postgres_database() -> str | None:
-    """A new, empty database on the loopback PostgreSQL of scripts/postgres, or None without one."""
-    try:
-        import psycopg
-    except ImportError:
-        return None
-    url = subprocess.run([str(REPO / "scripts" / "postgres"), "url", "postgres"], capture_output=True,
-                         text=True).stdout.strip()
-    name = f"moonprop_test_{uuid.uuid4().hex[:8]}"
-    try:
-        connection = psycopg.connect(url, connect_timeout=5, autocommit=True)  # CREATE DATABASE: no transaction
-    except psycopg.Error:
-        return None
-    with connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    return url.rsplit("/", 1)[0] + f"/{name}"
+from .conftest import epoch_images, moonprop, require, slurm_is_up, start
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[MlflowServer]:
     """`mlflow server` on 127.0.0.1, its store a fresh PostgreSQL database, its artifacts served."""
-    database = postgres_database()
+    database = postgres_database("moonprop_test")
     require(database is not None, "no PostgreSQL on 127.0.0.1 (and psycopg): run `scripts/postgres start` as root")
     root = tmp_path_factory.mktemp("server")
     served = MlflowServer("server", "--backend-store-uri", database, "--artifacts-destination", str(root / "art"),

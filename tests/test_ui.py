@@ -7,34 +7,23 @@ that browser (no browser download). Each test starts a fresh browser (no remembe
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from pathlib import Path
 
 import pytest
 
+import make_docs_images
+import ui as ui_script  # scripts/ui.py, what `make ui` runs
+
 from .conftest import REPO, default_store, mlflow_command, moonprop, require
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = REPO / "outputs" / "ui-test"
-# as root in a container, without the machine's closed network getting in the way
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 IMAGE = "img[src*='test~boundary']"
-
-
-def make_ui_addresses(store: Path) -> list[tuple[str, str]]:
-    """What `make ui` (scripts/ui.py) reads from the store to print its addresses."""
-    spec = importlib.util.spec_from_file_location("ui_script", REPO / "scripts" / "ui.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.experiments(store)
 
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """A finished 5-epoch run and a 4-job sweep, and `mlflow ui` on 127.0.0.1 serving their store."""
-    require(Path(CHROMIUM).exists(), "no chromium: install Debian's chromium (scripts/system-deps)")
+    require(Path(make_docs_images.CHROMIUM).exists(), "no chromium: install Debian's chromium (scripts/system-deps)")
     try:
         import playwright  # noqa: F401
     except ImportError:
@@ -54,14 +43,8 @@ def ui(tmp_path_factory):
 
 @pytest.fixture
 def page(ui):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1000})
-        finally:
-            browser.close()
+    with make_docs_images.browser_page() as page:  # the browser the README's pictures are taken in
+        yield page
 
 
 def open_page(page, url: str, shot: str, wait_for: str) -> None:
@@ -84,7 +67,7 @@ def on_screen(page, selector: str) -> dict:
 
 def test_the_address_make_ui_prints_opens_on_the_runs_named_by_what_they_vary(ui, page):
     url, experiment, _, store = ui
-    assert make_ui_addresses(store) == [(int(experiment), "moonprop")]
+    assert ui_script.experiments(store) == [(int(experiment), "moonprop")]
     open_page(page, f"{url}/#/experiments/{experiment}/runs?workflowType=machine_learning", "runs.png",
               "text=ui-check")
     assert page.get_by_text("sweep hidden, schedule", exact=True).first.is_visible()
@@ -167,13 +150,8 @@ def test_the_picture_is_on_screen_with_the_cards_run_params_off_and_large_when_e
 def test_group_by_configuration_draws_each_ones_mean_curve_with_a_band(ui, page):
     """MLflow's own "Group by" on the tag moonprop.config: each configuration a group of its seeds,
     its test/acc chart a line per configuration and a band over the seeds (README's picture)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("docs_images", REPO / "scripts" / "make_docs_images.py")
-    docs_images = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(docs_images)  # type: ignore[union-attr]
     url, experiment, _, _ = ui
-    dialog = docs_images.group_by_config(page, url, experiment)
+    dialog = make_docs_images.group_by_config(page, url, experiment)
     page.screenshot(path=str(SHOTS / "grouped.png"))
     legend = dialog.inner_text()
     for config in ("loss=hinge", "loss=logistic"):
