@@ -31,12 +31,12 @@ from torch.utils.data import DataLoader
 
 from moonprop.config import AdamOptimizer, AdamWOptimizer, Config, MomentumOptimizer
 from moonprop.data import Batch, MoonsDataModule, _OneBatchPerEpoch
-from moonprop.model import MLP, data_loss, init_weight
+from moonprop.model import LEAKY_SLOPE, MLP, data_loss, init_weight
 from moonprop.schedule import learning_rate
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {  # in place where torch can: K x 1,000 points a pass
     "relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "identity": lambda x: x,
-    "gelu": nn.functional.gelu, "leaky_relu": lambda x: nn.functional.leaky_relu_(x, 0.01),
+    "gelu": nn.functional.gelu, "leaky_relu": lambda x: nn.functional.leaky_relu_(x, LEAKY_SLOPE),
 }
 
 
@@ -291,12 +291,11 @@ class StackedOptimizer(torch.optim.Optimizer):
         if self.decays:
             grad = grad.add(p * self._job("weight_decay", p).to(p.dtype))
         momentum = self._job("momentum", p).to(p.dtype)
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = grad.clone()
+        buf = state.get("momentum_buffer")
+        if buf is None:  # the first step, as torch's: the buffer is the gradient
+            buf = state["momentum_buffer"] = grad.clone()
         else:
-            buf = state["momentum_buffer"]
             buf.mul_(momentum).add_(grad * (1 - self._job("dampening", p)).to(p.dtype))
-        buf = state["momentum_buffer"]
         update = torch.where(self._job("nesterov", p) > 0, grad + momentum * buf, buf)
         p.add_(torch.where(active, update * rate.to(p.dtype), 0.0), alpha=-1.0)
 

@@ -8,9 +8,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+LEAKY_SLOPE = 0.01  # leaky_relu's, torch's default
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity, "gelu": nn.GELU,
-    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "leaky_relu": lambda: nn.LeakyReLU(LEAKY_SLOPE),
 }
 # each activation's name in torch.nn.init.calculate_gain, for kaiming and xavier (GELU's is ReLU's)
 GAINS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "identity": "linear", "gelu": "relu",
@@ -24,10 +25,11 @@ def init_weight(weight: Tensor, init: str, activation: str, generator: torch.Gen
     if init == "uniform":
         weight.uniform_(-1.0, 1.0, generator=generator)
     elif init == "kaiming":
-        nn.init.kaiming_uniform_(weight, a=0.01 if activation == "leaky_relu" else 0.0,
+        nn.init.kaiming_uniform_(weight, a=LEAKY_SLOPE if activation == "leaky_relu" else 0.0,
                                  nonlinearity=GAINS.get(activation, "linear"), generator=generator)
     elif init == "xavier":
-        gain = nn.init.calculate_gain(GAINS.get(activation, "linear"), 0.01 if activation == "leaky_relu" else None)
+        gain = nn.init.calculate_gain(GAINS.get(activation, "linear"),
+                                      LEAKY_SLOPE if activation == "leaky_relu" else None)
         nn.init.xavier_uniform_(weight, gain=gain, generator=generator)
     else:
         raise ValueError(f"unknown init {init!r}")
