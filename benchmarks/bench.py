@@ -98,6 +98,7 @@ def tracking_server(root: Path) -> Iterator[str | None]:
     if database is None:
         yield None
         return
+    root.mkdir(parents=True, exist_ok=True)
     with serving("server", "--backend-store-uri", database, "--artifacts-destination", str(root / "art"),
                  log=root / "server.log") as url:
         yield url

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
@@ -57,7 +57,7 @@ def close_parent(uri: str, parent: str, sweep_dir: str, registered_model: str | 
     validation set) and end it; the text to show and the number of jobs that did not finish."""
     client = MlflowClient(uri)
     jobs, text = summarise(client, parent, Path(sweep_dir), registered_model)
-    failed = sum(job["status"] not in ("FINISHED", "PRUNED") for job in jobs)
+    failed = sum(map(_failed, jobs))
     client.set_terminated(parent, "FAILED" if failed or not jobs else "FINISHED")
     return text, failed
 
@@ -111,6 +111,11 @@ def _rows(client: MlflowClient, parent: str) -> list[dict[str, Any]]:
 def _finished(row: dict[str, Any]) -> bool:
     """A job that ran to its end (a pruned trial did not) and left its final accuracy."""
     return row["status"] == "FINISHED" and row["test_acc"] is not None
+
+
+def _failed(row: dict[str, Any]) -> bool:
+    """A job that did not end as planned: failed, killed or never finished (a pruned trial did)."""
+    return row["status"] not in ("FINISHED", "PRUNED")
 
 
 def _spread(values: list[float]) -> tuple[float | None, float | None, float | None]:
@@ -231,26 +236,23 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
     client.log_text(parent, table, "summary.md")
     client.log_table(parent, {k: [c[k] for c in configs] for k in configs[0]}, "summary.json")
     # metrics, so that the runs table sorts and charts sweeps against each other
-    counts = {"jobs/finished": len(finished), "jobs/failed": sum(r["status"] not in ("FINISHED", "PRUNED")
-                                                                 for r in rows)}
-    chosen = {}
+    counts = {"jobs/finished": len(finished), "jobs/failed": sum(map(_failed, rows))}
+    chosen: dict[str, Any] = {}
+    tags: dict[str, str] = {}
     if best and best_job:
         chosen = {"best/val_acc": best_job["val_acc"], "best/test_acc": best_job["test_acc"],
                   "best/test_acc_mean": best["test_acc_mean"], "best/test_acc_std": best["test_acc_std"]}
+        tags = {"best_run_id": best_job["run_id"], "best_name": best_job["name"], "best_config": best["config"],
+                "best_overrides": best_job["overrides"], "best_test_acc": str(best_job["test_acc"])}
     now = int(time.time() * 1000)
     client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in {**counts, **chosen}.items()
-                                      if v is not None])
-    if best and best_job:
-        for key, value in {"best_run_id": best_job["run_id"], "best_name": best_job["name"],
-                           "best_config": best["config"], "best_overrides": best_job["overrides"],
-                           "best_test_acc": str(best_job["test_acc"])}.items():
-            client.set_tag(parent, key, value)
-        if registered_model and (model_id := logged_model.model_id_of(client, best_job["run_id"])):
-            version = logged_model.register(client, registered_model, model_id, best_job["run_id"],
-                                            alias=logged_model.BEST_ALIAS,
-                                            tags={"sweep.id": sweep_dir.name, "val_acc": str(best_job["val_acc"]),
-                                                  "test_acc": str(best_job["test_acc"])})
-            client.set_tag(parent, "best_model_version", f"{registered_model}/{version}")
+                                      if v is not None], tags=[RunTag(k, v) for k, v in tags.items()])
+    if best_job and registered_model and (model_id := logged_model.model_id_of(client, best_job["run_id"])):
+        version = logged_model.register(client, registered_model, model_id, best_job["run_id"],
+                                        alias=logged_model.BEST_ALIAS,
+                                        tags={"sweep.id": sweep_dir.name, "val_acc": str(best_job["val_acc"]),
+                                              "test_acc": str(best_job["test_acc"])})
+        client.set_tag(parent, "best_model_version", f"{registered_model}/{version}")
 
     keys = [k for k in client.get_run(parent).data.tags.get("sweep.keys", "").split(",") if k]
     boundaries: dict[int, Image.Image | None] = {}
