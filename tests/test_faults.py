@@ -4,6 +4,7 @@ no run is left RUNNING."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,7 +15,17 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from .conftest import default_store, epoch_images, moonprop, only_run, require, slurm_is_up, start, wait_for_step
+from .conftest import (
+    default_store,
+    epoch_images,
+    moonprop,
+    only_run,
+    require,
+    slurm_is_up,
+    start,
+    sweep_runs,
+    wait_for_step,
+)
 
 
 def steps(client: MlflowClient, run_id: str, key: str = "test/acc") -> list[int]:
@@ -91,22 +102,42 @@ def test_sigint_kills_the_run_and_exits_130(workdir):
     assert "SIGINT" in run.data.tags["error"]
 
 
-def test_sigterm_checkpoints_kills_and_resume_continues_the_same_run(workdir):
-    args = ("data.num_batches=3000", "plot.every_n_epochs=10", "tracking.run_name=long")
-    proc = start(*args, cwd=workdir)
-    wait_for_step(workdir, 5, proc)
-    proc.send_signal(signal.SIGTERM)
+def continue_with(err: str) -> list[str]:
+    """The command an interrupted run or sweep printed to continue it, as a shell would split it."""
+    (line,) = [line for line in err.splitlines() if "continue with: " in line]
+    command = shlex.split(line.split("continue with: ", 1)[1])
+    assert command[0] == "moonprop"
+    return command[1:]
+
+
+def interrupt(args: list[str], cwd: Path, after_step: int, signum: int = signal.SIGTERM) -> list[str]:
+    """Run `moonprop ARGS`, send `signum` once the record has passed `after_step`; the printed way back."""
+    proc = start(*args, cwd=cwd)
+    wait_for_step(cwd, after_step, proc)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err[-2000:]
+    assert proc.returncode == 128 + signum, err[-2000:]
+    assert "Traceback" not in err and "weights_only" not in err, err[-2000:]
+    return continue_with(err)
+
+
+def history(client: MlflowClient, run_id: str, key: str = "test/acc") -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_sigterm_checkpoints_kills_and_the_printed_line_continues_the_same_run(workdir, tmp_path_factory):
+    args = ["data.num_batches=3000", "plot.every_n_epochs=10", "tracking.run_name=a long one", "seed=3"]
+    again = interrupt(args, workdir, 5)
     client = default_store(workdir)
     run = only_run(workdir)
     assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["error"]
     stopped_at = max(steps(client, run.info.run_id))
     assert stopped_at < 3000, "finished before the signal: make the run longer"
     (checkpoint,) = workdir.glob("outputs/runs/*/checkpoints/last.ckpt")
-    assert f"resume={checkpoint}" in err
+    assert again == [*args, f"resume={checkpoint}"]  # the run's own arguments, quoted for a shell
 
-    moonprop(*args, f"resume={checkpoint}", cwd=workdir)
+    proc = moonprop(*again, cwd=workdir)
+    assert "weights_only" not in proc.stderr  # Lightning's note on loading a checkpoint is not the user's
     resumed = only_run(workdir)  # the same run, not a second one
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     assert steps(client, run.info.run_id) == list(range(3001))  # no gap, no repeat
@@ -115,6 +146,51 @@ def test_sigterm_checkpoints_kills_and_resume_continues_the_same_run(workdir):
     assert "error" not in resumed.data.tags
     images = epoch_images(client, run.info.run_id)
     assert len(images) == 301  # every 10th epoch, 0 to 3000
+    # the same numbers as a run that was never stopped
+    elsewhere = tmp_path_factory.mktemp("uninterrupted")
+    moonprop(*args, cwd=elsewhere)
+    assert history(client, run.info.run_id) == history(default_store(elsewhere), only_run(elsewhere).info.run_id)
+
+
+def test_a_run_is_written_once(workdir):
+    """Continuing a run that has ended, or from an older checkpoint than its record has reached, is
+    refused in one line before anything is written; the newest checkpoint continues it, once."""
+    args = ["data.num_batches=20000", "plot.every_n_epochs=1000"]
+    first = interrupt(args, workdir, 3)
+    client = default_store(workdir)
+    run_id = only_run(workdir).info.run_id
+    second = interrupt(first, workdir, max(steps(client, run_id)) + 3)  # stopped again, further on
+    assert second[-1] != first[-1]  # a checkpoint in the continuing run's own folder
+
+    proc = moonprop(*first, cwd=workdir, check=False)  # the first checkpoint is behind the record now
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "the run's newest checkpoint, " + second[-1].removeprefix("resume=") in proc.stderr
+
+    moonprop(*second, cwd=workdir)
+    recorded = history(client, run_id)
+    models = client.search_logged_models([only_run(workdir).info.experiment_id])
+    for _ in range(2):  # as a user would, pressing up and enter
+        proc = moonprop(*second, cwd=workdir, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "has ended FINISHED, and a run is written once" in proc.stderr
+    assert history(client, run_id) == recorded and [s for s, _ in recorded] == list(range(20001))
+    assert len(client.search_logged_models([only_run(workdir).info.experiment_id])) == len(models) == 1
+    assert len(epoch_images(client, run_id)) == 21
+    assert len(list(workdir.glob("outputs/runs/*"))) == 3  # the refusals made no run folder
+
+
+def test_the_printed_line_continues_an_in_process_sweeps_job(workdir):
+    """Ctrl-C in an in-process sweep: the printed line continues the job that was stopped, into
+    its own run, from the same folder."""
+    again = interrupt(["-m", "data.num_batches=3000", "plot.every_n_epochs=1000", "seed=0,1"], workdir, 3,
+                      signal.SIGINT)
+    client = default_store(workdir)
+    parent, (job,) = sweep_runs(client)
+    assert job.info.status == "KILLED" and parent.info.status == "KILLED"
+    moonprop(*again, cwd=workdir)
+    job = client.get_run(job.info.run_id)
+    assert job.info.status == "FINISHED" and steps(client, job.info.run_id) == list(range(3001))
+    assert job.data.tags["mlflow.parentRunId"] == parent.info.run_id  # still in its sweep
 
 
 def test_resume_with_other_settings_is_refused(workdir):

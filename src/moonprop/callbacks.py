@@ -54,6 +54,7 @@ class MlflowCallback(pl.Callback):
         self.test_acc: float | None = None  # the latest: what the run returns
         self.last: dict[str, float] = {}  # every metric's latest value, by its key
         self.drawn = -1  # the step of the latest picture
+        self.step = -1  # the latest step recorded: a checkpoint continues from it
 
     def _send_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.last.update(metrics)
@@ -65,7 +66,7 @@ class MlflowCallback(pl.Callback):
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        step = step_of(trainer)
+        step = self.step = step_of(trainer)
         self.test_acc = outputs["acc"]
         metrics = {"test/acc": outputs["acc"], "test/loss": shortest(outputs["loss"].item())}
         if "val_acc" in outputs:
@@ -87,8 +88,9 @@ class MlflowCallback(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         # A checkpoint names its run, so that a resumed run continues the same MLflow record,
-        # and keeps the params, so that it continues with the same settings.
-        return {"run_id": self.run.id, "params": self.params, "test_acc": self.test_acc}
+        # keeps the params, so that it continues with the same settings, and its step, so that a
+        # run recorded past it is not written twice.
+        return {"run_id": self.run.id, "params": self.params, "test_acc": self.test_acc, "step": self.step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.test_acc = state_dict["test_acc"]
@@ -241,9 +243,9 @@ class GracefulStop(pl.Callback):
     current epoch, a few milliseconds away, with a checkpoint to resume from; a second Ctrl-C
     stops at once. Lightning alone exits 0 on SIGTERM and 1 on Ctrl-C, and checkpoints neither."""
 
-    def __init__(self, checkpoint: Path, how_to_continue: str | None = None) -> None:
+    def __init__(self, checkpoint: Path, how_to_continue: str) -> None:
         self.checkpoint = checkpoint
-        self.how_to_continue = how_to_continue or f"moonprop resume={checkpoint}"
+        self.how_to_continue = how_to_continue  # the command, printed when stopped
         self.signum: int | None = None
         self._note: Any = None  # the handler, while handling_signals is on
 

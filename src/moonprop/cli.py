@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from moonprop import preflight, sweep
-from moonprop.config import ConfigError, first_line, redact, resolve_uri, validate
-from moonprop.jobs import CONFIG_TAG, Interrupted, Launcher, Task, config_name, this_job
+from moonprop.config import ConfigError, first_line, one_line, redact, resolve_uri, validate
+from moonprop.jobs import CONFIG_TAG, Interrupted, Launcher, Task, config_name, given_values, this_job
 from moonprop.recorder import close_shared, shared
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 EXIT_BAD_INPUT = 2
 CONFIG_PATH, CONFIG_NAME = "conf", "config"  # the packaged configs
+CONFIG_MODULE = "moonprop.conf"  # where Hydra finds CONFIG_PATH, as its config sources name it
 
 
 def task(cfg: DictConfig, command: list[str] | None = None) -> Task:
@@ -48,14 +49,31 @@ def task(cfg: DictConfig, command: list[str] | None = None) -> Task:
     if config.resume:  # a path on the command line means one in the folder moonprop was started in
         config.resume = str(Path(hc.runtime.cwd, config.resume))
     tags = {"hydra.job.name": hc.job.name, "hydra.output_dir": str(run_dir)}
+    alone = run_alone(hc)
     if hc.mode != RunMode.MULTIRUN:
         arguments = sys.argv[1:] if command is None else command
         tags["mlflow.source.name"] = shlex.join(["moonprop", *(redact(a) for a in arguments)])  # as run
         tags[CONFIG_TAG] = config_name([redact(o) for o in overrides], [])
-        return Task(config, run_dir, overrides, tags, None, hc.runtime.cwd)
+        return Task(config, run_dir, overrides, tags, None, hc.runtime.cwd, alone)
     job = this_job(config.tracking.run_name)
     tags["mlflow.source.name"] = shlex.join(["moonprop", *job.overrides])  # what runs this job alone
-    return Task(config, run_dir, overrides, tags, job, hc.runtime.cwd)
+    return Task(config, run_dir, overrides, tags, job, hc.runtime.cwd, alone)
+
+
+def run_alone(hc: DictConfig) -> list[str]:
+    """The arguments that run Hydra's job `hc` alone, from the folder moonprop was started in: its
+    config folder and name as given, its overrides (a `resume=` of its own left out), and for a
+    sweep's job `hydra.mode=RUN` (an experiment file may make its config a sweep)."""
+    flags = []
+    for source in hc.runtime.config_sources:
+        if source.provider == "command-line":
+            flags.append(f"--config-dir={source.path}")
+        elif source.provider == "main" and source.path != CONFIG_MODULE:
+            flags.append(f"--config-path={source.path}")
+    if hc.job.config_name != CONFIG_NAME:
+        flags.append(f"--config-name={hc.job.config_name}")
+    overrides = [o for o in hc.overrides.task if o.lstrip("+~").partition("=")[0] != "resume"]
+    return flags + overrides + ["hydra.mode=RUN"] * (hc.mode == RunMode.MULTIRUN)
 
 
 def train_task(this: Task) -> Trained | None:
@@ -80,8 +98,7 @@ def train_task(this: Task) -> Trained | None:
         in_process = Launcher.of(HydraConfig.get().launcher) is Launcher.IN_PROCESS
         trained = train(*this, recorder, close_in_background=in_process)
     except Exception as e:
-        print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {type(e).__name__}: {e}",
-              file=sys.stderr)
+        print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {one_line(e)}", file=sys.stderr)
         return None
     print(f"moonprop: {job} FINISHED: {accuracies(trained)} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return trained
@@ -97,10 +114,30 @@ def app(cfg: DictConfig) -> float:
     """The final validation accuracy, what a sweeper maximises (the test set only reports; a run
     without a validation set, its test accuracy); NaN for a job that failed, which a search's
     sampler takes as a failed trial."""
-    trained = train_task(task(cfg))
+    this = task(cfg) if HydraConfig.get().mode != RunMode.MULTIRUN else sweep_task(cfg)
+    trained = train_task(this) if this is not None else None
     if trained is None:
         return float("nan")
     return trained.metrics.get("val/acc", trained.metrics["test/acc"])
+
+
+def sweep_task(cfg: DictConfig) -> Task | None:
+    """The run of a sweep's job (`task`), or None for a job whose config fails its checks: it is
+    recorded all the same, FAILED under the sweep's parent with the reason, and said on stderr,
+    so that the summary counts it. Every launcher's jobs come through here."""
+    try:
+        return task(cfg)
+    except Exception as e:
+        hc = HydraConfig.get()
+        job = this_job(OmegaConf.select(cfg, "tracking.run_name", default=None))
+        print(f"moonprop: job {hc.job.num} ({job.name}) FAILED: {one_line(e)}", file=sys.stderr)
+        uri = resolve_uri(OmegaConf.select(cfg, "tracking.uri", default=None), hc.runtime.cwd)
+        experiment = OmegaConf.select(cfg, "tracking.experiment", default=None) or "moonprop"
+        recorder = shared()
+        from moonprop.train import record_failed_job
+
+        record_failed_job(recorder, uri, experiment, job, given_values(job.overrides), e)
+        return None
 
 
 def threads_per_job(hc: DictConfig) -> int:

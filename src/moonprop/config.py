@@ -8,8 +8,11 @@ the composed config into these dataclasses. This module imports neither torch no
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,7 +27,7 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: Any, allowed: str) -> None:
         super().__init__(f"invalid config: {key}={value}: {allowed}")
-        self.key, self.value = key, value  # for a Python caller that handles it
+        self.key, self.value, self.allowed = key, value, allowed  # for a Python caller that handles it
 
 
 def option(default: Any, help: str) -> Any:
@@ -213,7 +216,8 @@ class Config:
     plot: PlotConfig = field(default_factory=PlotConfig)
     callbacks: dict[str, Any] = option({}, "Lightning callbacks, each a config with its _target_: "
                                            "callbacks=[early_stopping], or yours from your config folder")
-    seed: int = option(0, "seeds the initial weights, the training batches and the test set")
+    seed: int = option(0, "seeds the initial weights, the training batches and the test set (0 to 2^32 - 1, "
+                          "Lightning's range)")
     resume: str | None = option(None, "checkpoints/last.ckpt of an interrupted run: continue that MLflow run")
 
 
@@ -315,16 +319,73 @@ OWN_TRAINER_ARGS = {
 }
 
 
+MAX_SEED = 2**32 - 1  # Lightning's seed_everything range, numpy's RandomState's too
+# what users of neighbouring tools type, and what it is in moonprop: added to the line that refuses it
+HABITS = {
+    "trainer": "moonprop has no trainer presets: write trainer.accelerator={value}",
+    "tags": "MLflow tags are names with values: write +tracking.tags.{value}=true",
+    "ckpt_path": "a run continues from its checkpoint with resume={value}",
+    "optimizer.lr": "the schedule sets every step's rate: schedule=constant schedule.lr={value}, or schedule.start=",
+    "data=gaussian": "two Gaussian blobs are data=blobs",
+    "model.activation=linear": "no activation is model.activation=identity",
+    "model.activation=none": "no activation is model.activation=identity",
+}
+
+
+def habit(key: str, value: Any) -> str | None:
+    """What to write in moonprop for `key=value` as a neighbouring tool spells it (lightning-hydra-
+    template's `trainer=cpu`, `tags=[dev]`, `ckpt_path=`, ...), or None."""
+    if key == "tracking.tags" and isinstance(value, dict) and value:
+        return "add each tag by its name: " + " ".join(f"+tracking.tags.{k}={v}" for k, v in value.items())
+    if isinstance(value, list) and key == "tags":
+        value = ",".join(map(str, value))
+    text = HABITS.get(f"{key}={value}", HABITS.get(key))
+    return text.format(value=value) if text else None
+
+
+# what one float of a point's pass through the network costs at most, in bytes (the activation
+# and its gradient, float64 under precision 64) beside the float64 coordinates that drawing it
+# copies a few times (numpy's generators, the shuffle, the noise)
+_BYTES_PER_POINT = 64
+
+
+def memory_estimate(c: Config) -> int:
+    """Bytes that `c`'s largest tensors take at once: the parameters with their gradients and an
+    optimizer's two moments, and the largest set of points (a training batch, the test or
+    validation set, the boundary picture's grid) through every layer with its gradient."""
+    width = 8 if str(c.trainer.lightning.get("precision", "32")).startswith("64") else 4
+    layers = [2, *c.model.hidden, 1]
+    parameters = sum((a + 1) * b for a, b in itertools.pairwise(layers))
+    pixels = c.plot.resolution * c.plot.resolution  # a plane at most square
+    points = max(c.data.batch_size, c.data.test_size, c.data.val_size, pixels)
+    return 4 * width * parameters + points * (2 * width * sum(layers) + _BYTES_PER_POINT)
+
+
+def machine_memory() -> int:
+    """The memory this process may use: the machine's, or its cgroup's limit where lower."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        total = min(total, int(limit)) if limit != "max" else total
+    return total
+
+
 def _positive_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x > 0
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the network, its data and its rates are float32 tensors
+
+
 def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A number, finite as a float32 holds it (1e300 is not: it becomes inf in the first tensor)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) <= FLOAT32_MAX
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
+        if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+            allowed += " that a float32 holds (|x| <= 3.4e38)"
         raise ConfigError(key, value, allowed)
 
 
@@ -392,7 +453,10 @@ def validate(cfg: DictConfig) -> Config:
         check_positive_int("schedule.every", s.every)
     _one_of("trainer.accelerator", c.trainer.accelerator, ACCELERATORS)
     check_positive_int("trainer.threads", c.trainer.threads)
+    _check_uri(c.tracking.uri)
     _check(bool(c.tracking.experiment), "tracking.experiment", c.tracking.experiment, "a non-empty name")
+    _check(c.tracking.run_name is None or bool(c.tracking.run_name.strip()), "tracking.run_name",
+           c.tracking.run_name, "null or a non-empty name")
     _check(c.tracking.registered_model is None or bool(c.tracking.registered_model.strip()),
            "tracking.registered_model", c.tracking.registered_model, "null or a non-empty name")
     check_positive_int("plot.every_n_epochs", c.plot.every_n_epochs)
@@ -401,15 +465,60 @@ def validate(cfg: DictConfig) -> Config:
     for name, callback in c.callbacks.items():
         _check(isinstance(callback, dict) and isinstance(callback.get("_target_"), str), f"callbacks.{name}",
                callback, "a Lightning callback's config, with its _target_ (see conf/callbacks/)")
+    _check(isinstance(c.seed, int) and 0 <= c.seed <= MAX_SEED, "seed", c.seed, f"an integer from 0 to {MAX_SEED}")
+    _check(c.resume is None or bool(c.resume.strip()), "resume", c.resume,
+           "null, or the path of an interrupted run's checkpoints/last.ckpt")
+    _check_memory(c)
     return c
+
+
+def _check_uri(uri: str | None) -> None:
+    """A tracking URI MLflow takes: a store with its scheme (a plain folder is MLflow 3's file store,
+    which it refuses unless MLFLOW_ALLOW_FILE_STORE=true)."""
+    if uri is None:
+        return
+    folder = "://" not in uri or uri.startswith("file:")
+    allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1")
+    _check(bool(uri.strip()) and (not folder or allowed), "tracking.uri", uri,
+           "null (outputs/mlflow.db), sqlite:///PATH.db, http://HOST:PORT or a database URL: MLflow 3 "
+           "refuses a folder store unless MLFLOW_ALLOW_FILE_STORE=true")
+
+
+def _check_memory(c: Config) -> None:
+    """A run whose tensors would not fit is refused now, not killed by the kernel minutes later.
+    Half the machine is the bound: the interpreter, torch and the recorder need the rest."""
+    need, have = memory_estimate(c), machine_memory()
+    if need > have // 2:
+        sizes = {"data.batch_size": c.data.batch_size, "data.test_size": c.data.test_size,
+                 "data.val_size": c.data.val_size, "model.hidden": c.model.hidden,
+                 "plot.resolution": c.plot.resolution}
+        key = max(sizes, key=lambda k: _size_share(c, k))
+        raise ConfigError(key, sizes[key], f"a run that fits in memory: this one needs about {need / 2**30:.1f} GiB, "
+                                           f"more than half of this machine's {have / 2**30:.1f} GiB")
+
+
+def _size_share(c: Config, key: str) -> float:
+    """How much of the estimate `key` is responsible for: the estimate with it at its default."""
+    default = Config(data=DataConfig(), optimizer=OptimizerConfig(), schedule=ScheduleConfig())
+    section, _, name = key.partition(".")
+    shrunk = replace(c, **{section: replace(getattr(c, section), **{name: getattr(getattr(default, section), name)})})
+    return memory_estimate(c) - memory_estimate(shrunk)
 
 
 def _trainer(node: dict[str, Any]) -> TrainerConfig:
     """The trainer's keys: moonprop's own, and Lightning's arguments (those it sets itself refused)."""
+    if not isinstance(node, dict):  # `trainer=cpu`: a preset, in lightning-hydra-template
+        raise ConfigError("trainer", node, "Lightning's arguments by name, trainer.NAME=VALUE")
     lightning = {k: v for k, v in node.items() if k not in ("accelerator", "threads")}
     for name, value in lightning.items():
         if name in OWN_TRAINER_ARGS:
             raise ConfigError(f"trainer.{name}", value, f"moonprop sets it: use {OWN_TRAINER_ARGS[name]}")
+    deterministic = lightning.get("deterministic")  # Lightning takes any value and reads it as true
+    _check(deterministic in (True, False, None, "warn"), "trainer.deterministic", deterministic,
+           "true, false, warn or null")
+    clip = lightning.get("gradient_clip_val")  # Lightning takes a negative one and clips nothing
+    _check(clip is None or (_finite(clip) and clip >= 0), "trainer.gradient_clip_val", clip,
+           "null or a finite number >= 0")
     return TrainerConfig(node.get("accelerator", "auto"), node.get("threads", 1), lightning)
 
 
@@ -435,6 +544,12 @@ def unknown_key_message(parent: DictConfig) -> str:
 
 def first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def one_line(e: BaseException) -> str:
+    """`e` as one line, its name and every line of its message (Hydra's errors give their cause on
+    the second)."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}".rstrip(": ")
 
 
 # The schema that conf/config.yaml extends (`defaults: [config_schema]`). The choices of the data,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 SWEEP_FILE = ".moonprop_sweep.json"  # the parent run and the swept keys: what every job needs to know
 TRIALS_FILE = ".moonprop_trials.json"  # a sweeper's word on each job it launches (see Trial)
 PRUNED_TAG = "optuna.pruned"  # a job its sweeper stopped early (a search's pruner): PRUNED in the summary
+CHECKPOINT_TAG = "moonprop.checkpoint"  # an interrupted run's newest checkpoint, which `resume=` takes
 CONFIG_TAG = "moonprop.config"  # a run's settings but its seed: what MLflow's "Group by" groups seeds by
 
 
@@ -196,6 +197,7 @@ class Task(NamedTuple):
     tags: dict[str, str]
     job: Job | None  # in a sweep: how its run sits in it
     launch_dir: str  # where moonprop was started: a relative SQLite store is there
+    command: list[str]  # the arguments that run it alone (its config folder, its overrides): how to continue it
 
 
 class Interrupted(BaseException):

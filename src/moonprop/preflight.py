@@ -28,11 +28,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import MissingConfigException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from moonprop import hydra_internals
@@ -44,6 +45,7 @@ from moonprop.config import (
     ConfigError,
     check_same_params,
     first_line,
+    habit,
     params,
     redact,
     resolve_uri,
@@ -51,7 +53,7 @@ from moonprop.config import (
     validate,
 )
 from moonprop.hydra_internals import Hydra
-from moonprop.jobs import Sweeper, sweep_overrides
+from moonprop.jobs import CHECKPOINT_TAG, Sweeper, sweep_overrides
 
 SERVER_TIMEOUT_S = 5
 
@@ -298,12 +300,16 @@ def checked_jobs(hydra: Hydra, master: DictConfig, jobs: list[list[str]]) -> lis
     parser = OverridesParser.create(config_loader=hydra.config_loader)
     composed: dict[tuple[str, ...], DictConfig] = {}  # the task's part of each composition
     checked: dict[tuple[tuple[str, ...], str], Config] = {}
-    for job in jobs:
+    for number, job in enumerate(jobs):
         overrides = parser.parse_overrides(job)
         refuse_group_names(overrides)
         structure = tuple(o.input_line for o in overrides if not plain(master, o))
         if structure not in composed:
-            composed[structure] = without_hydra(compose_job(hydra, master, list(structure)))
+            job_config = compose_job(hydra, master, list(structure))
+            with open_dict(job_config):  # as the launcher numbers it
+                job_config.hydra.job.num = number
+            HydraConfig.instance().set_config(job_config)  # what `${hydra:...}` in a value reads
+            composed[structure] = without_hydra(job_config)
             checked[(structure, "")] = validate(composed[structure])
         for o in overrides:
             if plain(master, o) and (structure, o.input_line) not in checked:
@@ -370,10 +376,36 @@ def check_resume(config: Config) -> None:
     from moonprop.train import checkpoint_state
 
     try:
-        saved = checkpoint_state(config.resume)["params"]
+        saved = checkpoint_state(config.resume)
     except Exception:
         raise ConfigError("resume", config.resume, "a checkpoint written by moonprop") from None
-    check_same_params(saved, params(config), "the run being resumed")
+    check_same_params(saved["params"], params(config), "the run being resumed")
+    check_resumable(config, saved)
+
+
+def check_resumable(config: Config, saved: dict[str, Any]) -> None:
+    """A run is written once: only an interrupted run (KILLED) continues, in its own store, and
+    only from the step its record has reached (an older checkpoint would write steps twice)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri, run_id = resolve_uri(config.tracking.uri), saved["run_id"]
+    try:
+        client = MlflowClient(uri)
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError("resume", config.resume, f"a checkpoint of a run in this store, {redact(uri)}: its run "
+                                                   f"{run_id} is not there (see tracking.uri)") from None
+    name, status = f"{run.info.run_name} ({run_id})", run.info.status
+    if status != "KILLED":
+        raise ConfigError("resume", config.resume, f"a checkpoint of an interrupted run: its run {name} has ended "
+                                                   f"{status}, and a run is written once")
+    recorded = max((m.step for m in client.get_metric_history(run_id, "test/acc")), default=-1)
+    if recorded > saved.get("step", recorded):
+        newest = run.data.tags.get(CHECKPOINT_TAG)
+        raise ConfigError("resume", config.resume, f"the run's newest checkpoint{f', {newest}' if newest else ''}: "
+                                                   f"its run {name} is recorded to step {recorded}, this checkpoint "
+                                                   f"stops at step {saved['step']}")
 
 
 def check_environment(job: DictConfig, config: Config, multirun: bool) -> None:
@@ -479,6 +511,29 @@ def configs(argv: list[str], app: App) -> list[Config]:
 def _compose_and_validate(argv: list[str], app: App) -> tuple[list[Config], DictConfig | None, bool]:
     """Every job's config, the sweep's (or single run's) composed config, and whether it is a sweep."""
     args = hydra_internals.args_parser().parse_args(argv)
+    try:
+        return _composed_and_validated(args, app)
+    except ConfigError as e:
+        raise with_habit(e, args.overrides) from None
+
+
+def with_habit(e: ConfigError, overrides: list[str]) -> ConfigError:
+    """The refusal of an override that a neighbouring tool would take (`trainer=cpu`, `tags=[dev]`),
+    with what to write in moonprop instead (config.habit)."""
+    for line in overrides:
+        try:
+            (o,) = OverridesParser.create().parse_overrides([line])
+        except Exception:
+            continue
+        key = o.key_or_group
+        if e.key.lstrip("+") == key or e.key.startswith(f"{key}."):
+            if hint := habit(key, o.value()):
+                allowed = f"{e.allowed}; " if e.key.lstrip("+") == key else ""
+                return ConfigError(key, o.get_value_element_as_str(), allowed + hint)
+    return e
+
+
+def _composed_and_validated(args: Any, app: App) -> tuple[list[Config], DictConfig | None, bool]:
     commands = ["--multirun"] * args.multirun + ["--cfg"] * bool(args.cfg) + ["--info"] * bool(args.info) \
         + ["--shell-completion"] * args.shell_completion + ["--run"] * args.run
     if len(commands) > 1:
@@ -501,8 +556,10 @@ def _compose_and_validate(argv: list[str], app: App) -> tuple[list[Config], Dict
                 multirun = True
         if multirun:
             master = compose(hydra, config_name, args.overrides, RunMode.MULTIRUN)
+            HydraConfig.instance().set_config(master)  # what `${hydra:...}` in a value reads, as in Hydra
             checked = checked_jobs(hydra, master, sweep_jobs(hydra, master))
             check_search(master)
             return checked, master, True
         refuse_group_names(parse(args.overrides))
+        HydraConfig.instance().set_config(master)  # what `${hydra:...}` in a value reads
         return [validate(without_hydra(master))], master, False

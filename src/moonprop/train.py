@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import signal
 import sys
 import time
@@ -17,9 +18,19 @@ from omegaconf import OmegaConf
 
 from moonprop.batched import BatchedMoonsClassifier, BatchedMoonsData
 from moonprop.callbacks import BatchedMlflowCallback, GracefulStop, MlflowCallback
-from moonprop.config import Config, ConfigError, as_dict, check_same_params, params, redact, redacted, resolve_uri
+from moonprop.config import (
+    Config,
+    ConfigError,
+    as_dict,
+    check_same_params,
+    one_line,
+    params,
+    redact,
+    redacted,
+    resolve_uri,
+)
 from moonprop.data import MoonsDataModule
-from moonprop.jobs import Job, Task
+from moonprop.jobs import CHECKPOINT_TAG, Interrupted, Job, Task
 from moonprop.module import MoonsClassifier
 from moonprop.recorder import Recorder, Run
 
@@ -27,6 +38,8 @@ from moonprop.recorder import Recorder, Run
 # (its other messages, a profiler's report say, still show),
 # and its own use of a deprecated torch API is not the user's to fix.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+# nor does its note on resuming that `weights_only` was not set: moonprop's checkpoints are its own
+logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 # A sweep on a SLURM node already runs under srun/sbatch through submitit: the hint does not apply.
 warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
@@ -103,11 +116,13 @@ class Trained(NamedTuple):
 
 
 def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str], job: Job | None,
-          launch_dir: str | None, recorder: Recorder, close_in_background: bool = False) -> Trained:
+          launch_dir: str | None, command: list[str], recorder: Recorder, close_in_background: bool = False
+          ) -> Trained:
     """Train and record one run (its final test accuracy is what a sweeper maximises).
 
-    Interrupted by Ctrl-C or SIGTERM, it writes `run_dir/checkpoints/last.ckpt`; `resume=` that
-    path continues the same MLflow run where it stopped. A sweep's `job` names the run, nests it
+    Interrupted by Ctrl-C or SIGTERM, it writes `run_dir/checkpoints/last.ckpt` and says how to
+    continue: `moonprop COMMAND resume=` that path continues the same MLflow run where it stopped
+    (`command`: the arguments that run this job alone). A sweep's `job` names the run, nests it
     under the sweep's parent and adds its sweeper's callbacks (a search's pruner, which may stop it
     early). With
     `close_in_background` (a sweep's jobs in one process), the next job trains while the recorder
@@ -115,25 +130,48 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
     (a job may run elsewhere).
     """
     torch.set_num_threads(cfg.trainer.threads)  # 2 threads made this tiny model 14-56x slower
-    module, datamodule = build(cfg)
-    stopper = GracefulStop(run_dir / "checkpoints" / "last.ckpt")
-    spec = run_spec(cfg, datamodule, overrides, tags, job, launch_dir)
-    resume_run_id = checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None
-    extra = callbacks_of(cfg, job)
+    try:
+        module, datamodule = build(cfg)
+        spec = run_spec(cfg, datamodule, overrides, tags, job, launch_dir)
+        resume_run_id = checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None
+        extra = callbacks_of(cfg, job)
+    except Exception as e:
+        if job is not None:
+            record_failed_job(recorder, resolve_uri(cfg.tracking.uri, launch_dir), cfg.tracking.experiment, job,
+                              params(cfg), e)
+        raise
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    stopper = GracefulStop(checkpoint, shlex.join(["moonprop", *command, f"resume={checkpoint}"]))
     module.log_metrics = bool(extra) or sys.stderr.isatty()  # what reads self.log: callbacks, the progress bar
     with stopper.handling_signals(), recorder.run(close_in_background, **spec, resume_run_id=resume_run_id) as run:
         tracker = MlflowCallback(run, datamodule.test, cfg.plot, cfg.data.num_batches, spec["params"],
                                  datamodule.plane)
-        fit(trainer(cfg, [tracker, stopper, *extra], bool(cfg.resume)), stopper,
-            module, datamodule=datamodule, ckpt_path=cfg.resume)
+        try:
+            fit(trainer(cfg, [tracker, stopper, *extra], bool(cfg.resume)), stopper,
+                module, datamodule=datamodule, ckpt_path=cfg.resume)
+        except Interrupted:
+            run.send("tags", {CHECKPOINT_TAG: str(checkpoint)})  # the one `resume=` continues from now
+            raise
     return Trained(run.id, tracker.last, run.model_id)
+
+
+def record_failed_job(recorder: Recorder, uri: str, experiment: str, job: Job, params: dict[str, str],
+                      error: Exception) -> None:
+    """A sweep's job that failed before its run opened (its config, a callback's constructor, its
+    data): its run all the same, under the sweep's parent, FAILED with the reason, so that the
+    sweep's summary counts it. Called while `error` is handled (its traceback is kept)."""
+    texts = {"overrides.yaml": OmegaConf.to_yaml(job.overrides)}
+    run = recorder.start(uri=uri, experiment=experiment, run_name=job.name, params=params, tags=job.tags,
+                         texts=texts, parent_run_id=job.parent)
+    run.end_with(error)
 
 
 def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path,
                   how_to_continue: str) -> list[float | str]:
     """Train the jobs `tasks` (of one batched.stack_key) as one batched model, each recorded as its
     own run, as `train` would record it; for each job its final validation accuracy (what a sweeper
-    chooses on; the test accuracy without a validation set), or why it failed.
+    chooses on; the test accuracy without a validation set), or why it failed (a batch that fails
+    before it trains, its data or a callback's constructor, fails each of its jobs, recorded FAILED).
     The runs are shared out among the `recorders` (processes: a run costs ~0.2 s of recording).
 
     Interrupted by Ctrl-C or SIGTERM, every running job's run ends KILLED after a checkpoint of the
@@ -142,10 +180,19 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
     """
     cfgs = [t.cfg for t in tasks]
     torch.set_num_threads(cfgs[0].trainer.threads)
-    datamodule = BatchedMoonsData(cfgs)
-    module = BatchedMoonsClassifier(cfgs)
-    specs = [run_spec(t.cfg, data, t.overrides, t.tags, t.job, t.launch_dir)
-             for t, data in zip(tasks, datamodule.jobs, strict=True)]
+    try:
+        datamodule = BatchedMoonsData(cfgs)
+        module = BatchedMoonsClassifier(cfgs)
+        specs = [run_spec(t.cfg, data, t.overrides, t.tags, t.job, t.launch_dir)
+                 for t, data in zip(tasks, datamodule.jobs, strict=True)]
+        # a job with callbacks of its own trains in a batch of one (batched.stack_key): they are its
+        extra = callbacks_of(cfgs[0], None) if len(cfgs) == 1 else []
+    except Exception as e:
+        for t in tasks:
+            assert t.job is not None
+            record_failed_job(recorders[0], resolve_uri(t.cfg.tracking.uri, t.launch_dir), t.cfg.tracking.experiment,
+                              t.job, params(t.cfg), e)
+        return [one_line(e)] * len(tasks)
     saved = resumed_batch(checkpoint, [spec["params"] for spec in specs]) if checkpoint.is_file() else None
     runs: list[Run | None] = []
     for job, spec in enumerate(specs):
@@ -159,8 +206,6 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
     tracker = BatchedMlflowCallback(runs, datamodule.test, [c.plot for c in cfgs], cfgs[0].data.num_batches,
                                     [spec["params"] for spec in specs], [data.plane for data in datamodule.jobs])
     stopper = GracefulStop(checkpoint, how_to_continue)
-    # a job with callbacks of its own trains in a batch of one (batched.stack_key): they are its
-    extra = callbacks_of(cfgs[0], None) if len(cfgs) == 1 else []
     module.log_metrics = bool(extra)
     try:
         with stopper.handling_signals():

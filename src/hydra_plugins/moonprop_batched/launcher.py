@@ -2,7 +2,7 @@
 
 Every job is set up as Hydra's own launchers set it up (`run_job`: its composed config, its folder
 with .hydra/, HydraConfig, Hydra's callbacks), but instead of training there, the launcher collects
-what the job would train (`moonprop.cli.task`). Jobs that can share a model (batched.stack_key)
+what the job would train (`moonprop.cli.sweep_task`). Jobs that can share a model (batched.stack_key)
 then train as one, in this process, on `trainer.accelerator`; each job is recorded as its own
 MLflow run under the sweep's parent, and Hydra gets each job's final validation accuracy back, NaN for
 a job that failed, as from the in-process launcher.
@@ -41,12 +41,12 @@ class BatchedLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        # the app's task function is not called: cli.task gives what it would train, and the
+        # the app's task function is not called: cli.sweep_task gives what it would train, and the
         # jobs train here, together
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from moonprop.cli import task
+        from moonprop.cli import sweep_task
         from moonprop.config import resolve_uri
         from moonprop.recorder import Recorder, shared
 
@@ -66,10 +66,14 @@ class BatchedLauncher(Launcher):
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
-            returns.append(run_job(hydra_context=self.hydra_context, task_function=task, config=sweep_config,
+            returns.append(run_job(hydra_context=self.hydra_context, task_function=sweep_task, config=sweep_config,
                                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        ready = [(idx, ret) for idx, ret in enumerate(returns) if ret.status == JobStatus.COMPLETED]
+        for ret in returns:  # a job whose config failed its checks: recorded FAILED by sweep_task
+            if ret.status == JobStatus.COMPLETED and ret.return_value is None:
+                ret.return_value = float("nan")  # what a search sampler takes as a failed trial
+        ready = [(idx, ret) for idx, ret in enumerate(returns) if ret.status == JobStatus.COMPLETED
+                 and not isinstance(ret.return_value, float)]
         batches = self._batches(ready)
         print(f"moonprop: {len(ready)} jobs in {len(batches)} batched model{'s' * (len(batches) != 1)}",
               file=sys.stderr)
