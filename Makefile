@@ -29,5 +29,6 @@ gpu-check:
 	$(BIN)/python scripts/gpu_check.py
 
 # the UI for the default store, on this machine only; prints the addresses that open on the runs
+UI_PORT ?= 5000
 ui:
-	$(BIN)/python scripts/ui.py --store outputs/mlflow.db --port 5000
+	$(BIN)/python scripts/ui.py --store outputs/mlflow.db --port $(UI_PORT)
