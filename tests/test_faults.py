@@ -318,6 +318,18 @@ def assert_sweep_failed(workdir: Path, proc: subprocess.CompletedProcess[str], r
     assert "RUNNING" not in [r.info.status for r in runs]
 
 
+def test_a_sweep_whose_parent_run_cannot_be_opened_stops_before_any_job(workdir):
+    """Hydra only warns when a callback fails and runs the jobs anyway: with no parent to count
+    them, the sweep would exit 0. A store that is no database refuses the parent: exit 1, no job."""
+    (workdir / "outputs").mkdir()
+    (workdir / "outputs" / "mlflow.db").write_text("not a database")
+    proc = moonprop("-m", "seed=0,1", "data.num_batches=2", cwd=workdir, check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("moonprop: the sweep's parent run could not be opened: RecorderError: MLflow: "), last
+    assert "Launching" not in proc.stderr and "job 0" not in proc.stderr
+
+
 def test_a_slurm_sweep_that_cannot_submit_ends_failed(workdir):
     require(slurm_is_up(), "no SLURM cluster with an idle node: run `scripts/slurm-cluster start` as root")
     proc = moonprop("-m", "seed=0,1", "data.num_batches=2", "hydra/launcher=slurm", "hydra.launcher.partition=nope",

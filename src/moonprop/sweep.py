@@ -95,6 +95,16 @@ class SweepCallback(Callback):
     """Opens the sweep's parent run before any job and writes the sweep's answer after the last."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra only warns of a callback's error and goes on: jobs would run with no parent to
+        # count them, and the sweep exit 0. A sweep that cannot open its parent stops here.
+        try:
+            self._open(config)
+        except Exception as e:
+            print(f"moonprop: the sweep's parent run could not be opened: {type(e).__name__}: {first_line(e)}",
+                  file=sys.stderr)
+            raise SystemExit(1) from None
+
+    def _open(self, config: DictConfig) -> None:
         global _under_way
         launcher = Launcher.of(config.hydra.launcher)
         uri = resolve_uri(config.tracking.uri, config.hydra.runtime.cwd)
