@@ -42,23 +42,38 @@ def postgres_database(prefix: str) -> str | None:
     return url.rsplit("/", 1)[0] + f"/{name}"
 
 
+def basic_auth(folder: Path, database: str, admin_password: str) -> dict[str, str]:
+    """What `mlflow server --app-name basic-auth` needs: its config (users in `database`, nobody
+    allowed anything not granted), readable by its owner only as it holds the database's password,
+    and its admin's password and CSRF key; the environment to start the server with."""
+    config = folder / "auth.ini"
+    config.touch(mode=0o600)
+    config.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                      f"database_uri = {database}\nadmin_username = admin\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                      "auth_cache_ttl_seconds = 60\n")  # a password checked once a minute, not every request
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex}
+
+
 class MlflowServer:
-    def __init__(self, *args: str, log: Path | None = None) -> None:
+    def __init__(self, *args: str, log: Path | None = None, env: dict[str, str] | None = None) -> None:
         """`args`: the command and its options (`"ui", "--backend-store-uri", uri`); the output goes
-        to `log` (appended), or nowhere."""
+        to `log` (appended), or nowhere; `env`: added to this process's environment (basic_auth's)."""
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.command = [str(MLFLOW), *args, "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        self.log, self.url = log, f"http://127.0.0.1:{self.port}"
+        self.log, self.url, self.env = log, f"http://127.0.0.1:{self.port}", env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 90) -> None:
         """Start it and return once /health answers; RuntimeError (with the log's end) if it exits
         or does not answer in time."""
         output = open(self.log, "a") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.command, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                                     start_new_session=True, stdout=output, stderr=subprocess.STDOUT)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env}
+        self.proc = subprocess.Popen(self.command, env=env, start_new_session=True, stdout=output,
+                                     stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -5,7 +5,8 @@ order the pages show them, in one scratch folder beside the repository's own fil
 Run as written, with only these changes, each for a reason a reader would accept:
 - sizes a sweep gives are made small (`range(0,N)` -> `range(0,2)`, `n_trials=30` -> `n_trials=3`);
 - placeholders are filled (`<model id>`: the newest model in the store; `HEAD`: this machine;
-  `/srv/...`, `/shared/...`: the scratch folder);
+  `/srv/...`, `/shared/...`, `/etc/mlflow`: the scratch folder; the PostgreSQL databases: new ones,
+  as on a new machine);
 - a server a block starts (`mlflow server`, `mlflow models serve`, `optuna-dashboard`, `make ui`) runs
   in the background on 127.0.0.1 until the block ends, and its first client waits for it to answer;
 - the few lines that are the project's own set-up and tests (`make setup`, `make test`, pytest,
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+
+from mlflow_server import postgres_database
 
 from .conftest import REPO, require, slurm_is_up
 
@@ -64,7 +67,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def script(text: str, ports: dict[str, int]) -> str:
+def script(text: str, ports: dict[str, int], filled: dict[str, str] | None = None) -> str:
     """A bash block as this test runs it (see the module's docstring for every change)."""
     # each server in a session of its own, so that the block's end stops it with its workers
     lines = ["set -euo pipefail", "servers=()", "trap 'for p in ${servers[@]}; do kill -- -$p; done' EXIT"]
@@ -76,6 +79,9 @@ def script(text: str, ports: dict[str, int]) -> str:
             line = pattern.sub(small, line)
         line = line.replace("<model id>", "$MODEL_ID").replace("HEAD:5000", f"127.0.0.1:{ports['server']}")
         line = line.replace("/srv/", "$PWD/srv/").replace("/shared/", "$PWD/shared/")
+        line = line.replace("/etc/mlflow", "$PWD/etc/mlflow")
+        for placeholder, value in (filled or {}).items():
+            line = line.replace(placeholder, value)
         server = next((name for name in SERVERS if command.startswith(name)), None)
         if server is None:
             lines.append(line)
@@ -110,11 +116,14 @@ def test_every_example_of_the_readme_and_docs_runs_as_written(tmp_path):
         else:
             if "hydra/launcher=slurm" in text:
                 require(slurm_is_up(), f"{where} needs a SLURM cluster: run `scripts/slurm-cluster start` as root")
+            filled = {}
             if "scripts/postgres" in text:
                 up = subprocess.run(["scripts/postgres", "status"], cwd=REPO, capture_output=True).returncode == 0
                 require(up, f"{where} needs PostgreSQL: run `scripts/postgres start` as root")
-            proc = subprocess.run(["bash", "-c", script(text, ports)], cwd=tmp_path, capture_output=True, text=True,
-                                  timeout=900, env={**env, "MODEL_ID": newest_model(tmp_path)})
+                filled = {"$(scripts/postgres url mlflow_auth)": postgres_database("readme_auth"),
+                          '"$(scripts/postgres url)"': postgres_database("readme_store")}
+            proc = subprocess.run(["bash", "-c", script(text, ports, filled)], cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=900, env={**env, "MODEL_ID": newest_model(tmp_path)})
         log = tmp_path / "server.log"
         assert proc.returncode == 0, (f"{where} fails as written:\n{text}\n--- stderr:\n{proc.stderr[-3000:]}"
                                       + (f"\n--- server:\n{log.read_text()[-2000:]}" if log.exists() else ""))

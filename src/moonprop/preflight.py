@@ -16,6 +16,7 @@ valid when each of its values is.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import json
@@ -23,6 +24,7 @@ import os
 import re
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -358,15 +360,71 @@ def writable(path: Path) -> bool:
         return False
 
 
-def check_server(uri: str) -> None:
-    """Fail fast on an unreachable tracking server: MLflow's own retries take about 4 minutes."""
+def check_server(uri: str, experiment: str) -> None:
+    """Fail fast on an unreachable tracking server (MLflow's own retries take about 4 minutes), and
+    on one with authentication (`mlflow server --app-name basic-auth`) that refuses these
+    credentials, or lets them only read `experiment`: each is one line before anything starts,
+    where it would otherwise be a failed run, or a sweep's parent, after Hydra has begun."""
+    base = re.sub(r"(?<=://)[^/@]+@", "", uri).rstrip("/")  # /health asks for no credentials
     try:
-        without_credentials = re.sub(r"(?<=://)[^/@]+@", "", uri)  # /health asks for none
-        with urllib.request.urlopen(without_credentials.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S):
+        with urllib.request.urlopen(base + "/health", timeout=SERVER_TIMEOUT_S):
             pass
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise ConfigError("tracking.uri", redact(uri), f"a reachable MLflow server ({reason})") from None
+    user, headers = credentials(uri)
+    status, found = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?"
+                         f"{urllib.parse.urlencode({'experiment_name': experiment})}", headers)
+    if status == 401:
+        said = f"these credentials ({user})" if user else "no credentials: set MLFLOW_TRACKING_USERNAME and " \
+                                                          "MLFLOW_TRACKING_PASSWORD"
+        raise ConfigError("tracking.uri", redact(uri), f"the tracking server refused {said}: 401")
+    if status == 403:
+        raise ConfigError("tracking.experiment", experiment, f"an experiment {user} may write to: the tracking "
+                                                             f"server refused to let {user} read it (403)")
+    if status != 200:  # a new experiment: its creator manages it
+        return
+    experiment_id = found["experiment"]["experiment_id"]
+    status, mine = _get(f"{base}/api/3.0/mlflow/users/current/permissions", headers)  # basic-auth's only
+    if status != 200 or mine.get("is_admin"):
+        return
+    granted = {p["permission"] for p in mine.get("permissions", [])
+               if p.get("resource_type") == "experiment" and p.get("resource_pattern") in (experiment_id, "*")}
+    if granted and granted <= {"READ", "NO_PERMISSIONS"}:
+        raise ConfigError("tracking.experiment", experiment, f"an experiment {user} may write to: the tracking "
+                                                             f"server lets {user} only {' and '.join(sorted(granted))} "
+                                                             f"it and refuses its runs (403); ask its admin for EDIT")
+
+
+def credentials(uri: str) -> tuple[str | None, dict[str, str]]:
+    """Whom MLflow's client will say it is to a tracking server, and the header that says it: its
+    own variables (MLFLOW_TRACKING_USERNAME and _PASSWORD, or MLFLOW_TRACKING_TOKEN), else the
+    URI's `user:password@`."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or None  # empty is unset, as MLflow reads it
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user is None and (given := urllib.parse.urlsplit(uri)).username:
+        user, password = urllib.parse.unquote(given.username), urllib.parse.unquote(given.password or "")
+    if user is not None:
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        return user, {"Authorization": f"Basic {token}"}
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return "the token of MLFLOW_TRACKING_TOKEN", {"Authorization": f"Bearer {token}"}
+    return None, {}
+
+
+def _get(url: str, headers: dict[str, str]) -> tuple[int, Any]:
+    """A GET's status and JSON answer (None where it is not JSON)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=SERVER_TIMEOUT_S) as r:
+            status, body = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    except (urllib.error.URLError, OSError):
+        return 0, None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
 
 
 def check_resume(config: Config) -> None:
@@ -408,8 +466,9 @@ def check_resumable(config: Config, saved: dict[str, Any]) -> None:
                                                    f"stops at step {saved['step']}")
 
 
-def check_environment(job: DictConfig, config: Config, multirun: bool) -> None:
-    """What the schema cannot know: folders, the GPU, the tracking server."""
+def check_environment(job: DictConfig, config: Config, multirun: bool, experiment: str) -> None:
+    """What the schema cannot know: folders, the GPU, the tracking server (and whether it lets
+    these credentials write to `experiment`)."""
     run_dir = OmegaConf.select(job, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     if not writable(Path(str(run_dir))):
         key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
@@ -420,7 +479,7 @@ def check_environment(job: DictConfig, config: Config, multirun: bool) -> None:
         if not writable(db.parent):
             raise ConfigError("tracking.uri", uri, f"a store in a writable folder ({db.parent} is not)")
     elif uri.startswith(("http://", "https://")):
-        check_server(uri)
+        check_server(uri, experiment)
     if config.resume:
         check_resume(config)
     if config.trainer.accelerator == "gpu":
@@ -492,9 +551,13 @@ def check(argv: list[str], app: App) -> list[Config]:
     configs, master, multirun = _compose_and_validate(argv, app)
     environments, trainers = set(), set()
     for config in configs:
-        if (key := (config.tracking.uri, config.trainer.accelerator, config.resume)) not in environments:
+        # A sweep's values are checked one at a time, each on the composition it changes: the
+        # experiment its store is asked about is the sweep's own, with every fixed value applied.
+        experiment = str(master.tracking.experiment) if multirun else config.tracking.experiment  # type: ignore[union-attr]
+        key = (config.tracking.uri, experiment, config.trainer.accelerator, config.resume)
+        if key not in environments:
             environments.add(key)
-            check_environment(master, config, multirun)  # type: ignore[arg-type]
+            check_environment(master, config, multirun, experiment)  # type: ignore[arg-type]
         if (args := json.dumps(config.trainer.lightning, sort_keys=True, default=str)) not in trainers:
             trainers.add(args)
             check_trainer(config)
