@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_module
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
-from mlflow_server import MLFLOW, serving  # scripts/, on pytest's pythonpath
+from mlflow_server import MLFLOW, MlflowServer, basic_auth, postgres_database, serving  # scripts/, on pythonpath
 from moonprop import cli, preflight
 from moonprop.config import Config
 from moonprop.tracking import store_lock
@@ -165,3 +165,44 @@ def mlflow_command(*args: str, log: Path) -> Iterator[str]:
     require(MLFLOW.exists(), "the mlflow command is not installed")
     with serving(*args, log=log) as url:
         yield url
+
+
+ADMIN_PASSWORD = "admin-" + "x7Qp2Lm9Tz"  # a test server's, alive for one test module
+
+
+@contextlib.contextmanager
+def signed_in(user: str, password: str) -> Iterator[None]:
+    """MLflow's own variables, as a user sets them, for this process and every process it starts."""
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    os.environ.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def team_server(root: Path, users: dict[str, str]) -> Iterator[MlflowServer]:
+    """The README's team server: `mlflow server --app-name basic-auth`, its store and its users in
+    new PostgreSQL databases, its artifacts served, and `users` (name: password) made by its admin."""
+    store, accounts = postgres_database("moonprop_test"), postgres_database("moonprop_test_users")
+    require(store is not None and accounts is not None,
+            "no PostgreSQL on 127.0.0.1 (and psycopg): run `scripts/postgres start` as root")
+    served = MlflowServer("server", "--app-name", "basic-auth", "--backend-store-uri", store, "--artifacts-destination",
+                          str(root / "art"), "--allowed-hosts", "127.0.0.1:*,localhost:*", log=root / "server.log",
+                          env=basic_auth(root, accounts, ADMIN_PASSWORD))
+    served.start()
+    try:
+        from mlflow.server import get_app_client
+
+        with signed_in("admin", ADMIN_PASSWORD):
+            admin = get_app_client("basic-auth", tracking_uri=served.url)
+            for user, password in users.items():
+                admin.create_user(user, password)
+        yield served
+    finally:
+        served.stop()

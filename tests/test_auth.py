@@ -5,37 +5,19 @@ never recorded. Users and permissions are made through MLflow's own client, as a
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from mlflow_server import MlflowServer, basic_auth, postgres_database
+from mlflow_server import MlflowServer
 
-from .conftest import moonprop, require
+from .conftest import ADMIN_PASSWORD, moonprop, signed_in, team_server
 from .test_server import check_every_record
 
-ADMIN = "admin-" + "x7Qp2Lm9"  # not MLflow's documented example; this server lives for the module only
 USERS = {"alice": ("alice-pw-Vn3Kq8", "EDIT"), "bob": ("bob-pw-Zr5Tw2", "READ")}
 EXPERIMENT = "team"
-
-
-@contextlib.contextmanager
-def signed_in(user: str, password: str) -> Iterator[None]:
-    """MLflow's own variables, as a user sets them, for this process and what it starts."""
-    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def env_of(user: str) -> dict[str, str]:
@@ -45,26 +27,16 @@ def env_of(user: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[MlflowServer]:
     """The recipe's server with two users: alice may EDIT the team's experiment, bob only READ it."""
-    store, users = postgres_database("moonprop_auth_store"), postgres_database("moonprop_auth_users")
-    require(store is not None and users is not None,
-            "no PostgreSQL on 127.0.0.1 (and psycopg): run `scripts/postgres start` as root")
-    root = tmp_path_factory.mktemp("auth")
-    served = MlflowServer("server", "--app-name", "basic-auth", "--backend-store-uri", store,
-                          "--artifacts-destination", str(root / "art"), "--allowed-hosts", "127.0.0.1:*,localhost:*",
-                          log=root / "server.log", env=basic_auth(root, users, ADMIN))
-    served.start()
-    try:
+    passwords = {user: password for user, (password, _) in USERS.items()}
+    with team_server(tmp_path_factory.mktemp("auth"), passwords) as served:
         from mlflow.server import get_app_client
 
-        with signed_in("admin", ADMIN):
+        with signed_in("admin", ADMIN_PASSWORD):
             admin = get_app_client("basic-auth", tracking_uri=served.url)
             experiment = MlflowClient(served.url).create_experiment(EXPERIMENT)
-            for user, (password, permission) in USERS.items():
-                admin.create_user(user, password)
+            for user, (_, permission) in USERS.items():
                 admin.grant_user_permission(user, "experiment", experiment, permission)
         yield served
-    finally:
-        served.stop()
 
 
 def refused(proc, expected: str, workdir: Path) -> None:
@@ -74,7 +46,7 @@ def refused(proc, expected: str, workdir: Path) -> None:
 
 
 def all_runs(url: str) -> list:
-    with signed_in("admin", ADMIN):
+    with signed_in("admin", ADMIN_PASSWORD):
         client = MlflowClient(url)
         return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
 
@@ -124,7 +96,7 @@ def test_a_reader_is_refused_plainly_and_can_still_read(server, workdir):
                       "only READ it and refuses its runs (403); ask its admin for EDIT", workdir)
     runs = all_runs(server.url)
     assert len(runs) == alice_runs and "RUNNING" not in {r.info.status for r in runs}
-    with signed_in("admin", ADMIN):
+    with signed_in("admin", ADMIN_PASSWORD):
         team = MlflowClient(server.url).get_experiment_by_name(EXPERIMENT).experiment_id
     import mlflow
 

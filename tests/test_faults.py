@@ -155,7 +155,7 @@ def test_sigterm_checkpoints_kills_and_the_printed_line_continues_the_same_run(w
 def test_a_run_is_written_once(workdir):
     """Continuing a run that has ended, or from an older checkpoint than its record has reached, is
     refused in one line before anything is written; the newest checkpoint continues it, once."""
-    args = ["data.num_batches=20000", "plot.every_n_epochs=1000"]
+    args = ["data.num_batches=8000", "plot.every_n_epochs=1000"]
     first = interrupt(args, workdir, 3)
     client = default_store(workdir)
     run_id = only_run(workdir).info.run_id
@@ -173,9 +173,9 @@ def test_a_run_is_written_once(workdir):
         proc = moonprop(*second, cwd=workdir, check=False)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "has ended FINISHED, and a run is written once" in proc.stderr
-    assert history(client, run_id) == recorded and [s for s, _ in recorded] == list(range(20001))
+    assert history(client, run_id) == recorded and [s for s, _ in recorded] == list(range(8001))
     assert len(client.search_logged_models([only_run(workdir).info.experiment_id])) == len(models) == 1
-    assert len(epoch_images(client, run_id)) == 21
+    assert len(epoch_images(client, run_id)) == 9
     assert len(list(workdir.glob("outputs/runs/*"))) == 3  # the refusals made no run folder
 
 

@@ -1,7 +1,8 @@
 """Past one machine: sweeps writing through a real MLflow tracking server whose store is PostgreSQL
-(scripts/postgres) and whose artifacts it serves itself (`--artifacts-destination`), everything
-read back through it: many writers at once (joblib, SLURM, a batched sweep of 100 jobs), and the
-server restarted in the middle of a sweep."""
+(scripts/postgres), whose artifacts it serves itself (`--artifacts-destination`) and which lets in
+only its users (`--app-name basic-auth`, the README's recipe), everything read back through it:
+many writers at once (joblib, SLURM, a batched sweep of 100 jobs), and the server restarted in the
+middle of a sweep."""
 
 from __future__ import annotations
 
@@ -11,24 +12,20 @@ from collections.abc import Iterator
 import pytest
 from mlflow import MlflowClient
 
-from mlflow_server import MlflowServer, postgres_database
+from mlflow_server import MlflowServer
 
-from .conftest import epoch_images, moonprop, require, slurm_is_up, start
+from .conftest import epoch_images, moonprop, require, signed_in, slurm_is_up, start, team_server
+
+ALICE = ("alice", "alice-pw-Vn3Kq8xR")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[MlflowServer]:
-    """`mlflow server` on 127.0.0.1, its store a fresh PostgreSQL database, its artifacts served."""
-    database = postgres_database("moonprop_test")
-    require(database is not None, "no PostgreSQL on 127.0.0.1 (and psycopg): run `scripts/postgres start` as root")
-    root = tmp_path_factory.mktemp("server")
-    served = MlflowServer("server", "--backend-store-uri", database, "--artifacts-destination", str(root / "art"),
-                          log=root / "server.log")
-    served.start()
-    try:
+    """The README's team server (conftest.team_server: basic-auth, its store and users in
+    PostgreSQL, its artifacts served), and alice signed in through MLflow's own variables for the
+    module's commands, as a user exports them: the experiments she creates are hers."""
+    with team_server(tmp_path_factory.mktemp("server"), dict([ALICE])) as served, signed_in(*ALICE):
         yield served
-    finally:
-        served.stop()
 
 
 def sweep_of(client: MlflowClient, experiment: str):
@@ -55,7 +52,7 @@ def check_every_record(client: MlflowClient, parent, children, jobs: int, epochs
 
 
 def test_parallel_sweep_through_a_tracking_server(server, workdir):
-    with_credentials = server.url.replace("http://", "http://alice:s3cret@")
+    with_credentials = server.url.replace("http://", f"http://{ALICE[0]}:{ALICE[1]}@")
     moonprop("-m", "data.num_batches=3", "seed=0,1", "schedule=linear,cosine", f"tracking.uri={with_credentials}",
              "tracking.experiment=served", "tracking.registered_model=served", "hydra/launcher=joblib",
              "hydra.launcher.n_jobs=2", cwd=workdir, timeout=600)
@@ -69,8 +66,8 @@ def test_parallel_sweep_through_a_tracking_server(server, workdir):
         (output,) = child.outputs.model_outputs
         assert client.get_logged_model(output.model_id).source_run_id == child.info.run_id
         assert {d.tags[0].value for d in child.inputs.dataset_inputs} == {"test", "train", "val"}
-        assert "s3cret" not in str(child.data.params) + str(child.data.tags)
-    assert "s3cret" not in str(parent.data.tags)
+        assert ALICE[1] not in str(child.data.params) + str(child.data.tags)
+    assert ALICE[1] not in str(parent.data.tags)
     (version,) = client.search_model_versions("name = 'served'")  # the sweep's best only
     assert version.run_id == parent.data.tags["best_run_id"]
     assert client.get_model_version_by_alias("served", "sweep-best").version == version.version

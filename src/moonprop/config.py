@@ -323,7 +323,7 @@ MAX_SEED = 2**32 - 1  # Lightning's seed_everything range, numpy's RandomState's
 # what users of neighbouring tools type, and what it is in moonprop: added to the line that refuses it
 HABITS = {
     "trainer": "moonprop has no trainer presets: write trainer.accelerator={value}",
-    "tags": "MLflow tags are names with values: write +tracking.tags.{value}=true",
+    "tags": "MLflow tags are names with values: write {value}",
     "ckpt_path": "a run continues from its checkpoint with resume={value}",
     "optimizer.lr": "the schedule sets every step's rate: schedule=constant schedule.lr={value}, or schedule.start=",
     "data=gaussian": "two Gaussian blobs are data=blobs",
@@ -337,8 +337,8 @@ def habit(key: str, value: Any) -> str | None:
     template's `trainer=cpu`, `tags=[dev]`, `ckpt_path=`, ...), or None."""
     if key == "tracking.tags" and isinstance(value, dict) and value:
         return "add each tag by its name: " + " ".join(f"+tracking.tags.{k}={v}" for k, v in value.items())
-    if isinstance(value, list) and key == "tags":
-        value = ",".join(map(str, value))
+    if key == "tags":  # lightning-hydra-template's list of names
+        value = " ".join(f"+tracking.tags.{name}=true" for name in (value if isinstance(value, list) else [value]))
     text = HABITS.get(f"{key}={value}", HABITS.get(key))
     return text.format(value=value) if text else None
 

@@ -373,6 +373,7 @@ def check_server(uri: str, experiment: str) -> None:
         reason = getattr(e, "reason", e)
         raise ConfigError("tracking.uri", redact(uri), f"a reachable MLflow server ({reason})") from None
     user, headers = credentials(uri)
+    who = user or "no credentials"
     status, found = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?"
                          f"{urllib.parse.urlencode({'experiment_name': experiment})}", headers)
     if status == 401:
@@ -380,19 +381,19 @@ def check_server(uri: str, experiment: str) -> None:
                                                           "MLFLOW_TRACKING_PASSWORD"
         raise ConfigError("tracking.uri", redact(uri), f"the tracking server refused {said}: 401")
     if status == 403:
-        raise ConfigError("tracking.experiment", experiment, f"an experiment {user} may write to: the tracking "
-                                                             f"server refused to let {user} read it (403)")
-    if status != 200:  # a new experiment: its creator manages it
+        raise ConfigError("tracking.experiment", experiment, f"an experiment {who} may write to: the tracking "
+                                                             f"server refused to let {who} read it (403)")
+    if status != 200 or not isinstance(found, dict):  # a new experiment: its creator manages it
         return
-    experiment_id = found["experiment"]["experiment_id"]
+    experiment_id = found.get("experiment", {}).get("experiment_id")
     status, mine = _get(f"{base}/api/3.0/mlflow/users/current/permissions", headers)  # basic-auth's only
-    if status != 200 or mine.get("is_admin"):
+    if status != 200 or not isinstance(mine, dict) or mine.get("is_admin"):
         return
     granted = {p["permission"] for p in mine.get("permissions", [])
                if p.get("resource_type") == "experiment" and p.get("resource_pattern") in (experiment_id, "*")}
     if granted and granted <= {"READ", "NO_PERMISSIONS"}:
-        raise ConfigError("tracking.experiment", experiment, f"an experiment {user} may write to: the tracking "
-                                                             f"server lets {user} only {' and '.join(sorted(granted))} "
+        raise ConfigError("tracking.experiment", experiment, f"an experiment {who} may write to: the tracking "
+                                                             f"server lets {who} only {' and '.join(sorted(granted))} "
                                                              f"it and refuses its runs (403); ask its admin for EDIT")
 
 
