@@ -575,10 +575,13 @@ def configs(argv: list[str], app: App) -> list[Config]:
 def _compose_and_validate(argv: list[str], app: App) -> tuple[list[Config], DictConfig | None, bool]:
     """Every job's config, the sweep's (or single run's) composed config, and whether it is a sweep."""
     args = hydra_internals.args_parser().parse_args(argv)
+    found = HydraConfig.instance().cfg  # the checks set it, as Hydra does, for `${hydra:...}` in a value
     try:
         return _composed_and_validated(args, app)
     except ConfigError as e:
         raise with_habit(e, args.overrides) from None
+    finally:
+        HydraConfig.instance().cfg = found  # a Python caller's process keeps what it had
 
 
 def with_habit(e: ConfigError, overrides: list[str]) -> ConfigError:
