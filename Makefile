@@ -15,7 +15,7 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[search,server,test]'
+	$(BIN)/pip install --quiet -e '.[search,server,tensorboard,test]'
 
 test:
 	$(BIN)/python -m pytest

@@ -142,8 +142,8 @@ def test_the_cli_refuses_each_in_one_line_and_creates_nothing(tmp_path: Path):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["trainer=cpu"], "trainer=cpu: Lightning's arguments by name, trainer.NAME=VALUE; moonprop has no trainer "
-                      "presets: write trainer.accelerator=cpu"),
+    (["trainer=ddp"], "trainer=ddp: one of cpu, default, gpu; a run trains on one device; a sweep's jobs train in "
+                      "parallel with hydra/launcher=joblib or hydra/launcher=batched"),
     (["tags=[dev]"], "write +tracking.tags.dev=true"),
     (["ckpt_path=x.ckpt"], "a run continues from its checkpoint with resume=x.ckpt"),
     (["+ckpt_path=x.ckpt"], "a run continues from its checkpoint with resume=x.ckpt"),

@@ -22,7 +22,8 @@ from .conftest import check, composed, make_config
 def test_default_config_is_the_seed_experiment():
     lightning = {"deterministic": True, "precision": "32-true", "gradient_clip_val": None}
     assert asdict(make_config()) == asdict(Config(data=MoonsData(), optimizer=SgdOptimizer(), schedule=LinearSchedule(),
-                                                  trainer=TrainerConfig(lightning=lightning)))
+                                                  trainer=TrainerConfig(lightning=lightning),
+                                                  logger={"mlflow": {"_target_": "moonprop.loggers.MlflowRecord"}}))
     assert asdict(make_config()) == {
         "data": {"name": "moons", "num_batches": 150, "batch_size": 50, "test_size": 1000, "val_size": 1000,
                  "noise": 0.1},
@@ -35,6 +36,7 @@ def test_default_config_is_the_seed_experiment():
                      "tags": {}, "system_metrics": False},
         "plot": {"every_n_epochs": 1, "resolution": 480},
         "callbacks": {},
+        "logger": {"mlflow": {"_target_": "moonprop.loggers.MlflowRecord"}},  # conf/logger/mlflow.yaml
         "seed": 0,
         "resume": None,
     }

@@ -67,7 +67,7 @@ def test_any_trainer_argument_passes_through(workdir):
     ("+trainer.precison=64", "trainer.precison=64: not an argument of Lightning's Trainer; did you mean "
                              "trainer.precision?"),
     ("trainer.max_epochs=5", "trainer.max_epochs=5: moonprop sets it: use data.num_batches"),
-    ("+trainer.logger=true", "trainer.logger=True: moonprop sets it: use tracking.*"),
+    ("+trainer.logger=true", "trainer.logger=True: moonprop sets it: use the logger group"),
     ("trainer.profiler=simple", "add it with +trainer.profiler=simple"),
     ("trainer.precision=65", "trainer.precision=65: Precision 65 is invalid"),
     ("+callbacks.mine._target_=os.system", "a _target_ comes from a config file, not the command line"),

@@ -13,8 +13,8 @@ zero. The summed loss is a sum of independent terms: each job's gradient is the 
 alone, and StackedOptimizer steps each job's slice as torch's optimizer steps the job alone.
 
 What must be the same for a batch (stack_key): the depth, the shape of the data, the device, the
-activation, the kind of optimizer and Lightning's arguments. A job with callbacks of its own, or
-whose gradients are clipped by their norm (which would be the norm over the whole batch), trains in
+activation, the kind of optimizer and Lightning's arguments. A job with callbacks or loggers of its
+own, or whose gradients are clipped by their norm (which would be the norm over the whole batch), trains in
 a batch of one: alone, as it would in-process.
 """
 
@@ -45,9 +45,9 @@ def stack_key(cfg: Config, job: int) -> tuple[Any, ...]:
     shape of the data (batches, their size, the test set), the device, the activation, the kind of
     optimizer and Lightning's arguments. Everything else (seed, dataset, noise, init, loss, penalty,
     its weight, the optimizer's values, schedule, widths, pictures) may differ within a batch. A
-    job with its own callbacks, or whose gradients are clipped by their norm, is alone (`job`)."""
+    job with its own callbacks or loggers, or whose gradients are clipped by their norm, is alone (`job`)."""
     lightning = cfg.trainer.lightning
-    alone = bool(cfg.callbacks) or (lightning.get("gradient_clip_val") is not None
+    alone = bool(cfg.callbacks) or set(cfg.logger) != {"mlflow"} or (lightning.get("gradient_clip_val") is not None
                                     and lightning.get("gradient_clip_algorithm") != "value")
     return (len(cfg.model.hidden), cfg.data.num_batches, cfg.data.batch_size, cfg.data.test_size, cfg.data.val_size,
             cfg.trainer.accelerator, cfg.trainer.threads, cfg.model.activation, cfg.optimizer.name,
@@ -153,7 +153,8 @@ class BatchedMoonsClassifier(pl.LightningModule):
 
     A job whose loss stops being finite is set inactive: it moves no more, its later losses are no
     one's concern, and `diverged` says when, for its run to end FAILED. A batch of one logs its
-    metrics as MoonsClassifier does (`self.log`), for Lightning callbacks of its own.
+    metrics as MoonsClassifier does (`self.log`), for Lightning callbacks of its own (its loggers get
+    them from BatchedMlflowCallback).
     """
 
     def __init__(self, cfgs: list[Config]) -> None:
@@ -195,7 +196,7 @@ class BatchedMoonsClassifier(pl.LightningModule):
             self.active &= ~diverging
         rates = [rates[self.current_epoch] for rates in self.rates]  # one batch per epoch
         if self.log_metrics:
-            self.log_dict({"train/loss": losses[0], "lr": rates[0]}, on_step=False, on_epoch=True,
+            self.log_dict({"train/loss": losses[0], "lr": rates[0]}, on_step=False, on_epoch=True, logger=False,
                           batch_size=x.shape[1])
         return {"loss": torch.where(self.active, losses, 0.0).sum(), "losses": losses.detach(), "rates": rates}
 
@@ -208,7 +209,7 @@ class BatchedMoonsClassifier(pl.LightningModule):
                 losses, correct = self.losses(scores, y), ((scores > 0) == (y > 0)).sum(1)
                 if self.log_metrics:
                     self.log_dict({f"{split}/loss": losses[0], f"{split}/acc": int(correct[0]) / y.shape[1]},
-                                  batch_size=y.shape[1])
+                                  logger=False, batch_size=y.shape[1])
                 out |= {f"{prefix}losses": losses, f"{prefix}correct": correct}
         return out
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import Logger
 
 from moonprop import plot
 from moonprop.config import PlotConfig
@@ -40,7 +41,7 @@ def step_of(trainer: pl.Trainer) -> int:
     return 0 if trainer.sanity_checking else trainer.current_epoch + 1
 
 
-def _grid(points: np.ndarray, pl_module: pl.LightningModule) -> torch.Tensor:
+def grid_input(points: np.ndarray, pl_module: pl.LightningModule) -> torch.Tensor:
     """Points to score, on the module's device and in its precision (`trainer.precision=64`)."""
     dtype = next(pl_module.parameters()).dtype
     return torch.from_numpy(points).to(device=pl_module.device, dtype=dtype)
@@ -56,13 +57,16 @@ class MlflowCallback(pl.Callback):
         self.drawn = -1  # the step of the latest picture
         self.step = -1  # the latest step recorded: a checkpoint continues from it
 
-    def _send_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def _send_metrics(self, trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+        """To every logger of the trainer: moonprop's record (loggers.MlflowRecord) and those beside it."""
         self.last.update(metrics)
-        self.run.send("metrics", metrics, step, int(time.time() * 1000))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._send_metrics({"train/loss": shortest(outputs["loss"].item()), "lr": outputs["lr"]}, step_of(trainer))
+        self._send_metrics(trainer, {"train/loss": shortest(outputs["loss"].item()), "lr": outputs["lr"]},
+                           step_of(trainer))
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -71,14 +75,14 @@ class MlflowCallback(pl.Callback):
         metrics = {"test/acc": outputs["acc"], "test/loss": shortest(outputs["loss"].item())}
         if "val_acc" in outputs:
             metrics |= {"val/acc": outputs["val_acc"], "val/loss": shortest(outputs["val_loss"].item())}
-        self._send_metrics(metrics, step)
+        self._send_metrics(trainer, metrics, step)
         if step % self.cfg.every_n_epochs == 0 or step == self.num_epochs:
             self._picture(pl_module, step)
         self.run.check()
 
     def _picture(self, pl_module: pl.LightningModule, step: int) -> None:
         with torch.no_grad():
-            scores = pl_module(_grid(self.pictures.grid, pl_module)).float().cpu().numpy()
+            scores = pl_module(grid_input(self.pictures.grid, pl_module)).float().cpu().numpy()
         image = self.pictures.draw(scores, f"epoch {step}   test acc {self.test_acc:.3f}")
         # Encoding the picture is the recorder's job, unless it is behind (opening a fresh
         # store, say): then the trainer, which would only wait for it at the end, does it.
@@ -135,6 +139,7 @@ class BatchedMlflowCallback(pl.Callback):
         self.test_acc: list[float | None] = [None] * len(runs)
         self.val_acc: list[float | None] = [None] * len(runs)  # what a sweeper chooses on
         self.errors: dict[int, str] = {}  # job -> why its run ended FAILED
+        self.loggers: list[Logger] = []  # a batch of one: its job's loggers beside its run, given its metrics
 
     def _active(self, pl_module: pl.LightningModule) -> list[int]:
         return pl_module.active.nonzero().flatten().tolist()
@@ -154,7 +159,7 @@ class BatchedMlflowCallback(pl.Callback):
         losses = outputs["losses"].tolist()
         for job in self._active(pl_module):
             metrics = {"train/loss": shortest(losses[job]), "lr": outputs["rates"][job]}
-            self.runs[job].send("metrics", metrics, step, now)
+            self._send_metrics(job, metrics, step, now)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -169,7 +174,7 @@ class BatchedMlflowCallback(pl.Callback):
             if val:
                 self.val_acc[job] = val[1][job] / batch["val"][1].shape[1]
                 metrics |= {"val/acc": self.val_acc[job], "val/loss": shortest(val[0][job])}
-            self.runs[job].send("metrics", metrics, step, now)
+            self._send_metrics(job, metrics, step, now)
         due = [job for job in active if step % self.cfgs[job].every_n_epochs == 0 or step == self.num_epochs]
         for chunk in range(0, len(due), self.CHUNK):
             self._pictures(pl_module, due[chunk:chunk + self.CHUNK], step)
@@ -178,6 +183,11 @@ class BatchedMlflowCallback(pl.Callback):
                 self.fail(pl_module, job, f"RecorderError: {error}")
         if not pl_module.active.any():
             trainer.should_stop = True
+
+    def _send_metrics(self, job: int, metrics: dict[str, float], step: int, now: int) -> None:
+        self.runs[job].send("metrics", metrics, step, now)  # type: ignore[union-attr]
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step)
 
     def _wait_for_recorders(self) -> None:
         """Training outruns the recorders many times over: past BACKLOG messages waiting for one,
@@ -192,7 +202,7 @@ class BatchedMlflowCallback(pl.Callback):
         for job in jobs:
             by_grid.setdefault((self.cfgs[job].resolution, self.pictures[job].plane), []).append(job)
         for group in by_grid.values():
-            grid = _grid(self.pictures[group[0]].grid, pl_module)
+            grid = grid_input(self.pictures[group[0]].grid, pl_module)
             with torch.no_grad():
                 index = torch.tensor(group, device=pl_module.device)
                 scores = pl_module(grid.expand(len(group), *grid.shape), index).float().cpu().numpy()

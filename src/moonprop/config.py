@@ -174,7 +174,7 @@ class StepSchedule(ScheduleConfig):
 @dataclass
 class TrainerConfig:
     """The Lightning Trainer: moonprop's own two keys, and any other argument of Lightning's Trainer
-    (`+trainer.NAME=VALUE`, or without `+` for those listed in conf/config.yaml), in `lightning`."""
+    (`+trainer.NAME=VALUE`, or without `+` for those in conf/trainer/default.yaml), in `lightning`."""
 
     accelerator: str = option("auto", "auto, cpu or gpu (Lightning's accelerator)")
     threads: int = option(1, "torch threads per job, capped so that parallel workers x threads fit the cores")
@@ -216,6 +216,8 @@ class Config:
     plot: PlotConfig = field(default_factory=PlotConfig)
     callbacks: dict[str, Any] = option({}, "Lightning callbacks, each a config with its _target_: "
                                            "callbacks=[early_stopping], or yours from your config folder")
+    logger: dict[str, Any] = option({}, "Lightning loggers, each a config with its _target_: mlflow (moonprop's "
+                                        "record, always there) and Lightning's, logger=[mlflow,csv], or yours")
     seed: int = option(0, "seeds the initial weights, the training batches and the test set (0 to 2^32 - 1, "
                           "Lightning's range)")
     resume: str | None = option(None, "checkpoints/last.ckpt of an interrupted run: continue that MLflow run")
@@ -298,7 +300,7 @@ PENALTIES = ("l2", "l1", "none")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity", "gelu", "leaky_relu")
 INITS = ("uniform", "kaiming", "xavier")
 ACCELERATORS = ("auto", "cpu", "gpu")
-OPEN = ("trainer", "callbacks", "tracking.tags")  # nodes whose keys are the user's (checked apart)
+OPEN = ("trainer", "callbacks", "logger", "tracking.tags")  # nodes whose keys are the user's (checked apart)
 # Lightning Trainer arguments that moonprop sets itself, and what to use instead
 OWN_TRAINER_ARGS = {
     **dict.fromkeys(("max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches",
@@ -307,9 +309,8 @@ OWN_TRAINER_ARGS = {
                      "overfit_batches", "reload_dataloaders_every_n_epochs", "limit_test_batches",
                      "limit_predict_batches"),
                     "data.test_size (the test set is scored before training and after every epoch)"),
-    "logger": "tracking.* (moonprop records every run in MLflow)",
+    "logger": "the logger group (logger=[mlflow,csv], or yours in your config folder)",
     "callbacks": "the callbacks group (callbacks=[early_stopping], or yours in your config folder)",
-    "enable_checkpointing": "resume= (a run stopped by Ctrl-C or SIGTERM leaves a checkpoint)",
     "default_root_dir": "hydra.run.dir",
     **dict.fromkeys(("devices", "num_nodes", "strategy"),
                     "trainer.accelerator (a run trains on one device; a sweep's jobs in parallel with hydra/launcher)"),
@@ -322,7 +323,8 @@ OWN_TRAINER_ARGS = {
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything range, numpy's RandomState's too
 # what users of neighbouring tools type, and what it is in moonprop: added to the line that refuses it
 HABITS = {
-    "trainer": "moonprop has no trainer presets: write trainer.accelerator={value}",
+    "trainer=ddp": "a run trains on one device; a sweep's jobs train in parallel with hydra/launcher=joblib "
+                   "or hydra/launcher=batched",
     "tags": "MLflow tags are names with values: write {value}",
     "ckpt_path": "a run continues from its checkpoint with resume={value}",
     "optimizer.lr": "the schedule sets every step's rate: schedule=constant schedule.lr={value}, or schedule.start=",
@@ -465,6 +467,11 @@ def validate(cfg: DictConfig) -> Config:
     for name, callback in c.callbacks.items():
         _check(isinstance(callback, dict) and isinstance(callback.get("_target_"), str), f"callbacks.{name}",
                callback, "a Lightning callback's config, with its _target_ (see conf/callbacks/)")
+    for name, logger in c.logger.items():
+        _check(isinstance(logger, dict) and isinstance(logger.get("_target_"), str), f"logger.{name}",
+               logger, "a Lightning logger's config, with its _target_ (see conf/logger/)")
+    _check("mlflow" in c.logger, "logger", list(c.logger), "a list with mlflow, moonprop's record: logger=[mlflow,"
+                                                          f"{','.join(c.logger) or 'csv'}]")
     _check(isinstance(c.seed, int) and 0 <= c.seed <= MAX_SEED, "seed", c.seed, f"an integer from 0 to {MAX_SEED}")
     _check(c.resume is None or bool(c.resume.strip()), "resume", c.resume,
            "null, or the path of an interrupted run's checkpoints/last.ckpt")
@@ -507,8 +514,6 @@ def _size_share(c: Config, key: str) -> float:
 
 def _trainer(node: dict[str, Any]) -> TrainerConfig:
     """The trainer's keys: moonprop's own, and Lightning's arguments (those it sets itself refused)."""
-    if not isinstance(node, dict):  # `trainer=cpu`: a preset, in lightning-hydra-template
-        raise ConfigError("trainer", node, "Lightning's arguments by name, trainer.NAME=VALUE")
     lightning = {k: v for k, v in node.items() if k not in ("accelerator", "threads")}
     for name, value in lightning.items():
         if name in OWN_TRAINER_ARGS:

@@ -193,3 +193,7 @@ class MoonsDataModule(pl.LightningDataModule):
         # Both sets are one batch (1000 points x 337 weights is tiny); batch_size=None hands it
         # over as it is, without collating 1000 samples every epoch.
         return DataLoader([{"test": self.test, **({"val": self.val} if self.val else {})}], batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        """The test set alone, one batch: `trainer.test(module, datamodule=data)`."""
+        return DataLoader([self.test], batch_size=None)

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 
 from moonprop.config import (
+    OPTIMIZERS,
+    SCHEDULES,
     AdamOptimizer,
     AdamWOptimizer,
     LossConfig,
@@ -54,10 +56,20 @@ def optimizer(cfg: OptimizerConfig, params: Any) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg!r}")
 
 
+def _typed(value: Any, kind: type | dict[str, type]) -> Any:
+    """A config section as its dataclass: a checkpoint keeps it as a plain dict (hparams), which
+    `load_from_checkpoint` hands back to __init__. A dict of kinds picks one by the section's name."""
+    if isinstance(value, dict):
+        return (kind[value["name"]] if isinstance(kind, dict) else kind)(**value)
+    return value
+
+
 class MoonsClassifier(pl.LightningModule):
     def __init__(self, model: ModelConfig, loss: LossConfig, optimizer: OptimizerConfig, schedule: ScheduleConfig,
                  num_batches: int, seed: int) -> None:
         super().__init__()
+        model, loss = _typed(model, ModelConfig), _typed(loss, LossConfig)
+        optimizer, schedule = _typed(optimizer, OPTIMIZERS), _typed(schedule, SCHEDULES)
         # what Lightning's loggers record of the module, as plain values: a checkpoint holding
         # dataclasses would not load under torch.load(weights_only=True), as Lightning resumes
         self.save_hyperparameters({"model": asdict(model), "loss": asdict(loss), "optimizer": asdict(optimizer),
@@ -69,6 +81,9 @@ class MoonsClassifier(pl.LightningModule):
         # self.log costs ~0.3 ms a call, 0.2 s of a 150-epoch run, and its record goes through
         # moonprop's callbacks.
         self.log_metrics = True
+        # where self.log's values go besides the callbacks: to the loggers, as under any Trainer,
+        # unless a callback hands them each step's metrics itself (moonprop's MlflowCallback)
+        self.log_to_loggers = True
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -88,7 +103,7 @@ class MoonsClassifier(pl.LightningModule):
             # an epoch is one batch: logged per epoch, so that every logger writes every step's value
             # (per step, Lightning's loggers write only every `log_every_n_steps`)
             self.log_dict({"train/loss": value, "lr": lr}, on_step=False, on_epoch=True, prog_bar=True,
-                          batch_size=len(batch[0]))
+                          logger=self.log_to_loggers, batch_size=len(batch[0]))
         return {"loss": value, "lr": lr}
 
     def validation_step(self, batch: dict[str, tuple[Tensor, Tensor]], batch_idx: int) -> dict[str, Any]:
@@ -101,9 +116,17 @@ class MoonsClassifier(pl.LightningModule):
                 acc = accuracy(scores, batch[split][1])
                 if self.log_metrics:
                     self.log_dict({f"{split}/loss": value, f"{split}/acc": acc}, prog_bar=True,
-                                  batch_size=len(scores))
+                                  logger=self.log_to_loggers, batch_size=len(scores))
                 out |= {f"{prefix}loss": value, f"{prefix}acc": acc}
         return out
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
+        """`trainer.test(module, datamodule=data)`: the test set's loss and accuracy, logged as
+        test/loss and test/acc, the keys of a run's record."""
+        value, scores = self._common_step(batch)
+        acc = accuracy(scores, batch[1])
+        self.log_dict({"test/loss": value, "test/acc": acc}, batch_size=len(scores))
+        return {"loss": value, "acc": acc}
 
     def configure_optimizers(self) -> dict[str, Any]:
         # base rate 1.0; LambdaLR sets the absolute rate of step k before it is taken

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import inspect
 import json
 import os
 import re
@@ -337,8 +338,9 @@ def refuse_targets(overrides: list[str]) -> None:
         key, _, value = override.lstrip("+~").partition("=")
         own = not key.startswith("hydra.") or key.startswith("hydra.sweeper.params.")
         if own and "_target_" in override:
-            raise ConfigError(key, value, "a _target_ comes from a config file, not the command line: put the "
-                                          "callback in your config folder's callbacks/ (see the README)")
+            group = "logger" if key.startswith("logger") else "callbacks"
+            raise ConfigError(key, value, f"a _target_ comes from a config file, not the command line: put it in "
+                                          f"your config folder's {group}/ (see the README)")
 
 
 # ---- what the schema cannot know -----------------------------------------------------------------
@@ -524,6 +526,36 @@ def check_trainer(config: Config) -> None:
         raise ConfigError(f"trainer.{name}", args[name], first_line(e)) from None
 
 
+def check_loggers(config: Config) -> None:
+    """The `logger` group's loggers, made as a run makes them (into a folder of no consequence):
+    a missing package (TensorBoard's) or a wrong argument stops the command, not each run. The
+    `mlflow` entry must stay moonprop's record, which a run hands its MLflow run."""
+    from hydra.utils import get_class
+
+    from moonprop.loggers import MLFLOW, MlflowRecord, loggers_of
+
+    target = config.logger[MLFLOW]["_target_"]
+    try:
+        record = get_class(target)
+    except Exception as e:
+        raise ConfigError(f"logger.{MLFLOW}._target_", target, first_line(e)) from None
+    if not (isinstance(record, type) and issubclass(record, MlflowRecord)):
+        raise ConfigError(f"logger.{MLFLOW}._target_", target, "moonprop.loggers.MlflowRecord, or a subclass of it: "
+                                                                "another logger goes beside it (logger=[mlflow,csv])")
+    given = {k: v for k, v in config.logger[MLFLOW].items() if k != "_target_"}
+    try:
+        inspect.signature(record).bind(run=None, uri="", save_dir="", experiment_name="", **given)
+    except TypeError as e:
+        raise ConfigError(f"logger.{MLFLOW}", given, f"{target}'s arguments: {e}") from None
+    for name, logger in config.logger.items():
+        if name != MLFLOW:
+            with tempfile.TemporaryDirectory() as folder:
+                try:
+                    loggers_of({name: logger}, Path(folder))
+                except Exception as e:  # Hydra's InstantiationException says why in its cause
+                    raise ConfigError(f"logger.{name}", logger["_target_"], first_line(e.__cause__ or e)) from None
+
+
 def check_chooses_on_validation(config: Config, multirun: bool) -> None:
     """What chooses (a sweep's best configuration, a search, a callback that monitors val/...)
     chooses on the validation set: never on the test set, whose accuracy would then be biased."""
@@ -550,7 +582,7 @@ def check(argv: list[str], app: App) -> list[Config]:
     """Validate every job the command line `argv` of `app` describes, and what they need outside
     their config (folders, the store, the GPU); raise ConfigError. Returns their configs."""
     configs, master, multirun = _compose_and_validate(argv, app)
-    environments, trainers = set(), set()
+    environments, trainers, loggers = set(), set(), set()
     for config in configs:
         # A sweep's values are checked one at a time, each on the composition it changes: the
         # experiment its store is asked about is the sweep's own, with every fixed value applied.
@@ -562,6 +594,9 @@ def check(argv: list[str], app: App) -> list[Config]:
         if (args := json.dumps(config.trainer.lightning, sort_keys=True, default=str)) not in trainers:
             trainers.add(args)
             check_trainer(config)
+        if (names := json.dumps(config.logger, sort_keys=True, default=str)) not in loggers:
+            loggers.add(names)
+            check_loggers(config)
         check_chooses_on_validation(config, multirun)
     return configs
 

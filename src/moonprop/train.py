@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import shlex
 import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -15,6 +13,8 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import Logger
 
 from moonprop.batched import BatchedMoonsClassifier, BatchedMoonsData
 from moonprop.callbacks import BatchedMlflowCallback, GracefulStop, MlflowCallback
@@ -31,18 +31,9 @@ from moonprop.config import (
 )
 from moonprop.data import MoonsDataModule
 from moonprop.jobs import CHECKPOINT_TAG, Interrupted, Job, Task
+from moonprop.loggers import loggers_of, record_of
 from moonprop.module import MoonsClassifier
 from moonprop.recorder import Recorder, Run
-
-# Lightning's start-up banner (GPU available, TPU available, ...) says nothing a run's record lacks
-# (its other messages, a profiler's report say, still show),
-# and its own use of a deprecated torch API is not the user's to fix.
-logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-# nor does its note on resuming that `weights_only` was not set: moonprop's checkpoints are its own
-logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-# A sweep on a SLURM node already runs under srun/sbatch through submitit: the hint does not apply.
-warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
 
 
 def checkpoint_state(path: str | Path, callback: type[pl.Callback] = MlflowCallback) -> dict[str, Any]:
@@ -75,21 +66,34 @@ def build(cfg: Config) -> tuple[MoonsClassifier, MoonsDataModule]:
     return module, MoonsDataModule(cfg.data, cfg.seed)
 
 
-def trainer(cfg: Config, callbacks: list[pl.Callback], resuming: bool = False) -> pl.Trainer:
-    """Lightning's Trainer as moonprop runs it, with the user's own arguments (`trainer.NAME`)."""
-    return pl.Trainer(
+def trainer(cfg: Config, callbacks: list[pl.Callback], loggers: list[Logger] | None = None,
+            run_dir: Path | None = None, resuming: bool = False) -> pl.Trainer:
+    """Lightning's Trainer as moonprop runs it, with the user's own arguments (`trainer.NAME`):
+    what Lightning keeps on disk (checkpoints, a profiler's report) goes into `run_dir`."""
+    lightning = dict(cfg.trainer.lightning)
+    # Lightning checkpoints where asked to: a ModelCheckpoint among the callbacks (callbacks=[checkpoint]),
+    # or trainer.enable_checkpointing=true (its default one). GracefulStop's checkpoint is apart.
+    checkpointing = lightning.pop("enable_checkpointing", any(isinstance(c, ModelCheckpoint) for c in callbacks))
+    run = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
         max_epochs=cfg.data.num_batches,  # one epoch = one freshly drawn batch, as in the seed
         # the untrained network is step 0 of the record; a resumed run has it already
         num_sanity_val_steps=0 if resuming else 1,
-        logger=False,  # MLflow is written by the callbacks, through the recorder
-        enable_checkpointing=False,  # GracefulStop writes the checkpoint that matters
+        logger=loggers or False,
+        enable_checkpointing=checkpointing,
         enable_model_summary=False,
         enable_progress_bar=sys.stderr.isatty(),
         callbacks=callbacks,
-        **cfg.trainer.lightning,  # deterministic, precision, gradient_clip_val, ... (config.OWN_TRAINER_ARGS refused)
+        default_root_dir=run_dir,
+        # an epoch is one step: what a callback logs per step (LearningRateMonitor) reaches the loggers every step
+        log_every_n_steps=lightning.pop("log_every_n_steps", 1),
+        **lightning,  # deterministic, precision, gradient_clip_val, ... (config.OWN_TRAINER_ARGS refused)
     )
+    for checkpoint in run.checkpoint_callbacks:  # Lightning would nest them in the logger's name and version
+        if checkpoint.dirpath is None and run_dir is not None:
+            checkpoint.dirpath = str(run_dir / "checkpoints")
+    return run
 
 
 def callbacks_of(cfg: Config, job: Job | None) -> list[pl.Callback]:
@@ -135,6 +139,7 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
         spec = run_spec(cfg, datamodule, overrides, tags, job, launch_dir)
         resume_run_id = checkpoint_state(cfg.resume)["run_id"] if cfg.resume else None
         extra = callbacks_of(cfg, job)
+        others = loggers_of(cfg.logger, run_dir)
     except Exception as e:
         if job is not None:
             record_failed_job(recorder, resolve_uri(cfg.tracking.uri, launch_dir), cfg.tracking.experiment, job,
@@ -143,11 +148,13 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     stopper = GracefulStop(checkpoint, shlex.join(["moonprop", *command, f"resume={checkpoint}"]))
     module.log_metrics = bool(extra) or sys.stderr.isatty()  # what reads self.log: callbacks, the progress bar
+    module.log_to_loggers = False  # MlflowCallback hands every step's metrics to the loggers
     with stopper.handling_signals(), recorder.run(close_in_background, **spec, resume_run_id=resume_run_id) as run:
         tracker = MlflowCallback(run, datamodule.test, cfg.plot, cfg.data.num_batches, spec["params"],
                                  datamodule.plane)
+        loggers = [record_of(cfg.logger, run, spec["uri"], run_dir, cfg.tracking.experiment), *others]
         try:
-            fit(trainer(cfg, [tracker, stopper, *extra], bool(cfg.resume)), stopper,
+            fit(trainer(cfg, [tracker, stopper, *extra], loggers, run_dir, bool(cfg.resume)), stopper,
                 module, datamodule=datamodule, ckpt_path=cfg.resume)
         except Interrupted:
             run.send("tags", {CHECKPOINT_TAG: str(checkpoint)})  # the one `resume=` continues from now
@@ -185,8 +192,10 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
         module = BatchedMoonsClassifier(cfgs)
         specs = [run_spec(t.cfg, data, t.overrides, t.tags, t.job, t.launch_dir)
                  for t, data in zip(tasks, datamodule.jobs, strict=True)]
-        # a job with callbacks of its own trains in a batch of one (batched.stack_key): they are its
-        extra = callbacks_of(cfgs[0], None) if len(cfgs) == 1 else []
+        # a job with callbacks or loggers of its own trains in a batch of one (batched.stack_key): they are its
+        alone = len(cfgs) == 1
+        extra = callbacks_of(cfgs[0], None) if alone else []
+        others = loggers_of(cfgs[0].logger, tasks[0].run_dir) if alone else []
     except Exception as e:
         for t in tasks:
             assert t.job is not None
@@ -207,9 +216,15 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
                                     [spec["params"] for spec in specs], [data.plane for data in datamodule.jobs])
     stopper = GracefulStop(checkpoint, how_to_continue)
     module.log_metrics = bool(extra)
+    loggers: list[Logger] = []
+    if alone and runs[0] is not None:  # its record and its other loggers, for its callbacks (LearningRateMonitor)
+        t = tasks[0]
+        loggers = [record_of(t.cfg.logger, runs[0], specs[0]["uri"], t.run_dir, t.cfg.tracking.experiment), *others]
+        tracker.loggers = others
     try:
         with stopper.handling_signals():
-            fit(trainer(cfgs[0], [tracker, stopper, *extra], resuming=saved is not None), stopper, module,
+            fit(trainer(cfgs[0], [tracker, stopper, *extra], loggers, tasks[0].run_dir if alone else None,
+                        resuming=saved is not None), stopper, module,
                 datamodule=datamodule, ckpt_path=checkpoint if saved else None)
     except BaseException as e:  # every job still training ends with the batch
         for job, run in enumerate(runs):
