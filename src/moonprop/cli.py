@@ -195,6 +195,54 @@ def main() -> None:
     exit_now(0)
 
 
+EVAL_USAGE = """usage: moonprop-eval ckpt_path=PATH | model_uri=models:/MODEL_ID [OVERRIDE ...]
+
+Score a checkpoint moonprop wrote, or a run's MLflow model, on a test set drawn from the config the
+overrides make (data=, data.test_size=, data.noise=, seed=, ...), recorded as an MLflow run of its
+own (tracking.*), tagged moonprop.evaluated_run with the run the network came from:
+
+  moonprop-eval ckpt_path=outputs/runs/2026-12-06_10-00-00/checkpoints/best.ckpt data.test_size=10000 seed=7
+  moonprop-eval model_uri=models:/m-0123456789abcdef data.noise=0.2"""
+
+
+def evaluate_main(argv: list[str] | None = None) -> None:
+    """`moonprop-eval`: lightning-hydra-template's eval.py, on moonprop's overrides (no run folder:
+    nothing is written but the evaluation's MLflow run)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(EVAL_USAGE)
+        exit_now(0)
+    given = {k: v for k, _, v in (a.partition("=") for a in argv) if k in ("ckpt_path", "model_uri")}
+    overrides = [a for a in argv if a.partition("=")[0] not in given]
+    try:
+        if len(given) != 1 or not next(iter(given.values())):
+            raise ConfigError("ckpt_path", given.get("ckpt_path"), "a checkpoint's path, or model_uri= an MLflow "
+                                                                  "model's URI (one of them)")
+        configs = preflight.check(overrides, APP)
+        if len(configs) != 1 or any(a in ("-m", "--multirun") for a in overrides):
+            raise ConfigError("overrides", " ".join(overrides), "the overrides of one config (no sweep, no --cfg)")
+        config = configs[0]
+        from moonprop.evaluate import evaluate, from_checkpoint, from_model
+
+        uri = resolve_uri(config.tracking.uri)
+        network = from_checkpoint(given["ckpt_path"]) if "ckpt_path" in given else from_model(given["model_uri"], uri)
+    except ConfigError as e:
+        print(f"moonprop-eval: {e}", file=sys.stderr)
+        exit_now(EXIT_BAD_INPUT)
+    recorder = shared()
+    recorder.prepare(uri, config.tracking.experiment)
+    try:
+        done = evaluate(network, config, recorder, shlex.join(["moonprop-eval", *(redact(a) for a in argv)]))
+    except Exception as e:
+        print(f"moonprop-eval: FAILED: {one_line(e)}", file=sys.stderr)
+        exit_now(1)
+    of = f" of run {network.run_id}" if network.run_id else ""
+    print(f"moonprop-eval: run {done.run_name} FINISHED: test acc {done.metrics['test/acc']:.3f}, test loss "
+          f"{done.metrics['test/loss']:.4f} on {config.data.test_size} points of {config.data.name} (seed "
+          f"{config.seed}){of} (run id {done.run_id})", file=sys.stderr)
+    exit_now(0)
+
+
 def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
