@@ -79,6 +79,8 @@ def run_alone(hc: DictConfig) -> list[str]:
 def train_task(this: Task) -> Trained | None:
     """Train and record the run `this`, and say so on stderr; None for a sweep's job that failed
     (recorded FAILED: the other jobs go on, the summary counts it)."""
+    if this.cfg.trainer.lightning.get("fast_dev_run"):
+        return dev_run(this)
     # The recorder starts first: it imports MLflow and opens the store on the other core while
     # this process imports Lightning (~3 s each on a fresh store).
     recorder = shared()
@@ -101,6 +103,18 @@ def train_task(this: Task) -> Trained | None:
         print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {one_line(e)}", file=sys.stderr)
         return None
     print(f"moonprop: {job} FINISHED: {accuracies(trained)} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return trained
+
+
+def dev_run(this: Task) -> Trained:
+    """`+trainer.fast_dev_run=true`: Lightning's quick check of a single run, which records nothing."""
+    from moonprop.train import Trained, dev_run
+
+    start = time.perf_counter()
+    trained = Trained("", dev_run(this.cfg, this.run_dir), None)
+    print(f"moonprop: fast_dev_run FINISHED: {accuracies(trained)} after one step in "
+          f"{time.perf_counter() - start:.2f} s; nothing recorded (Lightning's fast_dev_run; debug=fdr records "
+          f"two epochs in a store of their own)", file=sys.stderr)
     return trained
 
 

@@ -303,8 +303,8 @@ ACCELERATORS = ("auto", "cpu", "gpu")
 OPEN = ("trainer", "callbacks", "logger", "tracking.tags")  # nodes whose keys are the user's (checked apart)
 # Lightning Trainer arguments that moonprop sets itself, and what to use instead
 OWN_TRAINER_ARGS = {
-    **dict.fromkeys(("max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches",
-                     "fast_dev_run"), "data.num_batches (an epoch is one freshly drawn batch)"),
+    **dict.fromkeys(("max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches"),
+                    "data.num_batches (an epoch is one freshly drawn batch)"),
     **dict.fromkeys(("limit_val_batches", "val_check_interval", "check_val_every_n_epoch", "num_sanity_val_steps",
                      "overfit_batches", "reload_dataloaders_every_n_epochs", "limit_test_batches",
                      "limit_predict_batches"),

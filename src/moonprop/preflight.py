@@ -59,6 +59,7 @@ from moonprop.hydra_internals import Hydra
 from moonprop.jobs import CHECKPOINT_TAG, Sweeper, sweep_overrides
 
 SERVER_TIMEOUT_S = 5
+SHIPPED_LOGGERS = {"mlflow": {"_target_": "moonprop.loggers.MlflowRecord"}}  # conf/logger/mlflow.yaml
 
 
 # ---- the command line, as Hydra reads it ---------------------------------------------------------
@@ -529,7 +530,10 @@ def check_trainer(config: Config) -> None:
 def check_loggers(config: Config) -> None:
     """The `logger` group's loggers, made as a run makes them (into a folder of no consequence):
     a missing package (TensorBoard's) or a wrong argument stops the command, not each run. The
-    `mlflow` entry must stay moonprop's record, which a run hands its MLflow run."""
+    `mlflow` entry must stay moonprop's record, which a run hands its MLflow run. Lightning is
+    imported only for loggers other than the shipped record: the default run's checks stay light."""
+    if config.logger == SHIPPED_LOGGERS:
+        return
     from hydra.utils import get_class
 
     from moonprop.loggers import MLFLOW, MlflowRecord, loggers_of
@@ -598,6 +602,9 @@ def check(argv: list[str], app: App) -> list[Config]:
             loggers.add(names)
             check_loggers(config)
         check_chooses_on_validation(config, multirun)
+        if multirun and (quick := config.trainer.lightning.get("fast_dev_run")):
+            raise ConfigError("trainer.fast_dev_run", quick, "false in a sweep, whose jobs are recorded: it is a "
+                                                             "single run's check that records nothing (debug=fdr)")
     return configs
 
 

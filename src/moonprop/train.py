@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 
 from moonprop.batched import BatchedMoonsClassifier, BatchedMoonsData
-from moonprop.callbacks import BatchedMlflowCallback, GracefulStop, MlflowCallback
+from moonprop.callbacks import BatchedMlflowCallback, GracefulStop, MlflowCallback, shortest
 from moonprop.config import (
     Config,
     ConfigError,
@@ -109,6 +109,19 @@ def fit(trainer: pl.Trainer, stopper: GracefulStop, *args: Any, **kwargs: Any) -
         if stopper.signum == signal.SIGINT:  # a second Ctrl-C, which Lightning turns into exit(1)
             raise KeyboardInterrupt from None
         raise
+
+
+def dev_run(cfg: Config, run_dir: Path) -> dict[str, float]:
+    """Lightning's `fast_dev_run`: a step of training and one of validation through the run's
+    module, data and callbacks, to find what breaks; nothing recorded (Lightning itself turns the
+    loggers and checkpoints off). The metrics of that step, by their keys."""
+    torch.set_num_threads(cfg.trainer.threads)
+    module, datamodule = build(cfg)
+    loggers = loggers_of(cfg.logger, run_dir)
+    module.log_to_loggers = bool(loggers)  # Lightning warns of a self.log for loggers with none
+    quick = trainer(cfg, callbacks_of(cfg, None), loggers, run_dir)
+    quick.fit(module, datamodule=datamodule)
+    return {key: shortest(float(value)) for key, value in quick.callback_metrics.items()}
 
 
 class Trained(NamedTuple):

@@ -138,3 +138,50 @@ def test_trainer_presets(workdir):
     moonprop_cli("trainer=cpu", "data.num_batches=2", "trainer.precision=64", cwd=workdir)
     run = only_run(workdir)
     assert (run.data.params["trainer.accelerator"], run.data.params["trainer.precision"]) == ("cpu", "64")
+
+
+def test_lightnings_fast_dev_run_checks_a_run_and_records_nothing(workdir):
+    proc = moonprop_cli("+trainer.fast_dev_run=true", "callbacks=[early_stopping,checkpoint]", "logger=[mlflow,csv]",
+                        cwd=workdir)
+    assert "fast_dev_run FINISHED: val acc" in proc.stderr and "nothing recorded" in proc.stderr
+    outputs = {p.name for p in (workdir / "outputs").iterdir()}
+    assert outputs == {"runs"}  # no store, no artifacts: only Hydra's run folder
+    (folder,) = (workdir / "outputs" / "runs").iterdir()
+    assert not (folder / "checkpoints").exists() and not (folder / "csv").exists()  # Lightning turned them off
+    refused = moonprop_cli("-m", "+trainer.fast_dev_run=true", "seed=1,2", cwd=workdir, check=False)
+    assert refused.returncode == 2 and "trainer.fast_dev_run=True: false in a sweep" in refused.stderr
+
+
+def test_debug_presets(workdir):
+    """debug=fdr: two epochs, recorded end to end in a store of their own; debug=profiler: Lightning's report."""
+    moonprop_cli("debug=fdr", "model.hidden=[8]", cwd=workdir)
+    assert not (workdir / "outputs" / "mlflow.db").exists()
+    client = MlflowClient(f"sqlite:///{workdir / 'outputs' / 'debug' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["model.hidden"] == "[8]"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == [0, 1, 2]
+    assert run.outputs.model_outputs and (workdir / "outputs" / "debug" / "mlartifacts").is_dir()
+    proc = moonprop_cli("debug=profiler", "data.num_batches=3", "tracking.experiment=profiled", cwd=workdir)
+    assert "Profiler Report" in proc.stdout + proc.stderr
+
+
+def test_an_interrupted_run_with_a_model_checkpoint_continues_and_keeps_its_best(workdir):
+    """Beside a ModelCheckpoint and a CSVLogger, SIGTERM still leaves last.ckpt and `resume=` continues
+    the same MLflow run; the best checkpoint is the continued run's, and every logger has every step."""
+    from .test_faults import interrupt
+
+    args = ["data.num_batches=2000", "plot.every_n_epochs=500", "callbacks=[checkpoint]", "logger=[mlflow,csv]"]
+    again = interrupt(args, workdir, 5)
+    proc = moonprop_cli(*again, cwd=workdir)
+    assert "weights_only" not in proc.stderr
+    run = only_run(workdir)
+    client = default_store(workdir)
+    assert run.info.status == "FINISHED" and sorted(mlflow_history(client, run.info.run_id, "test/acc")) == \
+        list(range(2001))
+    best = Path(run.data.tags[BEST_CHECKPOINT_TAG])
+    continued = Path(proc.stderr.split("folder ")[-1].split(")")[0])
+    assert best.parent == continued / "checkpoints" and best.is_file()
+    MoonsClassifier.load_from_checkpoint(best)
+    first, second = sorted(workdir.glob("outputs/runs/*/csv"))
+    steps = sorted({*csv_history(first)["test/acc"], *csv_history(second)["test/acc"]})
+    assert steps == list(range(2001))  # the loggers of the two parts hold the whole run between them
