@@ -5,6 +5,8 @@ its MLflow run says, and a checkpoint loads and scores a test set as Lightning's
 from __future__ import annotations
 
 import csv
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ import moonprop
 from moonprop.loggers import BEST_CHECKPOINT_TAG
 from moonprop.module import MoonsClassifier
 
-from .conftest import default_store, only_run, sweep_runs
+from .conftest import default_store, only_run, start, sweep_runs
 from .conftest import moonprop as moonprop_cli
 
 EPOCHS = 12
@@ -122,14 +124,15 @@ def test_a_batched_job_with_loggers_of_its_own_trains_alone_and_writes_them(work
 
 
 @pytest.mark.parametrize("override, says", [
-    ("logger=[csv]", "logger=['csv']: a list with mlflow, moonprop's record: logger=[mlflow,csv]"),
+    ("-m logger=[csv] seed=1,2", "logger=['csv']: a list with mlflow in a sweep, whose jobs are compared in MLflow: "
+                                 "logger=[mlflow,csv]"),
     ("+logger.mlflow.tracking_uri=x", "logger.mlflow={'tracking_uri': 'x'}: moonprop.loggers.MlflowRecord's "
                                       "arguments: got an unexpected keyword argument 'tracking_uri'"),
     ("trainer=ddp", "trainer=ddp: one of cpu, default, gpu; a run trains on one device"),
     ("+trainer.logger=true", "trainer.logger=True: moonprop sets it: use the logger group (logger=[mlflow,csv]"),
 ])
 def test_the_logger_and_trainer_groups_are_checked_in_one_line(workdir, override, says):
-    proc = moonprop_cli(override, "data.num_batches=2", cwd=workdir, check=False)
+    proc = moonprop_cli(*override.split(), "data.num_batches=2", cwd=workdir, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert says in proc.stderr and not (workdir / "outputs").exists()
 
@@ -185,3 +188,25 @@ def test_an_interrupted_run_with_a_model_checkpoint_continues_and_keeps_its_best
     first, second = sorted(workdir.glob("outputs/runs/*/csv"))
     steps = sorted({*csv_history(first)["test/acc"], *csv_history(second)["test/acc"]})
     assert steps == list(range(2001))  # the loggers of the two parts hold the whole run between them
+
+
+def test_a_run_that_mlflow_does_not_record_when_the_user_asks_for_one(workdir):
+    """`logger=[csv]`: no store, no MLflow run; the CSV has the whole run, and an interrupted one
+    continues from its checkpoint as a recorded one does."""
+    from .test_faults import continue_with
+
+    proc = start("logger=[csv]", "data.num_batches=3000", "plot.every_n_epochs=1000", cwd=workdir)
+    deadline = time.monotonic() + 60
+    while not list(workdir.glob("outputs/runs/*/csv/version_0/metrics.csv")):  # written every 100 steps
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    done = moonprop_cli(*continue_with(err), cwd=workdir)
+    assert "not recorded in MLflow" in done.stderr
+    assert {p.name for p in (workdir / "outputs").iterdir()} == {"runs"}  # no store, no artifacts
+    first, second = sorted(workdir.glob("outputs/runs/*/csv"))
+    history = [csv_history(first), csv_history(second)]
+    assert sorted({*history[0]["test/acc"], *history[1]["test/acc"]}) == list(range(3001))
+    assert max(history[0]["test/acc"]) + 1 == min(history[1]["test/acc"])  # continued where it stopped

@@ -48,7 +48,11 @@ def grid_input(points: np.ndarray, pl_module: pl.LightningModule) -> torch.Tenso
 
 
 class MlflowCallback(pl.Callback):
-    def __init__(self, run: Run, test: tuple[torch.Tensor, torch.Tensor], plot_cfg: PlotConfig,
+    """A run's record: each step's metrics to every logger of the trainer, and to its MLflow run
+    (`run`) the boundary pictures and the trained network. Without a run (`logger=[csv]`, a run
+    MLflow does not record) it only hands the loggers their metrics."""
+
+    def __init__(self, run: Run | None, test: tuple[torch.Tensor, torch.Tensor], plot_cfg: PlotConfig,
                  num_epochs: int, params: dict[str, str], plane: plot.Plane = plot.MOONS) -> None:
         self.run, self.cfg, self.num_epochs, self.params = run, plot_cfg, num_epochs, params
         self.pictures = plot.Boundary(test[0].numpy(), test[1].numpy(), plot_cfg.resolution, plane)
@@ -76,6 +80,8 @@ class MlflowCallback(pl.Callback):
         if "val_acc" in outputs:
             metrics |= {"val/acc": outputs["val_acc"], "val/loss": shortest(outputs["val_loss"].item())}
         self._send_metrics(trainer, metrics, step)
+        if self.run is None:
+            return
         if step % self.cfg.every_n_epochs == 0 or step == self.num_epochs:
             self._picture(pl_module, step)
         self.run.check()
@@ -94,12 +100,15 @@ class MlflowCallback(pl.Callback):
         # A checkpoint names its run, so that a resumed run continues the same MLflow record,
         # keeps the params, so that it continues with the same settings, and its step, so that a
         # run recorded past it is not written twice.
-        return {"run_id": self.run.id, "params": self.params, "test_acc": self.test_acc, "step": self.step}
+        run_id = self.run.id if self.run else None
+        return {"run_id": run_id, "params": self.params, "test_acc": self.test_acc, "step": self.step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.test_acc = state_dict["test_acc"]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.run is None:
+            return
         step = trainer.current_epoch  # the last epoch trained: fewer than planned if a callback stopped it
         if self.drawn != step and self.test_acc is not None:  # its picture ends the run's record
             self._picture(pl_module, step)
@@ -110,7 +119,7 @@ def tag_run(trainer: pl.Trainer, tags: dict[str, str]) -> None:
     """Tag the run that `trainer` records: for another callback with something to say of the run
     (a search's pruner, which stopped it early). Without moonprop's recording, nothing to tag."""
     for callback in trainer.callbacks:  # type: ignore[attr-defined]
-        if isinstance(callback, MlflowCallback):
+        if isinstance(callback, MlflowCallback) and callback.run is not None:
             callback.run.send("tags", tags)
 
 

@@ -81,6 +81,8 @@ def train_task(this: Task) -> Trained | None:
     (recorded FAILED: the other jobs go on, the summary counts it)."""
     if this.cfg.trainer.lightning.get("fast_dev_run"):
         return dev_run(this)
+    if "mlflow" not in this.cfg.logger:  # a single run (preflight refuses such a sweep)
+        return unrecorded_run(this)
     # The recorder starts first: it imports MLflow and opens the store on the other core while
     # this process imports Lightning (~3 s each on a fresh store).
     recorder = shared()
@@ -115,6 +117,17 @@ def dev_run(this: Task) -> Trained:
     print(f"moonprop: fast_dev_run FINISHED: {accuracies(trained)} after one step in "
           f"{time.perf_counter() - start:.2f} s; nothing recorded (Lightning's fast_dev_run; debug=fdr records "
           f"two epochs in a store of their own)", file=sys.stderr)
+    return trained
+
+
+def unrecorded_run(this: Task) -> Trained:
+    """`logger=[csv]`: a run that MLflow does not record, written only by the loggers the user chose."""
+    from moonprop.train import train
+
+    start = time.perf_counter()
+    trained = train(*this, None)
+    print(f"moonprop: run FINISHED: {accuracies(trained)} in {time.perf_counter() - start:.1f} s, not recorded in "
+          f"MLflow (logger={list(this.cfg.logger)}; folder {this.run_dir})", file=sys.stderr)
     return trained
 
 

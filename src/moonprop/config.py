@@ -217,7 +217,8 @@ class Config:
     callbacks: dict[str, Any] = option({}, "Lightning callbacks, each a config with its _target_: "
                                            "callbacks=[early_stopping], or yours from your config folder")
     logger: dict[str, Any] = option({}, "Lightning loggers, each a config with its _target_: mlflow (moonprop's "
-                                        "record, always there) and Lightning's, logger=[mlflow,csv], or yours")
+                                        "record) and Lightning's, logger=[mlflow,csv], or yours; logger=[csv]: "
+                                        "a single run that MLflow does not record")
     seed: int = option(0, "seeds the initial weights, the training batches and the test set (0 to 2^32 - 1, "
                           "Lightning's range)")
     resume: str | None = option(None, "checkpoints/last.ckpt of an interrupted run: continue that MLflow run")
@@ -470,8 +471,6 @@ def validate(cfg: DictConfig) -> Config:
     for name, logger in c.logger.items():
         _check(isinstance(logger, dict) and isinstance(logger.get("_target_"), str), f"logger.{name}",
                logger, "a Lightning logger's config, with its _target_ (see conf/logger/)")
-    _check("mlflow" in c.logger, "logger", list(c.logger), "a list with mlflow, moonprop's record: logger=[mlflow,"
-                                                          f"{','.join(c.logger) or 'csv'}]")
     _check(isinstance(c.seed, int) and 0 <= c.seed <= MAX_SEED, "seed", c.seed, f"an integer from 0 to {MAX_SEED}")
     _check(c.resume is None or bool(c.resume.strip()), "resume", c.resume,
            "null, or the path of an interrupted run's checkpoints/last.ckpt")

@@ -452,6 +452,8 @@ def check_resumable(config: Config, saved: dict[str, Any]) -> None:
     from mlflow.exceptions import MlflowException
 
     uri, run_id = resolve_uri(config.tracking.uri), saved["run_id"]
+    if run_id is None:  # a run that MLflow did not record (logger=[csv]): nothing to write twice there
+        return
     try:
         client = MlflowClient(uri)
         run = client.get_run(run_id)
@@ -478,7 +480,9 @@ def check_environment(job: DictConfig, config: Config, multirun: bool, experimen
         key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
         raise ConfigError(key, str(run_dir), "a folder that can be created and written")
     uri = config.tracking.uri
-    if uri is None or uri.startswith("sqlite:"):
+    if "mlflow" not in config.logger:  # a run that MLflow does not record (logger=[csv]): no store
+        uri = "none:"
+    elif uri is None or uri.startswith("sqlite:"):
         db = Path(resolve_uri(uri).removeprefix("sqlite:///"))
         if not writable(db.parent):
             raise ConfigError("tracking.uri", uri, f"a store in a writable folder ({db.parent} is not)")
@@ -538,19 +542,20 @@ def check_loggers(config: Config) -> None:
 
     from moonprop.loggers import MLFLOW, MlflowRecord, loggers_of
 
-    target = config.logger[MLFLOW]["_target_"]
-    try:
-        record = get_class(target)
-    except Exception as e:
-        raise ConfigError(f"logger.{MLFLOW}._target_", target, first_line(e)) from None
-    if not (isinstance(record, type) and issubclass(record, MlflowRecord)):
-        raise ConfigError(f"logger.{MLFLOW}._target_", target, "moonprop.loggers.MlflowRecord, or a subclass of it: "
-                                                                "another logger goes beside it (logger=[mlflow,csv])")
-    given = {k: v for k, v in config.logger[MLFLOW].items() if k != "_target_"}
-    try:
-        inspect.signature(record).bind(run=None, uri="", save_dir="", experiment_name="", **given)
-    except TypeError as e:
-        raise ConfigError(f"logger.{MLFLOW}", given, f"{target}'s arguments: {e}") from None
+    if MLFLOW in config.logger:
+        target = config.logger[MLFLOW]["_target_"]
+        try:
+            record = get_class(target)
+        except Exception as e:
+            raise ConfigError(f"logger.{MLFLOW}._target_", target, first_line(e)) from None
+        if not (isinstance(record, type) and issubclass(record, MlflowRecord)):
+            raise ConfigError(f"logger.{MLFLOW}._target_", target, "moonprop.loggers.MlflowRecord or a subclass: "
+                                                                    "others go beside it (logger=[mlflow,csv])")
+        given = {k: v for k, v in config.logger[MLFLOW].items() if k != "_target_"}
+        try:
+            inspect.signature(record).bind(run=None, uri="", save_dir="", experiment_name="", **given)
+        except TypeError as e:
+            raise ConfigError(f"logger.{MLFLOW}", given, f"{target}'s arguments: {e}") from None
     for name, logger in config.logger.items():
         if name != MLFLOW:
             with tempfile.TemporaryDirectory() as folder:
@@ -602,6 +607,10 @@ def check(argv: list[str], app: App) -> list[Config]:
             loggers.add(names)
             check_loggers(config)
         check_chooses_on_validation(config, multirun)
+        if multirun and "mlflow" not in config.logger:
+            wanted = ",".join(["mlflow", *config.logger])
+            raise ConfigError("logger", list(config.logger), f"a list with mlflow in a sweep, whose jobs are compared "
+                                                             f"in MLflow: logger=[{wanted}]")
         if multirun and (quick := config.trainer.lightning.get("fast_dev_run")):
             raise ConfigError("trainer.fast_dev_run", quick, "false in a sweep, whose jobs are recorded: it is a "
                                                              "single run's check that records nothing (debug=fdr)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 import sys
@@ -31,7 +32,7 @@ from moonprop.config import (
 )
 from moonprop.data import MoonsDataModule
 from moonprop.jobs import CHECKPOINT_TAG, Interrupted, Job, Task
-from moonprop.loggers import loggers_of, record_of
+from moonprop.loggers import MLFLOW, loggers_of, record_of
 from moonprop.module import MoonsClassifier
 from moonprop.recorder import Recorder, Run
 
@@ -133,7 +134,7 @@ class Trained(NamedTuple):
 
 
 def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str], job: Job | None,
-          launch_dir: str | None, command: list[str], recorder: Recorder, close_in_background: bool = False
+          launch_dir: str | None, command: list[str], recorder: Recorder | None, close_in_background: bool = False
           ) -> Trained:
     """Train and record one run (its final test accuracy is what a sweeper maximises).
 
@@ -154,7 +155,7 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
         extra = callbacks_of(cfg, job)
         others = loggers_of(cfg.logger, run_dir)
     except Exception as e:
-        if job is not None:
+        if job is not None and recorder is not None:
             record_failed_job(recorder, resolve_uri(cfg.tracking.uri, launch_dir), cfg.tracking.experiment, job,
                               params(cfg), e)
         raise
@@ -162,17 +163,20 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
     stopper = GracefulStop(checkpoint, shlex.join(["moonprop", *command, f"resume={checkpoint}"]))
     module.log_metrics = bool(extra) or sys.stderr.isatty()  # what reads self.log: callbacks, the progress bar
     module.log_to_loggers = False  # MlflowCallback hands every step's metrics to the loggers
-    with stopper.handling_signals(), recorder.run(close_in_background, **spec, resume_run_id=resume_run_id) as run:
+    recording = recorder is not None and MLFLOW in cfg.logger  # logger=[csv]: a run MLflow does not record
+    with stopper.handling_signals(), (recorder.run(close_in_background, **spec, resume_run_id=resume_run_id)
+                                      if recording else contextlib.nullcontext()) as run:
         tracker = MlflowCallback(run, datamodule.test, cfg.plot, cfg.data.num_batches, spec["params"],
                                  datamodule.plane)
-        loggers = [record_of(cfg.logger, run, spec["uri"], run_dir, cfg.tracking.experiment), *others]
+        record = [record_of(cfg.logger, run, spec["uri"], run_dir, cfg.tracking.experiment)] if run else []
         try:
-            fit(trainer(cfg, [tracker, stopper, *extra], loggers, run_dir, bool(cfg.resume)), stopper,
+            fit(trainer(cfg, [tracker, stopper, *extra], [*record, *others], run_dir, bool(cfg.resume)), stopper,
                 module, datamodule=datamodule, ckpt_path=cfg.resume)
         except Interrupted:
-            run.send("tags", {CHECKPOINT_TAG: str(checkpoint)})  # the one `resume=` continues from now
+            if run:
+                run.send("tags", {CHECKPOINT_TAG: str(checkpoint)})  # the one `resume=` continues from now
             raise
-    return Trained(run.id, tracker.last, run.model_id)
+    return Trained(run.id if run else "", tracker.last, run.model_id if run else None)
 
 
 def record_failed_job(recorder: Recorder, uri: str, experiment: str, job: Job, params: dict[str, str],
