@@ -85,6 +85,11 @@ class MoonsClassifier(pl.LightningModule):
         # unless a callback hands them each step's metrics itself (moonprop's MlflowCallback)
         self.log_to_loggers = True
 
+    @property
+    def _to_loggers(self) -> bool | None:
+        # None is Lightning's default: to the loggers if there are any, without its warning if not
+        return None if self.log_to_loggers else False
+
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
@@ -103,7 +108,7 @@ class MoonsClassifier(pl.LightningModule):
             # an epoch is one batch: logged per epoch, so that every logger writes every step's value
             # (per step, Lightning's loggers write only every `log_every_n_steps`)
             self.log_dict({"train/loss": value, "lr": lr}, on_step=False, on_epoch=True, prog_bar=True,
-                          logger=self.log_to_loggers, batch_size=len(batch[0]))
+                          logger=self._to_loggers, batch_size=len(batch[0]))
         return {"loss": value, "lr": lr}
 
     def validation_step(self, batch: dict[str, tuple[Tensor, Tensor]], batch_idx: int) -> dict[str, Any]:
@@ -116,7 +121,7 @@ class MoonsClassifier(pl.LightningModule):
                 acc = accuracy(scores, batch[split][1])
                 if self.log_metrics:
                     self.log_dict({f"{split}/loss": value, f"{split}/acc": acc}, prog_bar=True,
-                                  logger=self.log_to_loggers, batch_size=len(scores))
+                                  logger=self._to_loggers, batch_size=len(scores))
                 out |= {f"{prefix}loss": value, f"{prefix}acc": acc}
         return out
 

@@ -126,7 +126,8 @@ def dev_run(cfg: Config, run_dir: Path) -> dict[str, float]:
 
 
 class Trained(NamedTuple):
-    """What a run left: its MLflow run, each metric's final value by its key, its MLflow model."""
+    """What a run left: its MLflow run ("" for one MLflow does not record), each metric's final
+    value by its key, its MLflow model."""
 
     run_id: str
     metrics: dict[str, float]
@@ -145,7 +146,8 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
     early). With
     `close_in_background` (a sweep's jobs in one process), the next job trains while the recorder
     closes this run. A relative SQLite store is the one in `launch_dir`, where moonprop was started
-    (a job may run elsewhere).
+    (a job may run elsewhere). Without `mlflow` among its loggers (`logger=[csv]`, no `recorder`
+    needed), a single run is written by its other loggers only.
     """
     torch.set_num_threads(cfg.trainer.threads)  # 2 threads made this tiny model 14-56x slower
     try:
