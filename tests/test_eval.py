@@ -16,7 +16,7 @@ import torch
 from moonprop.config import MoonsData
 from moonprop.data import _TEST as TEST  # the test set's stream of random numbers
 from moonprop.data import points
-from moonprop.evaluate import EVALUATED_RUN_TAG, EVALUATED_TAG
+from moonprop.evaluation import EVALUATED_RUN_TAG, EVALUATED_TAG
 from moonprop.loggers import BEST_CHECKPOINT_TAG
 from moonprop.model import accuracy
 
@@ -96,3 +96,30 @@ def test_bad_input_is_refused_in_one_line_before_any_run(trained, args, says):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("moonprop-eval: invalid config: ") and says in proc.stderr
     assert len(evaluations(folder)[1]) == before
+
+
+EVALUATE_FROM_PYTHON = """
+import sys
+import moonprop
+
+scored = moonprop.evaluate(ckpt_path=sys.argv[1], overrides=["seed=11", "data=moons", "data.test_size=500"])
+try:
+    moonprop.evaluate(model_uri="models:/m-0", ckpt_path=sys.argv[1])
+except moonprop.ConfigError as e:
+    refused = str(e)
+print(repr((scored.run_id, scored.metrics, scored.evaluated_run_id, refused)))
+"""
+
+
+def test_evaluate_from_python(trained):
+    folder, source, checkpoint, _ = trained
+    proc = subprocess.run([sys.executable, "-c", EVALUATE_FROM_PYTHON, checkpoint], cwd=folder, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id, metrics, evaluated, refused = eval(proc.stdout.strip().splitlines()[-1])
+    client, runs = evaluations(folder)
+    (run,) = [r for r in runs if r.info.run_id == run_id]
+    assert evaluated == source and run.data.tags[EVALUATED_RUN_TAG] == source
+    assert metrics == {"test/acc": run.data.metrics["test/acc"], "test/loss": run.data.metrics["test/loss"]}
+    assert run.data.params["seed"] == "11" and run.data.params["data.test_size"] == "500"
+    assert refused.startswith("invalid config: ckpt_path=") and "(one of them)" in refused

@@ -18,7 +18,7 @@ LAYERS = [
     ("ML core", ["moonprop.schedule", "moonprop.model", "moonprop.data", "moonprop.module", "moonprop.batched"]),
     ("record", ["moonprop.plot", "moonprop.mlflow_internals", "moonprop.logged_model", "moonprop.tracking",
                 "moonprop.summary", "moonprop.recorder"]),
-    ("training", ["moonprop.loggers", "moonprop.callbacks", "moonprop.train", "moonprop.evaluate"]),
+    ("training", ["moonprop.loggers", "moonprop.callbacks", "moonprop.train", "moonprop.evaluation"]),
     ("orchestration", ["moonprop.sweep", "moonprop.preflight"]),
     ("CLI", ["moonprop.cli", "moonprop.api", "moonprop.__main__", "moonprop"]),
     ("plugins", ["hydra_plugins.moonprop_batched.launcher", "hydra_plugins.moonprop_search.search",

@@ -5,6 +5,7 @@
     result = moonprop.run(["data=circles", "optimizer=adam", "schedule.start=0.05"])
     result.metrics["test/acc"], result.run_id, result.model_uri, result.run_dir
     module, data = moonprop.build(["model.activation=tanh"])  # for a Trainer of your own
+    moonprop.evaluate(model_uri=result.model_uri, overrides=["data.noise=0.2"]).metrics["test/acc"]
 
 `run` takes the overrides the command line takes, checks them as the CLI does (a bad value raises
 moonprop.ConfigError with the same one-line message, before anything exists), and runs the app
@@ -67,6 +68,26 @@ def run(overrides: Sequence[str] = ()) -> Result:
                                                            "(hydra.mode: MULTIRUN); run it with moonprop")
         hydra_internals.run(hydra, config_name, task, args.overrides).return_value  # noqa: B018 - raises its error
     return results[0]
+
+
+class Evaluation(NamedTuple):
+    """What `evaluate` left: its MLflow run, `test/acc` and `test/loss`, and the run the scored
+    network came from (None where the checkpoint names none)."""
+
+    run_id: str
+    metrics: dict[str, float]
+    evaluated_run_id: str | None
+
+
+def evaluate(ckpt_path: str | Path | None = None, model_uri: str | None = None,
+             overrides: Sequence[str] = ()) -> Evaluation:
+    """Score a checkpoint (`ckpt_path`) or a run's MLflow model (`model_uri`) on the test set of
+    the config `overrides` make (`data.test_size=5000`, `seed=7`, ...), recorded as an MLflow run
+    of its own, as `moonprop-eval` does; a bad value raises moonprop.ConfigError."""
+    given = {k: str(v) for k, v in (("ckpt_path", ckpt_path), ("model_uri", model_uri)) if v is not None}
+    command = ["moonprop-eval", *(f"{k}={v}" for k, v in given.items()), *overrides]
+    network, done, _ = cli.evaluation(given, list(overrides), command)
+    return Evaluation(done.run_id, done.metrics, network.run_id)
 
 
 def build(overrides: Sequence[str] = ()) -> tuple[MoonsClassifier, MoonsDataModule]:

@@ -32,6 +32,8 @@ from moonprop.jobs import CONFIG_TAG, Interrupted, Launcher, Task, config_name, 
 from moonprop.recorder import close_shared, shared
 
 if TYPE_CHECKING:
+    from moonprop.config import Config
+    from moonprop.evaluation import Evaluated, Network
     from moonprop.train import Trained
 
 EXIT_BAD_INPUT = 2
@@ -242,24 +244,10 @@ def evaluate_main(argv: list[str] | None = None) -> None:
     given = {k: v for k, _, v in (a.partition("=") for a in argv) if k in ("ckpt_path", "model_uri")}
     overrides = [a for a in argv if a.partition("=")[0] not in given]
     try:
-        if len(given) != 1 or not next(iter(given.values())):
-            raise ConfigError("ckpt_path", given.get("ckpt_path"), "a checkpoint's path, or model_uri= an MLflow "
-                                                                  "model's URI (one of them)")
-        configs = preflight.check(overrides, APP)
-        if len(configs) != 1 or any(a in ("-m", "--multirun") for a in overrides):
-            raise ConfigError("overrides", " ".join(overrides), "the overrides of one config (no sweep, no --cfg)")
-        config = configs[0]
-        from moonprop.evaluate import evaluate, from_checkpoint, from_model
-
-        uri = resolve_uri(config.tracking.uri)
-        network = from_checkpoint(given["ckpt_path"]) if "ckpt_path" in given else from_model(given["model_uri"], uri)
+        network, done, config = evaluation(given, overrides, ["moonprop-eval", *argv])
     except ConfigError as e:
         print(f"moonprop-eval: {e}", file=sys.stderr)
         exit_now(EXIT_BAD_INPUT)
-    recorder = shared()
-    recorder.prepare(uri, config.tracking.experiment)
-    try:
-        done = evaluate(network, config, recorder, shlex.join(["moonprop-eval", *(redact(a) for a in argv)]))
     except Exception as e:
         print(f"moonprop-eval: FAILED: {one_line(e)}", file=sys.stderr)
         exit_now(1)
@@ -268,6 +256,26 @@ def evaluate_main(argv: list[str] | None = None) -> None:
           f"{done.metrics['test/loss']:.4f} on {config.data.test_size} points of {config.data.name} (seed "
           f"{config.seed}){of} (run id {done.run_id})", file=sys.stderr)
     exit_now(0)
+
+
+def evaluation(given: dict[str, str], overrides: list[str], command: list[str]) -> tuple[Network, Evaluated, Config]:
+    """Score the checkpoint or MLflow model `given` (`ckpt_path` or `model_uri`) on the test set of
+    the config `overrides` make, and record it (`command`: how it was asked for). Bad input raises
+    ConfigError before any run exists."""
+    if len(given) != 1 or not next(iter(given.values())):
+        raise ConfigError("ckpt_path", given.get("ckpt_path"), "a checkpoint's path, or model_uri= an MLflow "
+                                                              "model's URI (one of them)")
+    configs = preflight.check(overrides, APP)
+    if len(configs) != 1 or any(a in ("-m", "--multirun") for a in overrides):
+        raise ConfigError("overrides", " ".join(overrides), "the overrides of one config (no sweep, no --cfg)")
+    config = configs[0]
+    from moonprop.evaluation import evaluate, from_checkpoint, from_model
+
+    uri = resolve_uri(config.tracking.uri)
+    network = from_checkpoint(given["ckpt_path"]) if "ckpt_path" in given else from_model(given["model_uri"], uri)
+    recorder = shared()
+    recorder.prepare(uri, config.tracking.experiment)
+    return network, evaluate(network, config, recorder, shlex.join(redact(a) for a in command)), config
 
 
 def _terminated(signum: int, frame: object) -> None:

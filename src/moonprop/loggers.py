@@ -26,7 +26,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from moonprop.recorder import Run
 
-# Every Trainer moonprop makes (train.py, evaluate.py) has its loggers from here, hence this module says
+# Every Trainer moonprop makes (train.py, evaluation.py) has its loggers from here, hence this module says
 # what Lightning prints to the terminal.
 # Lightning's start-up banner (GPU available, TPU available, ...) says nothing a run's record lacks
 # (its other messages, a profiler's report say, still show),
