@@ -30,7 +30,7 @@ from moonprop.config import (
     resolve_uri,
 )
 from moonprop.data import MoonsDataModule
-from moonprop.loggers import record_of
+from moonprop.loggers import MlflowRecord
 from moonprop.module import MoonsClassifier
 from moonprop.recorder import Recorder
 
@@ -108,7 +108,7 @@ def evaluate(network: Network, cfg: Config, recorder: Recorder, command: str) ->
     module = network.module
     module.log_to_loggers = False  # the record's values are float32's shortest decimals, as a run's
     with recorder.run(**spec) as run:
-        record = record_of(cfg.logger, run, uri, None, cfg.tracking.experiment)
+        record = MlflowRecord(run, uri, None, cfg.tracking.experiment)  # an evaluation is always recorded
         trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=[record],
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         (tested,) = trainer.test(module, datamodule=datamodule, verbose=False)
