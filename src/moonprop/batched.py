@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from moonprop.config import AdamOptimizer, AdamWOptimizer, Config, MomentumOptimizer
+from moonprop.config import RECORD_LOGGER, AdamOptimizer, AdamWOptimizer, Config, MomentumOptimizer
 from moonprop.data import Batch, MoonsDataModule, _OneBatchPerEpoch
 from moonprop.model import LEAKY_SLOPE, MLP, data_loss, init_weight
 from moonprop.schedule import learning_rate
@@ -47,7 +47,7 @@ def stack_key(cfg: Config, job: int) -> tuple[Any, ...]:
     its weight, the optimizer's values, schedule, widths, pictures) may differ within a batch. A
     job with its own callbacks or loggers, or whose gradients are clipped by their norm, is alone (`job`)."""
     lightning = cfg.trainer.lightning
-    alone = bool(cfg.callbacks) or set(cfg.logger) != {"mlflow"} or (lightning.get("gradient_clip_val") is not None
+    alone = bool(cfg.callbacks) or set(cfg.logger) != {RECORD_LOGGER} or (lightning.get("gradient_clip_val") is not None
                                     and lightning.get("gradient_clip_algorithm") != "value")
     return (len(cfg.model.hidden), cfg.data.num_batches, cfg.data.batch_size, cfg.data.test_size, cfg.data.val_size,
             cfg.trainer.accelerator, cfg.trainer.threads, cfg.model.activation, cfg.optimizer.name,

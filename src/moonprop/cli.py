@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from moonprop import preflight, sweep
-from moonprop.config import ConfigError, first_line, one_line, redact, resolve_uri, validate
+from moonprop.config import ConfigError, first_line, one_line, recorded, redact, resolve_uri, validate
 from moonprop.jobs import CONFIG_TAG, Interrupted, Launcher, Task, config_name, given_values, this_job
 from moonprop.recorder import close_shared, shared
 
@@ -82,8 +82,8 @@ def train_task(this: Task) -> Trained | None:
     """Train and record the run `this`, and say so on stderr; None for a sweep's job that failed
     (recorded FAILED: the other jobs go on, the summary counts it)."""
     if this.cfg.trainer.lightning.get("fast_dev_run"):
-        return dev_run(this)
-    if "mlflow" not in this.cfg.logger:  # a single run (preflight refuses such a sweep)
+        return quick_check(this)
+    if not recorded(this.cfg):  # a single run (preflight refuses such a sweep)
         return unrecorded_run(this)
     # The recorder starts first: it imports MLflow and opens the store on the other core while
     # this process imports Lightning (~3 s each on a fresh store).
@@ -110,7 +110,7 @@ def train_task(this: Task) -> Trained | None:
     return trained
 
 
-def dev_run(this: Task) -> Trained:
+def quick_check(this: Task) -> Trained:
     """`+trainer.fast_dev_run=true`: Lightning's quick check of a single run, which records nothing."""
     from moonprop.train import Trained, dev_run
 

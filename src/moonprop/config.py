@@ -273,6 +273,14 @@ def params(cfg: Config) -> dict[str, str]:
     return out
 
 
+RECORD_LOGGER = "mlflow"  # the `logger` group's entry that is moonprop's MLflow record (loggers.MlflowRecord)
+
+
+def recorded(cfg: Config) -> bool:
+    """Whether MLflow records the run: `logger=[csv]` asks for a single run that it does not."""
+    return RECORD_LOGGER in cfg.logger
+
+
 def check_same_params(before: dict[str, str], now: dict[str, str], where: str) -> None:
     """Refuse, in one line, settings other than those a checkpoint was trained with (`before`, its
     params): what continues a run must be the run it continues. `where` names that run. A key the

@@ -26,6 +26,7 @@ from moonprop.config import (
     ModelConfig,
     SgdOptimizer,
     first_line,
+    params,
     redact,
     resolve_uri,
 )
@@ -96,8 +97,8 @@ def evaluate(network: Network, cfg: Config, recorder: Recorder, command: str) ->
     test metrics (step 0), the boundary on that test set, the test set as the run's dataset input."""
     datamodule = MoonsDataModule(cfg.data, cfg.seed)
     uri = resolve_uri(cfg.tracking.uri)
-    data = {f"data.{k}": str(v) for k, v in vars(cfg.data).items() if k not in ("num_batches", "batch_size",
-                                                                                 "val_size")}
+    training = ("data.num_batches", "data.batch_size", "data.val_size")  # no part of a test set
+    data = {k: v for k, v in params(cfg).items() if k.startswith("data.") and k not in training}
     spec: dict[str, Any] = dict(
         uri=uri, experiment=cfg.tracking.experiment, run_name=cfg.tracking.run_name,
         params={EVALUATED_TAG: network.source, **data, "seed": str(cfg.seed)},

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from moonprop.config import RECORD_LOGGER
 from moonprop.recorder import Run
 
 # Every Trainer moonprop makes (train.py, evaluation.py) has its loggers from here, hence this module says
@@ -39,7 +40,6 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
 warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
 
 BEST_CHECKPOINT_TAG = "moonprop.best_checkpoint"  # a ModelCheckpoint's best, as its run's tag
-MLFLOW = "mlflow"  # the `logger` group's entry that is moonprop's record
 
 
 class MlflowRecord(Logger):
@@ -108,11 +108,11 @@ class _LazyClient:
 
 def record_of(configs: dict[str, Any], run: Run, uri: str, run_dir: Path | None, experiment: str) -> Logger:
     """moonprop's record of `run`: the `logger` group's `mlflow` entry, instantiated from its `_target_`."""
-    return instantiate(configs[MLFLOW], run=run, uri=uri, save_dir=run_dir, experiment_name=experiment)
+    return instantiate(configs[RECORD_LOGGER], run=run, uri=uri, save_dir=run_dir, experiment_name=experiment)
 
 
 def loggers_of(configs: dict[str, Any], run_dir: Path) -> list[Logger]:
     """The `logger` group's other loggers (Lightning's, the user's), each instantiated from its
     `_target_`, writing into the run's folder unless its config says where (`save_dir`)."""
     return [instantiate(config, **({} if "save_dir" in config else {"save_dir": str(run_dir)}))
-            for name, config in configs.items() if name != MLFLOW]
+            for name, config in configs.items() if name != RECORD_LOGGER]

@@ -43,6 +43,7 @@ from moonprop import hydra_internals
 from moonprop.config import (
     GROUPS,
     OWN_TRAINER_ARGS,
+    RECORD_LOGGER,
     TRAINER_DEFAULTS,
     Config,
     ConfigError,
@@ -50,6 +51,7 @@ from moonprop.config import (
     first_line,
     habit,
     params,
+    recorded,
     redact,
     resolve_uri,
     unknown_key_message,
@@ -59,7 +61,7 @@ from moonprop.hydra_internals import Hydra
 from moonprop.jobs import CHECKPOINT_TAG, Sweeper, sweep_overrides
 
 SERVER_TIMEOUT_S = 5
-SHIPPED_LOGGERS = {"mlflow": {"_target_": "moonprop.loggers.MlflowRecord"}}  # conf/logger/mlflow.yaml
+SHIPPED_LOGGERS = {RECORD_LOGGER: {"_target_": "moonprop.loggers.MlflowRecord"}}  # conf/logger/mlflow.yaml
 
 
 # ---- the command line, as Hydra reads it ---------------------------------------------------------
@@ -480,14 +482,13 @@ def check_environment(job: DictConfig, config: Config, multirun: bool, experimen
         key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
         raise ConfigError(key, str(run_dir), "a folder that can be created and written")
     uri = config.tracking.uri
-    if "mlflow" not in config.logger:  # a run that MLflow does not record (logger=[csv]): no store
-        uri = "none:"
-    elif uri is None or uri.startswith("sqlite:"):
-        db = Path(resolve_uri(uri).removeprefix("sqlite:///"))
-        if not writable(db.parent):
-            raise ConfigError("tracking.uri", uri, f"a store in a writable folder ({db.parent} is not)")
-    elif uri.startswith(("http://", "https://")):
-        check_server(uri, experiment)
+    if recorded(config):  # logger=[csv]: no store to check
+        if uri is None or uri.startswith("sqlite:"):
+            db = Path(resolve_uri(uri).removeprefix("sqlite:///"))
+            if not writable(db.parent):
+                raise ConfigError("tracking.uri", uri, f"a store in a writable folder ({db.parent} is not)")
+        elif uri.startswith(("http://", "https://")):
+            check_server(uri, experiment)
     if config.resume:
         check_resume(config)
     if config.trainer.accelerator == "gpu":
@@ -540,24 +541,24 @@ def check_loggers(config: Config) -> None:
         return
     from hydra.utils import get_class
 
-    from moonprop.loggers import MLFLOW, MlflowRecord, loggers_of
+    from moonprop.loggers import MlflowRecord, loggers_of
 
-    if MLFLOW in config.logger:
-        target = config.logger[MLFLOW]["_target_"]
+    if recorded(config):
+        key, target = f"logger.{RECORD_LOGGER}", config.logger[RECORD_LOGGER]["_target_"]
         try:
             record = get_class(target)
         except Exception as e:
-            raise ConfigError(f"logger.{MLFLOW}._target_", target, first_line(e)) from None
+            raise ConfigError(f"{key}._target_", target, first_line(e)) from None
         if not (isinstance(record, type) and issubclass(record, MlflowRecord)):
-            raise ConfigError(f"logger.{MLFLOW}._target_", target, "moonprop.loggers.MlflowRecord or a subclass: "
-                                                                    "others go beside it (logger=[mlflow,csv])")
-        given = {k: v for k, v in config.logger[MLFLOW].items() if k != "_target_"}
+            raise ConfigError(f"{key}._target_", target, "moonprop.loggers.MlflowRecord or a subclass: others go "
+                                                         "beside it (logger=[mlflow,csv])")
+        given = {k: v for k, v in config.logger[RECORD_LOGGER].items() if k != "_target_"}
         try:
             inspect.signature(record).bind(run=None, uri="", save_dir="", experiment_name="", **given)
         except TypeError as e:
-            raise ConfigError(f"logger.{MLFLOW}", given, f"{target}'s arguments: {e}") from None
+            raise ConfigError(key, given, f"{target}'s arguments: {e}") from None
     for name, logger in config.logger.items():
-        if name != MLFLOW:
+        if name != RECORD_LOGGER:
             with tempfile.TemporaryDirectory() as folder:
                 try:
                     loggers_of({name: logger}, Path(folder))
@@ -607,8 +608,8 @@ def check(argv: list[str], app: App) -> list[Config]:
             loggers.add(names)
             check_loggers(config)
         check_chooses_on_validation(config, multirun)
-        if multirun and "mlflow" not in config.logger:
-            wanted = ",".join(["mlflow", *config.logger])
+        if multirun and not recorded(config):
+            wanted = ",".join([RECORD_LOGGER, *config.logger])
             raise ConfigError("logger", list(config.logger), f"a list with mlflow in a sweep, whose jobs are compared "
                                                              f"in MLflow: logger=[{wanted}]")
         if multirun and (quick := config.trainer.lightning.get("fast_dev_run")):

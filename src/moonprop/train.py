@@ -26,13 +26,14 @@ from moonprop.config import (
     check_same_params,
     one_line,
     params,
+    recorded,
     redact,
     redacted,
     resolve_uri,
 )
 from moonprop.data import MoonsDataModule
 from moonprop.jobs import CHECKPOINT_TAG, Interrupted, Job, Task
-from moonprop.loggers import MLFLOW, loggers_of, record_of
+from moonprop.loggers import loggers_of, record_of
 from moonprop.module import MoonsClassifier
 from moonprop.recorder import Recorder, Run
 
@@ -165,7 +166,7 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
     stopper = GracefulStop(checkpoint, shlex.join(["moonprop", *command, f"resume={checkpoint}"]))
     module.log_metrics = bool(extra) or sys.stderr.isatty()  # what reads self.log: callbacks, the progress bar
     module.log_to_loggers = False  # MlflowCallback hands every step's metrics to the loggers
-    recording = recorder is not None and MLFLOW in cfg.logger  # logger=[csv]: a run MLflow does not record
+    recording = recorder is not None and recorded(cfg)  # logger=[csv]: a run MLflow does not record
     with stopper.handling_signals(), (recorder.run(close_in_background, **spec, resume_run_id=resume_run_id)
                                       if recording else contextlib.nullcontext()) as run:
         tracker = MlflowCallback(run, datamodule.test, cfg.plot, cfg.data.num_batches, spec["params"],
