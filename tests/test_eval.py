@@ -52,6 +52,8 @@ def test_a_checkpoint_scored_on_a_test_set_of_another_seed_and_size(trained):
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, (run,) = evaluations(folder)
     assert run.info.status == "FINISHED" and run.data.tags[EVALUATED_RUN_TAG] == source
+    assert set(run.data.metrics) == {"test/acc", "test/loss"}  # no Lightning "epoch", each point written once
+    assert len(client.get_metric_history(run.info.run_id, "test/acc")) == 1
     assert run.data.params["data.test_size"] == "3000" and run.data.params["seed"] == "7"
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.tags[0].value == "test" and '"points": "3000"' in dataset.dataset.source

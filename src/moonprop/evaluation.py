@@ -107,14 +107,14 @@ def evaluate(network: Network, cfg: Config, recorder: Recorder, command: str) ->
         texts={}, start_time_ms=int(time.time() * 1000),
         datasets=[d for d in datamodule.datasets() if d["context"] == "test"])
     module = network.module
-    module.log_to_loggers = False  # the record's values are float32's shortest decimals, as a run's
     with recorder.run(**spec) as run:
-        record = MlflowRecord(run, uri, None, cfg.tracking.experiment)  # an evaluation is always recorded
-        trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=[record],
+        # Lightning's results are written by hand, once, as float32's shortest decimals (a run's
+        # way), not through the Trainer's logger, which would add its float64 copies and an epoch
+        trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         (tested,) = trainer.test(module, datamodule=datamodule, verbose=False)
         metrics = {key: shortest(value) for key, value in tested.items()}
-        record.log_metrics(metrics, 0)
+        MlflowRecord(run, uri, None, cfg.tracking.experiment).log_metrics(metrics, 0)  # always recorded
         pictures = plot.Boundary(datamodule.test[0].numpy(), datamodule.test[1].numpy(), cfg.plot.resolution,
                                  datamodule.plane)
         with torch.no_grad():

@@ -130,7 +130,7 @@ class MoonsClassifier(pl.LightningModule):
         test/loss and test/acc, the keys of a run's record."""
         value, scores = self._common_step(batch)
         acc = accuracy(scores, batch[1])
-        self.log_dict({"test/loss": value, "test/acc": acc}, batch_size=len(scores))
+        self.log_dict({"test/loss": value, "test/acc": acc}, logger=self._to_loggers, batch_size=len(scores))
         return {"loss": value, "acc": acc}
 
     def configure_optimizers(self) -> dict[str, Any]:
