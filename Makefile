@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup install test bench ui gpu-check
+.PHONY: setup install test test-newest bench ui gpu-check
 
 setup: install
 	$(BIN)/moonprop
@@ -19,6 +19,11 @@ install:
 
 test:
 	$(BIN)/python -m pytest
+
+# the tests of MLflow's internals, models, auth and UI against the newest MLflow pyproject.toml
+# allows, in .venv-newest (`make test` tests what `make install` resolves, the lowest)
+test-newest:
+	scripts/newest-mlflow
 
 bench:
 	$(BIN)/python benchmarks/bench.py

@@ -79,6 +79,11 @@ def artifact(store: Path, run_name_like: str, name: str, into: Path) -> tuple[Pa
     return Path(client.download_artifacts(run.info.run_id, name, str(into))), experiment, run.info.run_id
 
 
+# The image card's picture. MLflow 3.17 points the <img> at the artifact's address, 3.18 at a blob:
+# copy it fetched from that address; in both it is antd's Image, the only one on a run's page.
+CARD_IMAGE = "img.rc-image-img"
+
+
 @contextlib.contextmanager
 def browser_page() -> Iterator[Any]:
     """A page of a fresh headless Chromium (Debian's; no remembered choices) at 1400 x 1000."""
@@ -112,7 +117,7 @@ def card_screenshot(store: Path, experiment: str, run_id: str, path: Path) -> No
     with ui_page(store) as (page, url):
         page.goto(f"{url}/#/experiments/{experiment}/runs/{run_id}/model-metrics?workflowType=machine_learning",
                   wait_until="load")
-        image = "img[src*='test~boundary']"
+        image = CARD_IMAGE
         page.locator(image).first.wait_for(timeout=30_000)
         title = page.get_by_text("test/boundary", exact=True).first
         menus = page.locator("[data-testid=experiment-view-compare-runs-card-menu]")
@@ -122,7 +127,7 @@ def card_screenshot(store: Path, experiment: str, run_id: str, path: Path) -> No
         page.get_by_role("menuitem", name="Configure").click()
         page.get_by_text("Show run parameters").click()
         page.get_by_text("Save changes").click()
-        page.wait_for_function(f"() => document.querySelector(\"{image}\").naturalWidth > 0")
+        page.wait_for_function(f"() => document.querySelector(\"{image}\")?.naturalWidth > 0")
         page.wait_for_timeout(1000)
         shot(title.locator("xpath=ancestor::div[.//input][1]"), path)
 

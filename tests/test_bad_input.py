@@ -18,7 +18,7 @@ import pytest
 from moonprop import config as C
 from moonprop.config import ConfigError
 
-from .conftest import check, moonprop
+from .conftest import check, default_store, moonprop
 
 # the values tried for a key, by its type
 TRIED = {
@@ -189,3 +189,22 @@ def test_a_resume_path_that_is_empty_or_missing_is_refused(workdir):
         assert proc.returncode == 2 and allowed in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert list(workdir.iterdir()) == []
 
+
+
+@pytest.mark.parametrize("argv", [[], ["-m", "seed=0,1"]])
+def test_a_store_a_newer_mlflow_migrated_is_refused_before_mlflow_touches_it(workdir, argv):
+    """MLflow would say the schema is out of date and advise `mlflow db upgrade`, which cannot help:
+    a newer release's migration goes one way (MLflow 3.18's, f4a9b2c7d1e6, is one 3.17 refuses)."""
+    import sqlite3
+
+    store = workdir / "outputs" / "mlflow.db"
+    store.parent.mkdir()
+    default_store(workdir)
+    with sqlite3.connect(store) as con:
+        con.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")  # a release yet to come
+    before, files = store.read_bytes(), sorted(workdir.rglob("*"))
+    proc = moonprop(*argv, cwd=workdir, check=False, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"moonprop: invalid config: tracking.uri=sqlite:///{store}: a store MLflow 3.")
+    assert "one way, to schema ffffffffffff" in proc.stderr
+    assert store.read_bytes() == before and sorted(workdir.rglob("*")) == files

@@ -122,3 +122,13 @@ def test_the_supported_releases_are_the_installed_ones():
     for name in ("mlflow", "hydra-core"):
         assert version(name) in ranges[name], f"{name} {version(name)} is outside pyproject.toml's {ranges[name]}"
         assert any(spec.operator == "<" for spec in ranges[name]), f"{name} needs an upper bound"
+
+
+def test_the_schema_check_knows_the_revision_a_fresh_store_is_at(tmp_path):
+    """preflight.check_schema reads MLflow's migration folder: a release that moved it would make
+    every store look newer, and a release whose store it takes for newer would be refused."""
+    from moonprop.preflight import check_schema
+
+    store = tmp_path / "mlflow.db"
+    MlflowClient(f"sqlite:///{store}").search_experiments()
+    check_schema(f"sqlite:///{store}", store)  # the installed MLflow's own head: accepted

@@ -19,10 +19,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import importlib.metadata
+import importlib.util
 import inspect
 import json
 import os
 import re
+import sqlite3
 import tempfile
 import urllib.error
 import urllib.parse
@@ -474,6 +477,25 @@ def check_resumable(config: Config, saved: dict[str, Any]) -> None:
                                                    f"stops at step {saved['step']}")
 
 
+def check_schema(uri: str, db: Path) -> None:
+    """A store a newer MLflow has opened is migrated one way; this MLflow then refuses it with advice
+    to upgrade it (`mlflow db upgrade`), which cannot help. Its revisions are the files of MLflow's
+    migration folder, read without importing MLflow (a second of this check's time)."""
+    if not db.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            (revision,) = con.execute("SELECT version_num FROM alembic_version").fetchone()
+    except (sqlite3.Error, TypeError, ValueError):
+        return  # not an MLflow store (yet): MLflow says what it finds
+    (package,) = importlib.util.find_spec("mlflow").submodule_search_locations
+    known = {f.name.partition("_")[0] for f in Path(package, "store", "db_migrations", "versions").glob("*.py")}
+    if revision not in known:
+        raise ConfigError("tracking.uri", uri, f"a store MLflow {importlib.metadata.version('mlflow')} can open (a "
+                                               f"newer MLflow migrated this one, one way, to schema {revision}: "
+                                               "open it with that release, or choose another store)")
+
+
 def check_environment(job: DictConfig, config: Config, multirun: bool, experiment: str) -> None:
     """What the schema cannot know: folders, the GPU, the tracking server (and whether it lets
     these credentials write to `experiment`)."""
@@ -487,6 +509,7 @@ def check_environment(job: DictConfig, config: Config, multirun: bool, experimen
             db = Path(resolve_uri(uri).removeprefix("sqlite:///"))
             if not writable(db.parent):
                 raise ConfigError("tracking.uri", uri, f"a store in a writable folder ({db.parent} is not)")
+            check_schema(resolve_uri(uri), db)
         elif uri.startswith(("http://", "https://")):
             check_server(uri, experiment)
     if config.resume:
