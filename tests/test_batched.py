@@ -16,6 +16,7 @@ from moonprop.callbacks import BatchedMlflowCallback, torchscript
 from moonprop.config import ConfigError
 from moonprop.model import MLP, loss
 from moonprop.module import optimizer as optimizer_of
+from moonprop.schedule import learning_rate
 from moonprop.train import resumed_batch
 
 from .conftest import check_sweep, default_store, make_config, moonprop, start, sweep_runs, wait_for_step
@@ -33,8 +34,8 @@ def test_stacked_networks_start_and_score_as_each_alone():
         for mine, theirs in zip(stacked.network(job).parameters(), alone.parameters(), strict=True):
             assert torch.equal(mine, theirs)  # the same draws from the job's seed
         torch.testing.assert_close(scores[job], alone(points[job]))
-        norm = sum((p * p).sum() for p in alone.parameters())
-        torch.testing.assert_close(stacked.squared_norms()[job], norm)
+        norm = sum((p * p).sum() for p in alone.parameters())  # the padding adds nothing
+        torch.testing.assert_close(sum((p[job] * p[job]).sum() for p in stacked.stacked().values()), norm)
 
 
 def test_networks_of_one_shape_share_a_trace_each_with_its_own_weights():
@@ -55,7 +56,7 @@ def test_padded_units_stay_zero_and_each_job_steps_as_alone():
     x, y = data.train_batch(0)
     optimizer = module.configure_optimizers()
     module.trainer = None  # not attached: current_epoch is 0
-    losses = module.losses(module(x), y)
+    losses, _ = module.losses(module.net.stacked(), x, y)
     losses.sum().backward()
     optimizer.step()
     for job, cfg in enumerate(cfgs):
@@ -64,15 +65,16 @@ def test_padded_units_stay_zero_and_each_job_steps_as_alone():
         value = loss(alone(xj), yj, list(alone.parameters()), cfg.loss.alpha)
         torch.testing.assert_close(losses[job], value)
         value.backward()
-        rate = module.rates[job][0]
+        rate = learning_rate(cfg.schedule, 0, cfg.data.num_batches)
         with torch.no_grad():
             for p in alone.parameters():
                 p -= rate * p.grad
         for mine, theirs in zip(module.net.network(job).parameters(), alone.parameters(), strict=True):
             torch.testing.assert_close(mine, theirs)
-    narrow = module.net.weights[0][1]  # job 1's first layer: 4 of 16 units are its own
-    assert narrow.shape == (2, 16) and torch.all(narrow[:, 4:] == 0)
-    assert torch.all(module.net.weights[1][1][4:, :] == 0) and torch.all(module.net.weights[1][1][:, 8:] == 0)
+    stacked = module.net.stacked()
+    narrow = stacked["0.weight"][1]  # job 1's first layer: 4 of 16 units are its own
+    assert narrow.shape == (16, 2) and torch.all(narrow[4:] == 0)
+    assert torch.all(stacked["2.weight"][1][8:, :] == 0) and torch.all(stacked["2.weight"][1][:, 4:] == 0)
 
 
 @pytest.mark.parametrize("kind, settings", [
@@ -94,8 +96,7 @@ def test_each_job_steps_as_its_own_torch_optimizer_would(kind, settings):
     cfgs = [make_config(f"optimizer={kind}", *settings[i % len(settings)].split(), *job) for i, job in enumerate(jobs)]
     assert len({stack_key(cfg, i) for i, cfg in enumerate(cfgs)}) == 1
     module, data = BatchedMoonsClassifier(cfgs), BatchedMoonsData(cfgs)
-    module.trainer = None  # not attached: current_epoch is 0, each job at its constant rate
-    optimizer = module.configure_optimizers()
+    optimizer = module.configure_optimizers()  # each job at its constant rate
     alone = [MLP(c.model.hidden, torch.Generator().manual_seed(c.seed), init=c.model.init) for c in cfgs]
     steps = [optimizer_of(c.optimizer, net.parameters()) for c, net in zip(cfgs, alone, strict=True)]
     for c, step in zip(cfgs, steps, strict=True):
@@ -103,7 +104,7 @@ def test_each_job_steps_as_its_own_torch_optimizer_would(kind, settings):
     for epoch in range(5):
         x, y = data.train_batch(epoch)
         optimizer.zero_grad()
-        module.losses(module(x), y).sum().backward()
+        module.losses(module.net.stacked(), x, y)[0].sum().backward()
         optimizer.step()
         for job, (cfg, net, step) in enumerate(zip(cfgs, alone, steps, strict=True)):
             xj, yj = data.jobs[job].train_batch(epoch)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from moonprop.model import MLP, accuracy, loss
+from moonprop.model import ACTIVATIONS, MLP, accuracy, loss, stacked_forward
 
 
 def test_seed_network_has_337_parameters():
@@ -94,3 +94,15 @@ def test_the_network_as_torchscript_scores_any_number_of_points(tmp_path):
     for n in (1, 10, 1000):
         x = torch.randn(n, 2)
         assert torch.equal(net(x), loaded(x)) and loaded(x).shape == (n,)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_stacked_forward_scores_each_network_as_its_own_forward(activation):
+    """What a batched sweep trains with is MLP.forward over a leading job dimension, for every
+    activation an MLP can have (a new one without its stacked twin fails here)."""
+    nets = [MLP([16, 8], torch.Generator().manual_seed(seed), activation, init="kaiming") for seed in range(3)]
+    params = [torch.stack(ps) for ps in zip(*(net.parameters() for net in nets), strict=True)]
+    points = torch.randn(3, 50, 2)
+    scores = stacked_forward(params, points, activation)
+    for job, net in enumerate(nets):
+        torch.testing.assert_close(scores[job], net(points[job]))

@@ -1,16 +1,20 @@
 """Many jobs of a sweep trained as one model (hydra/launcher=batched).
 
 A job's network has 337 parameters: its arithmetic is nothing, its cost is the per-step overhead
-of Python, Lightning and the recorder. Stacking K jobs' weights into [K, in, out] tensors and
-multiplying them with one `baddbmm` per layer trains K networks for about the price of one.
+of Python, Lightning and the recorder. Stacking K jobs' weights into [K, out, in] tensors and
+scoring them with `model.stacked_forward` (MLP's forward over a leading job dimension, one
+`baddbmm` a layer) trains K networks for about the price of one.
 
-Each job stays what it would be alone: its own initial weights (drawn from its seed exactly as
-`model.MLP` draws them, with its own init), its own data stream (data.py: its dataset, seed and
-values), its own loss, penalty and loss weight, its own optimizer's values and learning-rate
-schedule. Jobs of different widths are padded to the widest layers; a mask keeps every padded
-weight out of the forward pass, so that its gradient is zero and the padded units stay exactly
-zero. The summed loss is a sum of independent terms: each job's gradient is the one it would have
-alone, and StackedOptimizer steps each job's slice as torch's optimizer steps the job alone.
+Each job stays what it would be alone, by the same definitions: its network is its own `model.MLP`
+(its widths, drawn from its seed with its own init) stacked, its data stream its own (data.py), its
+loss `model.loss` (mapped over the jobs with torch.func.vmap: its own data term, penalty and
+weight), its rate `schedule.learning_rate` of its own schedule. Jobs of different widths are padded
+to the widest layers; a mask keeps every padded weight out of the forward pass, so that its
+gradient is zero and the padded units stay exactly zero. The summed loss is a sum of independent
+terms: each job's gradient is the one it would have alone, and StackedOptimizer steps each job's
+slice as torch's optimizer steps the job alone. torch's own optimizers would need a parameter group
+per job, so each job's parameters apart and stacked at every step: measured, that costs more than
+it may (README, Speed: "one model for one job and for K").
 
 What must be the same for a batch (stack_key): the depth, the shape of the data, the device, the
 activation, the kind of optimizer and Lightning's arguments. A job with callbacks or loggers of its
@@ -27,17 +31,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.func import vmap
 from torch.utils.data import DataLoader
 
 from moonprop.config import RECORD_LOGGER, AdamOptimizer, AdamWOptimizer, Config, MomentumOptimizer
 from moonprop.data import Batch, MoonsDataModule, _OneBatchPerEpoch
-from moonprop.model import LEAKY_SLOPE, MLP, data_loss, init_weight
+from moonprop.model import MLP, loss, stacked_forward
 from moonprop.schedule import learning_rate
-
-_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {  # in place where torch can: K x 1,000 points a pass
-    "relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "identity": lambda x: x,
-    "gelu": nn.functional.gelu, "leaky_relu": lambda x: nn.functional.leaky_relu_(x, LEAKY_SLOPE),
-}
 
 
 def stack_key(cfg: Config, job: int) -> tuple[Any, ...]:
@@ -55,71 +55,56 @@ def stack_key(cfg: Config, job: int) -> tuple[Any, ...]:
 
 
 class StackedMLP(nn.Module):
-    """K MLPs of one depth as stacked weights: layer l holds weight [K, in, out] and bias [K, 1, out],
-    padded to the widest job's layer, with masks that are 1 where a job's network has a weight."""
+    """K `model.MLP` networks of one depth as stacked parameters: each of MLP's parameters (`0.weight`
+    [out, in], `0.bias` [out], ...) as one [K, ...] tensor, padded to the widest job's layer, with
+    masks that are 1 where a job's network has a weight."""
 
     def __init__(self, hidden: list[list[int]], seeds: list[int], activation: str = "relu",
                  inits: list[str] | None = None) -> None:
         super().__init__()
-        self.hidden = [list(h) for h in hidden]
-        self.activation = activation
+        self.hidden, self.activation = [list(h) for h in hidden], activation
         inits = inits or ["uniform"] * len(hidden)
         depth = {len(h) for h in hidden}
         if len(depth) != 1:
             raise ValueError(f"networks of one depth stack, not {sorted(depth)}")
-        widths = [2, *(max(h[i] for h in hidden) for i in range(depth.pop())), 1]
-        k, shapes = len(hidden), list(zip(widths, widths[1:], strict=False))
-        self.weights = nn.ParameterList(torch.zeros(k, n_in, n_out) for n_in, n_out in shapes)
-        self.biases = nn.ParameterList(torch.zeros(k, 1, n_out) for _, n_out in shapes)
-        masks = [torch.zeros(k, n_in, n_out) for n_in, n_out in shapes]
+        with torch.device("meta"):  # only its parameters' names and shapes are used
+            template = MLP([max(h[i] for h in hidden) for i in range(depth.pop())], activation=activation)
+        self.names = [name for name, _ in template.named_parameters()]
+        self.stack = nn.ParameterList(torch.zeros(len(hidden), *p.shape) for p in template.parameters())
+        self.padded = len({tuple(h) for h in hidden}) > 1
+        masks = [torch.zeros_like(p) for p in self.stack]
         with torch.no_grad():
-            for j, (h, seed, init) in enumerate(zip(hidden, seeds, inits, strict=True)):
-                # the same draws, in the same order, as MLP(h, Generator().manual_seed(seed), ...)
-                generator = torch.Generator().manual_seed(seed)
-                sizes = [2, *h, 1]
-                for layer, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
-                    weight = torch.empty(n_out, n_in)
-                    init_weight(weight, init, activation if layer < len(h) else "output", generator)
-                    self.weights[layer][j, :n_in, :n_out] = weight.T
-                    masks[layer][j, :n_in, :n_out] = 1.0
-        for layer, mask in enumerate(masks):
-            self.register_buffer(f"mask{layer}", mask)
-            self.register_buffer(f"bias_mask{layer}", mask.amax(1, keepdim=True))  # [K, 1, out]
+            for job, (h, seed, init) in enumerate(zip(hidden, seeds, inits, strict=True)):
+                alone = MLP(h, torch.Generator().manual_seed(seed), activation, init)  # the job's own draws
+                for stacked, mask, p in zip(self.stack, masks, alone.parameters(), strict=True):
+                    stacked[(job, *map(slice, p.shape))] = p
+                    mask[(job, *map(slice, p.shape))] = 1.0
+        if self.padded:  # jobs of one shape (a sweep over seeds, say) need no masks
+            for i, mask in enumerate(masks):
+                self.register_buffer(f"mask{i}", mask)
 
-    def _layers(self, jobs: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
-        """Each layer's masked (weight, bias), of the jobs given (all of them by default)."""
-        layers = []
-        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            w, b = weight * getattr(self, f"mask{layer}"), bias * getattr(self, f"bias_mask{layer}")
-            layers.append((w, b) if jobs is None else (w[jobs], b[jobs]))
-        return layers
+    def stacked(self) -> dict[str, Tensor]:
+        """The parameters by MLP's names, [K, ...], padding masked out."""
+        if not self.padded:
+            return dict(zip(self.names, self.stack, strict=True))
+        return {name: p * getattr(self, f"mask{i}")
+                for i, (name, p) in enumerate(zip(self.names, self.stack, strict=True))}
+
+    def scores(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Scores [K, n] of points x [K, n, 2], each job's points through its own network."""
+        return stacked_forward(list(params.values()), x, self.activation)
 
     def forward(self, x: Tensor, jobs: Tensor | None = None) -> Tensor:
-        """Scores [K, n] of points x [K, n, 2], each job's points through its own network."""
-        layers, activation = self._layers(jobs), _ACTIVATIONS[self.activation]
-        for i, (w, b) in enumerate(layers):
-            x = torch.baddbmm(b, x, w)
-            if i < len(layers) - 1:
-                x = activation(x)
-        return x.squeeze(-1)
-
-    def squared_norms(self) -> Tensor:
-        """sum(p^2) over each job's parameters, [K]."""
-        return sum((w * w).sum((1, 2)) + (b * b).sum((1, 2)) for w, b in self._layers())  # type: ignore[return-value]
-
-    def abs_norms(self) -> Tensor:
-        """sum(|p|) over each job's parameters, [K]."""
-        return sum(w.abs().sum((1, 2)) + b.abs().sum((1, 2)) for w, b in self._layers())  # type: ignore[return-value]
+        """Scores [K, n] of points x [K, n, 2]; of the jobs `jobs` only, if given."""
+        params = self.stacked()
+        return self.scores(params if jobs is None else {k: v[jobs] for k, v in params.items()}, x)
 
     def network(self, job: int) -> MLP:
         """Job `job`'s network alone, as a plain MLP of its own widths."""
         mlp = MLP(self.hidden[job], activation=self.activation)
-        linears = [m for m in mlp if isinstance(m, nn.Linear)]
         with torch.no_grad():
-            for linear, (w, b) in zip(linears, self._layers(), strict=True):
-                n_out, n_in = linear.weight.shape
-                linear.weight.copy_(w[job, :n_in, :n_out].T)
-                linear.bias.copy_(b[job, 0, :n_out])
+            for p, stacked in zip(mlp.parameters(), self.stack, strict=True):
+                p.copy_(stacked[(job, *map(slice, p.shape))])
         return mlp
 
 
@@ -147,9 +132,9 @@ class BatchedMoonsData(pl.LightningDataModule):
 
 
 class BatchedMoonsClassifier(pl.LightningModule):
-    """K jobs' MoonsClassifier as one module: the loss is the sum of the jobs' losses (each its own
-    data term, penalty and weight), and StackedOptimizer steps each job as its own optimizer would,
-    at its own rate.
+    """K jobs' MoonsClassifier as one module: the loss is the sum of the jobs' `model.loss` (each
+    its own data term, penalty and weight), and StackedOptimizer steps each job as its own optimizer
+    would, at its own rate.
 
     A job whose loss stops being finite is set inactive: it moves no more, its later losses are no
     one's concern, and `diverged` says when, for its run to end FAILED. A batch of one logs its
@@ -159,16 +144,14 @@ class BatchedMoonsClassifier(pl.LightningModule):
 
     def __init__(self, cfgs: list[Config]) -> None:
         super().__init__()
-        self.num_batches = cfgs[0].data.num_batches
+        self.cfgs = cfgs
         self.net = StackedMLP([cfg.model.hidden for cfg in cfgs], [cfg.seed for cfg in cfgs],
                               cfgs[0].model.activation, [cfg.model.init for cfg in cfgs])
         self.register_buffer("alpha", torch.tensor([cfg.loss.alpha for cfg in cfgs]))
-        self.data_terms = _jobs_by([cfg.loss.name for cfg in cfgs])  # name -> its jobs
-        self.penalties = _jobs_by([cfg.loss.penalty for cfg in cfgs])
-        self.optimizer_cfgs = [cfg.optimizer for cfg in cfgs]
+        self.loss_kinds = _jobs_by([(cfg.loss.name, cfg.loss.penalty) for cfg in cfgs])  # -> its jobs
+        num_batches = cfgs[0].data.num_batches
         # each job's rate of every step, as Python floats (what its run records) and as a tensor
-        self.rates = [[learning_rate(cfg.schedule, k, self.num_batches) for k in range(self.num_batches)]
-                      for cfg in cfgs]
+        self.rates = [[learning_rate(cfg.schedule, k, num_batches) for k in range(num_batches)] for cfg in cfgs]
         self.register_buffer("rate_table", torch.tensor(self.rates).T.contiguous())  # [N, K]
         self.register_buffer("active", torch.ones(len(cfgs), dtype=torch.bool))
         self.diverged: dict[int, str] = {}  # job -> why it stopped
@@ -177,18 +160,26 @@ class BatchedMoonsClassifier(pl.LightningModule):
     def forward(self, x: Tensor, jobs: Tensor | None = None) -> Tensor:
         return self.net(x, jobs)
 
-    def losses(self, scores: Tensor, y: Tensor) -> Tensor:
-        """Each job's loss, [K]: model.loss, job by job."""
-        data = _by_jobs(self.data_terms, lambda name, jobs: data_loss(name, scores[jobs], y[jobs]).mean(1),
-                        lambda name: data_loss(name, scores, y).mean(1))
-        norms = {"l2": self.net.squared_norms, "l1": self.net.abs_norms,
-                 "none": lambda: torch.zeros(len(self.alpha), device=scores.device, dtype=scores.dtype)}
-        penalty = _by_jobs(self.penalties, lambda name, jobs: norms[name]()[jobs], lambda name: norms[name]())
-        return data + self.alpha * penalty
+    def losses(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Each job's loss [K] (model.loss, job by job) and its scores [K, n]."""
+        scores = self.net.scores(params, x)
+
+        def job_losses(kind: tuple[str, str], *args: Any) -> Tensor:
+            name, penalty = kind
+            return vmap(lambda s, y, p, alpha: loss(s, y, list(p.values()), alpha, name, penalty))(*args)
+
+        if len(self.loss_kinds) == 1:
+            return job_losses(next(iter(self.loss_kinds)), scores, y, params, self.alpha), scores
+        out = scores.new_empty(len(self.alpha))
+        for kind, jobs in self.loss_kinds.items():
+            index = torch.tensor(jobs, device=scores.device)
+            out[index] = job_losses(kind, scores[index], y[index], {k: v[index] for k, v in params.items()},
+                                    self.alpha[index])
+        return out, scores
 
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         x, y = batch
-        losses = self.losses(self(x), y)
+        losses, _ = self.losses(self.net.stacked(), x, y)
         diverging = self.active & ~torch.isfinite(losses)
         if diverging.any():
             for job in diverging.nonzero().flatten().tolist():
@@ -202,11 +193,12 @@ class BatchedMoonsClassifier(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Batch], batch_idx: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        params = self.net.stacked()
         for split, prefix in (("val", "val_"), ("test", "")):
             if split in batch:
                 x, y = batch[split]
-                scores = self(x)
-                losses, correct = self.losses(scores, y), ((scores > 0) == (y > 0)).sum(1)
+                losses, scores = self.losses(params, x, y)
+                correct = ((scores > 0) == (y > 0)).sum(1)
                 if self.log_metrics:
                     self.log_dict({f"{split}/loss": losses[0], f"{split}/acc": int(correct[0]) / y.shape[1]},
                                   logger=False, batch_size=y.shape[1])
@@ -214,28 +206,15 @@ class BatchedMoonsClassifier(pl.LightningModule):
         return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return StackedOptimizer(self.parameters(), self.optimizer_cfgs,
+        return StackedOptimizer(self.parameters(), [cfg.optimizer for cfg in self.cfgs],
                                 lambda: self.rate_table[self.current_epoch], self.active)
 
 
-def _jobs_by(names: list[str]) -> dict[str, list[int]]:
-    jobs: dict[str, list[int]] = {}
-    for job, name in enumerate(names):
-        jobs.setdefault(name, []).append(job)
+def _jobs_by(kinds: list[Any]) -> dict[Any, list[int]]:
+    jobs: dict[Any, list[int]] = {}
+    for job, kind in enumerate(kinds):
+        jobs.setdefault(kind, []).append(job)
     return jobs
-
-
-def _by_jobs(groups: dict[str, list[int]], some: Callable[[str, list[int]], Tensor],
-             every: Callable[[str], Tensor]) -> Tensor:
-    """A [K] value computed for each group of jobs: at once for all when there is one group."""
-    if len(groups) == 1:
-        return every(next(iter(groups)))
-    parts = {name: some(name, jobs) for name, jobs in groups.items()}
-    first = next(iter(parts.values()))
-    out = first.new_empty(sum(len(jobs) for jobs in groups.values()))
-    for name, jobs in groups.items():
-        out[jobs] = parts[name]
-    return out
 
 
 class StackedOptimizer(torch.optim.Optimizer):

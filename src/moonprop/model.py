@@ -13,6 +13,12 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity, "gelu": nn.GELU,
     "leaky_relu": lambda: nn.LeakyReLU(LEAKY_SLOPE),
 }
+# the same, as functions, in place where torch has it: stacked_forward's K x 1,000 points x 16 units
+# each cost 2 ms more a layer to allocate anew
+STACKED_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "identity": lambda x: x,
+    "gelu": nn.functional.gelu, "leaky_relu": lambda x: nn.functional.leaky_relu_(x, LEAKY_SLOPE),
+}
 # each activation's name in torch.nn.init.calculate_gain, for kaiming and xavier (GELU's is ReLU's)
 GAINS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "identity": "linear", "gelu": "relu",
          "leaky_relu": "leaky_relu"}
@@ -56,6 +62,20 @@ class MLP(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x).squeeze(-1)
+
+
+def stacked_forward(params: list[Tensor], x: Tensor, activation: str = "relu") -> Tensor:
+    """MLP's forward for K networks of one shape at once: `params` are MLP's parameters in its order
+    (weight [out, in], bias [out], ...), each with a leading job dimension; x [K, n, 2] -> scores
+    [K, n]. A batched sweep trains its jobs with it (batched.py). torch.func.vmap over MLP.forward
+    gives the same scores at 2.4x the cost of a validation pass (measured: its linear is a batched
+    matmul and an unfused add, its activations not in place)."""
+    act = STACKED_ACTIVATIONS[activation]
+    for i in range(0, len(params), 2):
+        x = torch.baddbmm(params[i + 1].unsqueeze(1), x, params[i].transpose(1, 2))
+        if i < len(params) - 2:
+            x = act(x)
+    return x.squeeze(-1)
 
 
 def data_loss(name: str, scores: Tensor, y: Tensor) -> Tensor:
