@@ -48,6 +48,14 @@ class DataConfig:
     val_size: int = option(1000, "points in the fixed validation set, scored every epoch: what a sweep's best, a "
                                  "search and early stopping choose on (0: none, for a single run that chooses nothing)")
 
+    def check(self) -> None:
+        """Refuse, in one line, a value outside what its key allows (every section has one)."""
+        for key in ("num_batches", "batch_size", "test_size"):
+            check_positive_int(f"data.{key}", getattr(self, key))
+        _check(self.val_size == 0 or _positive_int(self.val_size), "data.val_size", self.val_size, "an integer >= 0")
+        noise = self.noise  # type: ignore[attr-defined]  # every dataset has its own default
+        _check(_finite(noise) and noise >= 0, "data.noise", noise, "a finite number >= 0")
+
 
 @dataclass
 class MoonsData(DataConfig):
@@ -61,6 +69,10 @@ class CirclesData(DataConfig):
     noise: float = option(0.05, "standard deviation of the Gaussian noise added to every point")
     factor: float = option(0.5, "the inner circle's radius, the outer one's being 1 (0 < factor < 1)")
 
+    def check(self) -> None:
+        super().check()
+        _check(_finite(self.factor) and 0 < self.factor < 1, "data.factor", self.factor, "a number between 0 and 1")
+
 
 @dataclass
 class BlobsData(DataConfig):
@@ -68,6 +80,10 @@ class BlobsData(DataConfig):
                                 "and (offset, offset): +1")
     noise: float = option(0.6, "standard deviation of each blob")
     offset: float = option(1.0, "the blobs' centres are (-offset, -offset) and (offset, offset)")
+
+    def check(self) -> None:
+        super().check()
+        _check(_finite(self.offset) and self.offset > 0, "data.offset", self.offset, "a finite number > 0")
 
 
 @dataclass
@@ -82,6 +98,10 @@ class SpiralData(DataConfig):
     noise: float = option(0.05, "standard deviation of the Gaussian noise added to every point")
     turns: float = option(1.0, "turns of each arm from the centre to radius 1")
 
+    def check(self) -> None:
+        super().check()
+        _check(_finite(self.turns) and self.turns > 0, "data.turns", self.turns, "a finite number > 0")
+
 
 @dataclass
 class ModelConfig:
@@ -90,6 +110,12 @@ class ModelConfig:
                                       "or leaky_relu (slope 0.01)")
     init: str = option("uniform", "weights: uniform (U(-1, 1), the seed's), kaiming or xavier (uniform, with the "
                                   "activation's gain); biases 0")
+
+    def check(self) -> None:
+        for i, h in enumerate(self.hidden):
+            check_positive_int(f"model.hidden[{i}]", h)
+        _one_of("model.activation", self.activation, ACTIVATIONS)
+        _one_of("model.init", self.init, INITS)
 
 
 @dataclass
@@ -100,6 +126,11 @@ class LossConfig:
     alpha: float = option(1e-4, "weight of the penalty over all parameters")
     penalty: str = option("l2", "l2: alpha * sum(p^2), the seed's; l1: alpha * sum(|p|); none")
 
+    def check(self) -> None:
+        _one_of("loss", self.name, LOSSES)
+        _one_of("loss.penalty", self.penalty, PENALTIES)
+        _check(_finite(self.alpha) and self.alpha >= 0, "loss.alpha", self.alpha, "a finite number >= 0")
+
 
 @dataclass
 class OptimizerConfig:
@@ -107,6 +138,10 @@ class OptimizerConfig:
 
     name: str = MISSING
     weight_decay: float = option(0.0, "torch's weight_decay (on top of the loss's penalty)")
+
+    def check(self) -> None:
+        _check(_finite(self.weight_decay) and self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay,
+               "a finite number >= 0")
 
 
 @dataclass
@@ -121,6 +156,15 @@ class MomentumOptimizer(OptimizerConfig):
     dampening: float = option(0.0, "dampening of the momentum, 0 <= dampening <= 1")
     nesterov: bool = option(False, "Nesterov momentum (needs dampening 0)")
 
+    def check(self) -> None:
+        super().check()
+        _check(_finite(self.momentum) and 0 <= self.momentum < 1, "optimizer.momentum", self.momentum,
+               "a number in [0, 1)")
+        _check(_finite(self.dampening) and 0 <= self.dampening <= 1, "optimizer.dampening", self.dampening,
+               "a number in [0, 1]")
+        _check(not self.nesterov or (self.momentum > 0 and self.dampening == 0), "optimizer.nesterov", self.nesterov,
+               "false, or true with momentum > 0 and dampening 0 (torch's Nesterov)")
+
 
 @dataclass
 class AdamOptimizer(OptimizerConfig):
@@ -128,6 +172,12 @@ class AdamOptimizer(OptimizerConfig):
     betas: list[float] = option([0.9, 0.999], "decay rates of the gradient's running averages, each in [0, 1)")
     eps: float = option(1e-8, "added to the denominator, > 0")
     amsgrad: bool = option(False, "the AMSGrad variant")
+
+    def check(self) -> None:
+        super().check()
+        _check(len(self.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in self.betas), "optimizer.betas",
+               self.betas, "two numbers in [0, 1)")
+        _check(_finite(self.eps) and self.eps > 0, "optimizer.eps", self.eps, "a finite number > 0")
 
 
 @dataclass
@@ -141,6 +191,12 @@ class ScheduleConfig:
     """Learning rate for step k of N; `name` picks the formula (see schedule.py)."""
 
     name: str = MISSING
+
+    def check(self) -> None:
+        for key in ("start", "end", "lr"):  # the rates, whichever the formula has
+            if hasattr(self, key):
+                v = getattr(self, key)
+                _check(_finite(v) and v > 0, f"schedule.{key}", v, "a finite learning rate > 0")
 
 
 @dataclass
@@ -170,6 +226,11 @@ class StepSchedule(ScheduleConfig):
     gamma: float = option(0.5, "factor applied every `every` steps")
     every: int = option(50, "steps between two changes of the rate")
 
+    def check(self) -> None:
+        super().check()
+        _check(_finite(self.gamma) and self.gamma > 0, "schedule.gamma", self.gamma, "a finite number > 0")
+        check_positive_int("schedule.every", self.every)
+
 
 @dataclass
 class TrainerConfig:
@@ -179,6 +240,10 @@ class TrainerConfig:
     accelerator: str = option("auto", "auto, cpu or gpu (Lightning's accelerator)")
     threads: int = option(1, "torch threads per job, capped so that parallel workers x threads fit the cores")
     lightning: dict[str, Any] = field(default_factory=dict, metadata={"help": "Lightning's own arguments"})
+
+    def check(self) -> None:  # Lightning's own arguments are Lightning's to check (preflight.check_trainer)
+        _one_of("trainer.accelerator", self.accelerator, ACCELERATORS)
+        check_positive_int("trainer.threads", self.threads)
 
 
 # the trainer's keys in every config, so that `trainer.precision=64` needs no `+`
@@ -197,11 +262,24 @@ class TrackingConfig:
     system_metrics: bool = option(False, "record MLflow's system metrics (CPU, memory, ...) beside the run's; "
                                          "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true does the same")
 
+    def check(self) -> None:
+        _check_uri(self.uri)
+        _check(bool(self.experiment), "tracking.experiment", self.experiment, "a non-empty name")
+        _check(self.run_name is None or bool(self.run_name.strip()), "tracking.run_name", self.run_name,
+               "null or a non-empty name")
+        _check(self.registered_model is None or bool(self.registered_model.strip()), "tracking.registered_model",
+               self.registered_model, "null or a non-empty name")
+
 
 @dataclass
 class PlotConfig:
     every_n_epochs: int = option(1, "a boundary image every n epochs (the first and last always)")
     resolution: int = option(480, "width of the boundary pictures and animation in pixels (height follows the plane)")
+
+    def check(self) -> None:
+        check_positive_int("plot.every_n_epochs", self.every_n_epochs)
+        _check(_positive_int(self.resolution) and 16 <= self.resolution <= 2048, "plot.resolution", self.resolution,
+               "an integer from 16 to 2048 (pixels)")
 
 
 @dataclass
@@ -222,6 +300,22 @@ class Config:
     seed: int = option(0, "seeds the initial weights, the training batches and the test set (0 to 2^32 - 1, "
                           "Lightning's range)")
     resume: str | None = option(None, "checkpoints/last.ckpt of an interrupted run: continue that MLflow run")
+
+    def check(self) -> None:
+        """Each section's ranges, then the whole config's: the callbacks, loggers, seed and resume."""
+        for section in (self.data, self.model, self.loss, self.optimizer, self.schedule, self.trainer, self.tracking,
+                        self.plot):
+            section.check()
+        for name, callback in self.callbacks.items():
+            _check(isinstance(callback, dict) and isinstance(callback.get("_target_"), str), f"callbacks.{name}",
+                   callback, "a Lightning callback's config, with its _target_ (see conf/callbacks/)")
+        for name, logger in self.logger.items():
+            _check(isinstance(logger, dict) and isinstance(logger.get("_target_"), str), f"logger.{name}",
+                   logger, "a Lightning logger's config, with its _target_ (see conf/logger/)")
+        _check(isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED, "seed", self.seed,
+               f"an integer from 0 to {MAX_SEED}")
+        _check(self.resume is None or bool(self.resume.strip()), "resume", self.resume,
+               "null, or the path of an interrupted run's checkpoints/last.ckpt")
 
 
 def resolve_uri(uri: str | None, cwd: str | Path | None = None) -> str:
@@ -424,64 +518,7 @@ def validate(cfg: DictConfig) -> Config:
         raise ConfigError(key, value, first_line(e)) from None
     c: Config = OmegaConf.to_object(typed)  # type: ignore[assignment]
     c.trainer = _trainer(c.trainer)
-
-    d, m, o, s = c.data, c.model, c.optimizer, c.schedule
-    for key in ("num_batches", "batch_size", "test_size"):
-        check_positive_int(f"data.{key}", getattr(d, key))
-    _check(d.val_size == 0 or _positive_int(d.val_size), "data.val_size", d.val_size, "an integer >= 0")
-    _check(_finite(d.noise) and d.noise >= 0, "data.noise", d.noise, "a finite number >= 0")
-    if isinstance(d, CirclesData):
-        _check(_finite(d.factor) and 0 < d.factor < 1, "data.factor", d.factor, "a number between 0 and 1")
-    if isinstance(d, BlobsData):
-        _check(_finite(d.offset) and d.offset > 0, "data.offset", d.offset, "a finite number > 0")
-    if isinstance(d, SpiralData):
-        _check(_finite(d.turns) and d.turns > 0, "data.turns", d.turns, "a finite number > 0")
-    for i, h in enumerate(m.hidden):
-        check_positive_int(f"model.hidden[{i}]", h)
-    _one_of("model.activation", m.activation, ACTIVATIONS)
-    _one_of("model.init", m.init, INITS)
-    _one_of("loss", c.loss.name, LOSSES)
-    _one_of("loss.penalty", c.loss.penalty, PENALTIES)
-    _check(_finite(c.loss.alpha) and c.loss.alpha >= 0, "loss.alpha", c.loss.alpha, "a finite number >= 0")
-    _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay,
-           "a finite number >= 0")
-    if isinstance(o, MomentumOptimizer):
-        _check(_finite(o.momentum) and 0 <= o.momentum < 1, "optimizer.momentum", o.momentum, "a number in [0, 1)")
-        _check(_finite(o.dampening) and 0 <= o.dampening <= 1, "optimizer.dampening", o.dampening,
-               "a number in [0, 1]")
-        _check(not o.nesterov or (o.momentum > 0 and o.dampening == 0), "optimizer.nesterov", o.nesterov,
-               "false, or true with momentum > 0 and dampening 0 (torch's Nesterov)")
-    if isinstance(o, AdamOptimizer):
-        _check(len(o.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in o.betas), "optimizer.betas",
-               o.betas, "two numbers in [0, 1)")
-        _check(_finite(o.eps) and o.eps > 0, "optimizer.eps", o.eps, "a finite number > 0")
-    for key in ("start", "end", "lr"):
-        if hasattr(s, key):
-            v = getattr(s, key)
-            _check(_finite(v) and v > 0, f"schedule.{key}", v, "a finite learning rate > 0")
-    if isinstance(s, StepSchedule):
-        _check(_finite(s.gamma) and s.gamma > 0, "schedule.gamma", s.gamma, "a finite number > 0")
-        check_positive_int("schedule.every", s.every)
-    _one_of("trainer.accelerator", c.trainer.accelerator, ACCELERATORS)
-    check_positive_int("trainer.threads", c.trainer.threads)
-    _check_uri(c.tracking.uri)
-    _check(bool(c.tracking.experiment), "tracking.experiment", c.tracking.experiment, "a non-empty name")
-    _check(c.tracking.run_name is None or bool(c.tracking.run_name.strip()), "tracking.run_name",
-           c.tracking.run_name, "null or a non-empty name")
-    _check(c.tracking.registered_model is None or bool(c.tracking.registered_model.strip()),
-           "tracking.registered_model", c.tracking.registered_model, "null or a non-empty name")
-    check_positive_int("plot.every_n_epochs", c.plot.every_n_epochs)
-    _check(_positive_int(c.plot.resolution) and 16 <= c.plot.resolution <= 2048, "plot.resolution",
-           c.plot.resolution, "an integer from 16 to 2048 (pixels)")
-    for name, callback in c.callbacks.items():
-        _check(isinstance(callback, dict) and isinstance(callback.get("_target_"), str), f"callbacks.{name}",
-               callback, "a Lightning callback's config, with its _target_ (see conf/callbacks/)")
-    for name, logger in c.logger.items():
-        _check(isinstance(logger, dict) and isinstance(logger.get("_target_"), str), f"logger.{name}",
-               logger, "a Lightning logger's config, with its _target_ (see conf/logger/)")
-    _check(isinstance(c.seed, int) and 0 <= c.seed <= MAX_SEED, "seed", c.seed, f"an integer from 0 to {MAX_SEED}")
-    _check(c.resume is None or bool(c.resume.strip()), "resume", c.resume,
-           "null, or the path of an interrupted run's checkpoints/last.ckpt")
+    c.check()
     _check_memory(c)
     return c
 
