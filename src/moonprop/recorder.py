@@ -264,6 +264,40 @@ def close_shared() -> None:
 
 def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
     """The child's loop: apply each message to the run it names, answer `start` and `end`."""
+    _settle_child()
+    from moonprop.tracking import prepare
+
+    # after MLflow's import, which sets its own: "Creating initial MLflow database tables..." is noise
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+    def reply(seq: int, op: str, kind: str, value: Any = None) -> None:
+        pickle.dump((seq, op, kind, value), replies)
+        replies.flush()
+
+    writers = _Writers(reply)
+    while True:
+        try:
+            op, *args = pickle.load(inbox)
+        except (EOFError, pickle.UnpicklingError):  # the pipe closed, between messages or within
+            # one: a trainer killed while it wrote leaves a truncated message
+            writers.abandon("the training process ended without closing its run (killed, or out of memory)")
+            return
+        if op == "call":  # a sweep's parent run (summary.py): no part of any run
+            ticket, function, kwargs = args
+            try:
+                reply(ticket, op, "ok", _summary_calls()[function](**kwargs))
+            except Exception as e:
+                reply(ticket, op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")
+                traceback.print_exc(file=sys.stderr)
+        elif op == "prepare":  # a run is coming: open its store now, while the trainer imports Lightning
+            with contextlib.suppress(Exception):  # the run's start reports whatever is wrong
+                prepare(*args)
+        else:
+            writers.handle(op, *args)
+
+
+def _settle_child() -> None:
+    """The recorder's process: deaf to the signals its trainer handles, MLflow's retries bounded."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -274,66 +308,53 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     logging.getLogger("urllib3.connectionpool").addFilter(_SayRetrying())
-    from moonprop.tracking import FLUSH_EVERY_S, RunWriter, prepare
 
-    # after MLflow's import, which sets its own: "Creating initial MLflow database tables..." is noise
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
-    def reply(seq: int, op: str, kind: str, value: Any = None) -> None:
-        pickle.dump((seq, op, kind, value), replies)
-        replies.flush()
+class _Writers:
+    """The runs a recorder is writing, by the parent's numbers, and what each message does to one."""
 
-    runs: dict[int, RunWriter] = {}  # the runs being written, by the parent's numbers
-    broken: set[int] = set()  # after a store error: report it once, then drop the run's writes until `end`
-    while True:
-        try:
-            op, *args = pickle.load(inbox)
-        except (EOFError, pickle.UnpicklingError):  # the pipe closed, between messages or within
-            # one: a trainer killed while it wrote leaves a truncated message
-            for run in runs.values():
-                with contextlib.suppress(Exception):
-                    run.close("FAILED", "the training process ended without closing its run "
-                                        "(killed, or out of memory)")
-            return
-        if op == "call":  # a sweep's parent run (summary.py): no part of any run
-            ticket, function, kwargs = args
-            try:
-                reply(ticket, op, "ok", _summary_calls()[function](**kwargs))
-            except Exception as e:
-                reply(ticket, op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")
-                traceback.print_exc(file=sys.stderr)
-            continue
-        if op == "prepare":  # a run is coming: open its store now, while the trainer imports Lightning
-            with contextlib.suppress(Exception):  # the run's start reports whatever is wrong
-                prepare(*args)
-            continue
-        seq, *args = args
+    def __init__(self, reply: Callable[..., None]) -> None:
+        from moonprop.tracking import FLUSH_EVERY_S, RunWriter
+
+        self.reply, self.flush_every, self.open = reply, FLUSH_EVERY_S, RunWriter.open
+        self.runs: dict[int, Any] = {}  # RunWriter by the parent's number
+        self.broken: set[int] = set()  # after a store error: report it once, then drop the run's writes until `end`
+
+    def handle(self, op: str, seq: int, *args: Any) -> None:
         try:
             if op == "start":
-                runs[seq] = RunWriter.open(**args[0])
-                reply(seq, op, "ok", (runs[seq].id, runs[seq].name))
+                self.runs[seq] = run = self.open(**args[0])
+                self.reply(seq, op, "ok", (run.id, run.name))
                 # A flush costs ~5 ms besides its rows: a recorder writing 200 runs, each flushed
                 # every second, would do nothing else. Each run is flushed every 50 ms x runs open.
-                for run in runs.values():
-                    run.flush_every = max(FLUSH_EVERY_S, 0.05 * len(runs))
+                for run in self.runs.values():
+                    run.flush_every = max(self.flush_every, 0.05 * len(self.runs))
             elif op == "end":
-                status, error, details = args
-                broken.discard(seq)
-                if (run := runs.pop(seq, None)) is None:
-                    reply(seq, op, "error", "the run could not be opened")
-                    continue
-                if status == "FINISHED":
-                    run.log_final_pictures()
-                run.close(status, error, details)
-                reply(seq, op, "ok", (run.id, run.model_id))
-            elif seq in runs and seq not in broken:
-                run = runs[seq]
+                self.end(seq, *args)
+            elif seq in self.runs and seq not in self.broken:
+                run = self.runs[seq]
                 {"metrics": run.log_metrics, "image": run.log_image, "model": run.log_model,
                  "tags": run.set_tags}[op](*args)
         except Exception as e:
-            broken.add(seq)
-            reply(seq, op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")
+            self.broken.add(seq)
+            self.reply(seq, op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")
             traceback.print_exc(file=sys.stderr)
+
+    def end(self, seq: int, status: str, error: str | None, details: str | None) -> None:
+        self.broken.discard(seq)
+        if (run := self.runs.pop(seq, None)) is None:
+            self.reply(seq, "end", "error", "the run could not be opened")
+            return
+        if status == "FINISHED":
+            run.log_final_pictures()
+        run.close(status, error, details)
+        self.reply(seq, "end", "ok", (run.id, run.model_id))
+
+    def abandon(self, reason: str) -> None:
+        """End every run still open FAILED with `reason`: its trainer is gone."""
+        for run in self.runs.values():
+            with contextlib.suppress(Exception):
+                run.close("FAILED", reason)
 
 
 class _SayRetrying(logging.Filter):

@@ -235,8 +235,23 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
     client.log_text(parent, _csv(rows), "jobs.csv")
     client.log_text(parent, table, "summary.md")
     client.log_table(parent, {k: [c[k] for c in configs] for k in configs[0]}, "summary.json")
-    # metrics, so that the runs table sorts and charts sweeps against each other
-    counts = {"jobs/finished": len(finished), "jobs/failed": sum(map(_failed, rows))}
+    _record_best(client, parent, rows, best, best_job, sweep_dir.name, registered_model)
+    _pictures(client, parent, rows, configs, best_job)
+    (sweep_dir / "summary.md").write_text(table)
+    _record_search(client, parent, sweep_dir / "optimization_results.yaml")
+    pruned = sum(r["status"] == "PRUNED" for r in rows)
+    text = (f"\nsweep {sweep_dir.name}: {len(finished)} of {len(rows)} jobs finished in {len(configs)} "
+            f"configuration{'s' * (len(configs) != 1)}"
+            f"{f', {pruned} pruned' if pruned else ''}\n{table}\n"
+            f"summary: {sweep_dir}/summary.md and the parent run {parent}")
+    return rows, text
+
+
+def _record_best(client: MlflowClient, parent: str, rows: list[dict[str, Any]], best: dict[str, Any] | None,
+                 best_job: dict[str, Any] | None, sweep_id: str, registered_model: str | None) -> None:
+    """The jobs counted and the best as the parent's metrics (so that the runs table sorts and
+    charts sweeps against each other) and tags; the best job's model registered, if asked."""
+    counts = {"jobs/finished": sum(map(_finished, rows)), "jobs/failed": sum(map(_failed, rows))}
     chosen: dict[str, Any] = {}
     tags: dict[str, str] = {}
     if best and best_job:
@@ -250,11 +265,17 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
     if best_job and registered_model and (model_id := logged_model.model_id_of(client, best_job["run_id"])):
         version = logged_model.register(client, registered_model, model_id, best_job["run_id"],
                                         alias=logged_model.BEST_ALIAS,
-                                        tags={"sweep.id": sweep_dir.name, "val_acc": str(best_job["val_acc"]),
+                                        tags={"sweep.id": sweep_id, "val_acc": str(best_job["val_acc"]),
                                               "test_acc": str(best_job["test_acc"])})
         client.set_tag(parent, "best_model_version", f"{registered_model}/{version}")
 
+
+def _pictures(client: MlflowClient, parent: str, rows: list[dict[str, Any]], configs: list[dict[str, Any]],
+              best_job: dict[str, Any] | None) -> None:
+    """boundaries.png (every job's final boundary, laid out by the swept values) and curves.png
+    (each configuration's mean test/acc curve with its spread) on the parent."""
     keys = [k for k in client.get_run(parent).data.tags.get("sweep.keys", "").split(",") if k]
+    finished = [r for r in rows if _finished(r)]
     boundaries: dict[int, Image.Image | None] = {}
     curves: dict[int, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -274,18 +295,15 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
         plot.curves([(config, runs) for config, runs in by_config.items() if runs]).save(Path(tmp) / "curves.png")
         client.log_artifact(parent, str(Path(tmp) / "boundaries.png"))
         client.log_artifact(parent, str(Path(tmp) / "curves.png"))
-    (sweep_dir / "summary.md").write_text(table)
-    search = sweep_dir / "optimization_results.yaml"  # hydra/sweeper=search's answer
-    if search.exists():
-        results = yaml.safe_load(search.read_text())
-        client.log_artifact(parent, str(search))
-        for key in ("best_params", "importances", "trials"):
-            if key in results:
-                client.set_tag(parent, f"search.{key}", json.dumps(results[key]))
-        client.set_tag(parent, "search.study", results["study"])
-    pruned = sum(r["status"] == "PRUNED" for r in rows)
-    text = (f"\nsweep {sweep_dir.name}: {len(finished)} of {len(rows)} jobs finished in {len(configs)} "
-            f"configuration{'s' * (len(configs) != 1)}"
-            f"{f', {pruned} pruned' if pruned else ''}\n{table}\n"
-            f"summary: {sweep_dir}/summary.md and the parent run {parent}")
-    return rows, text
+
+
+def _record_search(client: MlflowClient, parent: str, search: Path) -> None:
+    """hydra/sweeper=search's answer (its optimization_results.yaml) on the parent, if it is one."""
+    if not search.exists():
+        return
+    results = yaml.safe_load(search.read_text())
+    client.log_artifact(parent, str(search))
+    for key in ("best_params", "importances", "trials"):
+        if key in results:
+            client.set_tag(parent, f"search.{key}", json.dumps(results[key]))
+    client.set_tag(parent, "search.study", results["study"])
