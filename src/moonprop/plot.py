@@ -372,23 +372,7 @@ def small_multiples(cells: Sequence[tuple[dict[str, str], str, Image.Image | Non
     line, gap = size + 5, 12
     heights = [height_of(image) if image is not None else None for _, _, image, _ in cells]
 
-    def text_of(values: dict[str, str], names: Sequence[str]) -> str:
-        return " ".join(f"{k}={values.get(k, '-')}" for k in names)
-
-    if len(keys) > 1:
-        rows = list(dict.fromkeys(values.get(keys[0], "-") for values, *_ in cells))
-        columns = list(dict.fromkeys(text_of(values, keys[1:]) for values, *_ in cells))
-        place = {i: (rows.index(values.get(keys[0], "-")), columns.index(text_of(values, keys[1:])))
-                 for i, (values, *_) in enumerate(cells)}
-        headers = [wrap(c, size, tile[0]) for c in columns]
-        row_names = [wrap(f"{keys[0]}={r}", size, 2 * tile[0] // 3) for r in rows]
-        titles = {i: [] for i in place}
-    else:
-        columns = [""] * min(len(cells), max(1, math.ceil(math.sqrt(len(cells) * 1.5))))
-        rows = [""] * math.ceil(len(cells) / len(columns))
-        place = {i: divmod(i, len(columns)) for i in range(len(cells))}
-        headers, row_names = [[] for _ in columns], [[] for _ in rows]
-        titles = {i: wrap(text_of(values, keys) or "the job", size, tile[0]) for i, (values, *_) in enumerate(cells)}
+    rows, columns, place, headers, row_names, titles = _grid([values for values, *_ in cells], keys, size, tile[0])
     header_h = max(len(h) for h in headers) * line + (gap if any(headers) else 0)
     left = max((text_size(name, size)[0] for lines in row_names for name in lines), default=0)
     left = left + gap if left else 0
@@ -412,19 +396,67 @@ def small_multiples(cells: Sequence[tuple[dict[str, str], str, Image.Image | Non
         x, y, tile_h = gap + left + c * cell_w, row_top[r], heights[i] or row_h[r]
         for k, text in enumerate(titles[i]):
             draw.text((x, y + k * line), text, fill=TEXT, font=font(size))
-        y += title_h
         if image is not None:
-            canvas.paste(image.convert("RGB").resize((tile_width, height_of(image)), Image.Resampling.LANCZOS), (x, y))
-        else:
-            draw.rectangle((x, y, x + tile[0] - 1, y + tile_h - 1), fill=(235, 235, 235))
-        # the result where the picture's own caption was, which is too small to read at half size
-        label = result + ("  best" if best else "")
-        draw.rectangle((x, y, x + max(text_size(label, size)[0] + 12, tile[0] // 2), y + line + 6), fill="white")
-        colour = FAILED if not result.startswith("acc") else BEST if best else TEXT
-        draw.text((x + 6, y + 4), label, fill=colour, font=font(size))
-        if best:
-            draw.rectangle((x - 3, y - 3, x + tile[0] + 2, y + tile_h + 2), outline=BEST, width=3)
+            image = image.convert("RGB").resize((tile_width, height_of(image)), Image.Resampling.LANCZOS)
+        _tile(canvas, (x, y + title_h, tile[0], tile_h), image, result, best, size)
     return canvas
+
+
+def _grid(cells: list[dict[str, str]], keys: list[str], size: int, tile_width: int) -> tuple[
+        list[str], list[str], dict[int, tuple[int, int]], list[list[str]], list[list[str]], dict[int, list[str]]]:
+    """small_multiples' layout of jobs by their swept values: its rows and columns, each job's
+    (row, column), the columns' headers, the rows' names and each tile's own title, as wrapped lines."""
+    def text_of(values: dict[str, str], names: Sequence[str]) -> str:
+        return " ".join(f"{k}={values.get(k, '-')}" for k in names)
+
+    if len(keys) > 1:  # the first key's values label the rows, the others' the columns
+        rows = list(dict.fromkeys(values.get(keys[0], "-") for values in cells))
+        columns = list(dict.fromkeys(text_of(values, keys[1:]) for values in cells))
+        place = {i: (rows.index(values.get(keys[0], "-")), columns.index(text_of(values, keys[1:])))
+                 for i, values in enumerate(cells)}
+        headers = [wrap(c, size, tile_width) for c in columns]
+        row_names = [wrap(f"{keys[0]}={r}", size, 2 * tile_width // 3) for r in rows]
+        return rows, columns, place, headers, row_names, {i: [] for i in place}
+    columns = [""] * min(len(cells), max(1, math.ceil(math.sqrt(len(cells) * 1.5))))  # titled tiles, wrapped
+    rows = [""] * math.ceil(len(cells) / len(columns))
+    place = {i: divmod(i, len(columns)) for i in range(len(cells))}
+    titles = {i: wrap(text_of(values, keys) or "the job", size, tile_width) for i, values in enumerate(cells)}
+    return rows, columns, place, [[] for _ in columns], [[] for _ in rows], titles
+
+
+def _tile(canvas: Image.Image, box: tuple[int, int, int, int], image: Image.Image | None, result: str, best: bool,
+          size: int) -> None:
+    """One job's tile at (x, y, width, height): its picture (grey without one), its result where the
+    picture's own caption was (too small to read at half size), a green frame if it is the best."""
+    x, y, width, height = box
+    draw = ImageDraw.Draw(canvas)
+    if image is not None:
+        canvas.paste(image, (x, y))
+    else:
+        draw.rectangle((x, y, x + width - 1, y + height - 1), fill=(235, 235, 235))
+    label, line = result + ("  best" if best else ""), size + 5
+    draw.rectangle((x, y, x + max(text_size(label, size)[0] + 12, width // 2), y + line + 6), fill="white")
+    colour = FAILED if not result.startswith("acc") else BEST if best else TEXT
+    draw.text((x + 6, y + 4), label, fill=colour, font=font(size))
+    if best:
+        draw.rectangle((x - 3, y - 3, x + width + 2, y + height + 2), outline=BEST, width=3)
+
+
+def _mean_curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]]) -> tuple[
+        list[np.ndarray], list[np.ndarray | None], list[str]]:
+    """Each configuration's mean curve over its seeds (as long as its shortest), its standard
+    deviation (None with one seed), and its legend: name, final mean, spread, number of seeds."""
+    means, spreads, legend = [], [], []
+    for label, runs in groups:
+        steps = min(len(r) for r in runs) if runs else 0
+        stacked = np.array([list(r[:steps]) for r in runs], dtype=float).reshape(len(runs), steps)
+        mean = stacked.mean(0) if len(runs) else np.zeros(0)
+        spread = stacked.std(0, ddof=1) if len(runs) > 1 else None
+        final = f"  {mean[-1]:.3f}" if len(mean) else ""
+        legend.append(f"{label}{final}" + (f" ± {spread[-1]:.3f} (n={len(runs)})" if spread is not None else ""))
+        means.append(mean)
+        spreads.append(spread)
+    return means, spreads, legend
 
 
 def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int = 900,
@@ -436,19 +468,10 @@ def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int =
     plot naming each with its final mean, spread and number of seeds."""
     size = 16
     line = size + 6
-    means, spreads = [], []
-    for _, runs in groups:
-        steps = min(len(r) for r in runs) if runs else 0
-        stacked = np.array([list(r[:steps]) for r in runs], dtype=float).reshape(len(runs), steps)
-        means.append(stacked.mean(0) if len(runs) else np.zeros(0))
-        spreads.append(stacked.std(0, ddof=1) if len(runs) > 1 else None)
+    means, spreads, legend = _mean_curves(groups)
     longest = max((len(m) for m in means), default=1)
     settled = [x for m in means for x in m[max(1, len(m) // 10):]] or [0.5]
     lo = max(0.0, math.floor(min(settled) * 20) / 20 - 0.05)  # a multiple of 0.05 below the lowest
-    legend = []
-    for (label, runs), mean, spread in zip(groups, means, spreads, strict=True):
-        final = f"  {mean[-1]:.3f}" if len(mean) else ""
-        legend.append(f"{label}{final}" + (f" ± {spread[-1]:.3f} (n={len(runs)})" if spread is not None else ""))
     legend_w = max((text_size(t, size)[0] for t in legend), default=0) + 40
     height = max(height, 60 + line * len(groups))
     image = Image.new("RGB", (width + legend_w, height), "white")
@@ -470,8 +493,7 @@ def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int =
         draw.text((x(epoch), y1 + 6), _label(epoch), fill=MUTED, font=font(size), anchor="ma")
     draw.text(((x0 + x1) / 2, y1 + 30), "epoch", fill=MUTED, font=font(size), anchor="ma")
     step = 0.05 if 1 - lo <= 0.3 else 0.1
-    for k in range(int((1 - lo) / step + 1e-9) + 1):
-        value = 1.0 - k * step
+    for value in (1.0 - k * step for k in range(int((1 - lo) / step + 1e-9) + 1)):
         draw.line((x0, y(value), x1, y(value)), fill=(240, 240, 240))
         draw.text((x0 - 6, y(value)), f"{value:.2f}", fill=MUTED, font=font(size), anchor="rm")
     bands = Image.new("RGBA", image.size, (255, 255, 255, 0))  # translucent: overlapping bands stay readable

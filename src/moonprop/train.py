@@ -223,15 +223,7 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
                               t.job, params(t.cfg), e)
         return [one_line(e)] * len(tasks)
     saved = resumed_batch(checkpoint, [spec["params"] for spec in specs]) if checkpoint.is_file() else None
-    runs: list[Run | None] = []
-    for job, spec in enumerate(specs):
-        recorder = recorders[job % len(recorders)]
-        if saved is None:
-            runs.append(recorder.start(**spec))
-        elif job in saved["errors"]:  # its run ended FAILED before the interruption
-            runs.append(None)
-        else:
-            runs.append(recorder.start(**spec, resume_run_id=saved["run_ids"][job]))
+    runs = _batch_runs(specs, recorders, saved)
     tracker = BatchedMlflowCallback(runs, datamodule.test, [c.plot for c in cfgs], cfgs[0].data.num_batches,
                                     [spec["params"] for spec in specs], [data.plane for data in datamodule.jobs])
     stopper = GracefulStop(checkpoint, how_to_continue)
@@ -256,6 +248,22 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
             run.end("FINISHED", wait=False)
     chosen = tracker.val_acc if cfgs[0].data.val_size else tracker.test_acc
     return [tracker.errors.get(job, chosen[job]) for job in range(len(tasks))]  # type: ignore[misc]
+
+
+def _batch_runs(specs: list[dict[str, Any]], recorders: list[Recorder],
+                saved: dict[str, Any] | None) -> list[Run | None]:
+    """Each job's run, shared out among the recorders: new, or, continuing an interrupted batch
+    (`saved`), the run it had (None for a job whose run had ended FAILED before)."""
+    runs: list[Run | None] = []
+    for job, spec in enumerate(specs):
+        recorder = recorders[job % len(recorders)]
+        if saved is None:
+            runs.append(recorder.start(**spec))
+        elif job in saved["errors"]:
+            runs.append(None)
+        else:
+            runs.append(recorder.start(**spec, resume_run_id=saved["run_ids"][job]))
+    return runs
 
 
 def resumed_batch(checkpoint: Path, params: list[dict[str, str]]) -> dict[str, Any]:
