@@ -480,7 +480,7 @@ def check_resumable(config: Config, saved: dict[str, Any]) -> None:
 def check_schema(uri: str, db: Path) -> None:
     """A store a newer MLflow has opened is migrated one way; this MLflow then refuses it with advice
     to upgrade it (`mlflow db upgrade`), which cannot help. Its revisions are the files of MLflow's
-    migration folder, read without importing MLflow (a second of this check's time)."""
+    migration folder, read without importing MLflow (which takes a second)."""
     if not db.is_file():
         return
     try:
