@@ -26,8 +26,8 @@ def test_default_config_is_the_seed_experiment():
                                                   logger={"mlflow": {"_target_": "moonprop.loggers.MlflowRecord"}}))
     assert asdict(make_config()) == {
         "data": {"name": "moons", "num_batches": 150, "batch_size": 50, "test_size": 1000, "val_size": 1000,
-                 "noise": 0.1},
-        "model": {"hidden": [16, 16], "activation": "relu", "init": "uniform"},
+                 "train_size": None, "noise": 0.1},
+        "model": {"hidden": [16, 16], "activation": "relu", "init": "uniform", "features": ["x1", "x2"]},
         "loss": {"name": "hinge", "alpha": 1e-4, "penalty": "l2"},
         "optimizer": {"name": "sgd", "weight_decay": 0.0},
         "schedule": {"name": "linear", "start": 1.0, "end": 0.1},

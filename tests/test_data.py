@@ -107,3 +107,27 @@ def test_noise_moves_points_off_the_curves():
     x0, _ = points(MoonsData(noise=0.0), 200, seed=0, stream=0)
     x1, _ = points(MoonsData(noise=0.3), 200, seed=0, stream=0)
     assert (x0 - x1).abs().mean() > 0.1
+
+
+def test_a_finite_training_set_is_passed_over_in_shuffled_batches():
+    """data.train_size: the batches come from one set drawn from its own stream; each pass over it
+    is a fresh shuffle of all its points; a batch that does not fit a pass takes the next one's start."""
+    dm = MoonsDataModule(MoonsData(batch_size=10, train_size=30), seed=3)
+    x, y = dm.train
+    assert x.shape == (30, 2) and not torch.equal(x, points(MoonsData(), 30, seed=3, stream=0)[0])
+
+    def rows(batch):
+        return [tuple(p) for p in batch[0].tolist()]
+
+    every = [tuple(p) for p in x.tolist()]
+    passes = [sum((rows(dm.train_batch(3 * p + k)) for k in range(3)), []) for p in range(3)]
+    for one_pass in passes:
+        assert sorted(one_pass) == sorted(every)  # every point once a pass
+    assert passes[0] != passes[1] != passes[2]  # in a new order each time
+    assert torch.equal(dm.train_batch(4)[0], MoonsDataModule(MoonsData(batch_size=10, train_size=30), 3).train_batch(4)[0])
+    straddling = MoonsDataModule(MoonsData(batch_size=20, train_size=30), seed=3)
+    first, second = rows(straddling.train_batch(0)), rows(straddling.train_batch(1))
+    assert len(second) == 20 and sorted(first + second[:10]) == sorted(every)  # the pass ends 10 points in
+    (scored,) = list(dm.val_dataloader())
+    assert torch.equal(scored["train"][0], x)  # scored whole after every epoch: train/acc
+    assert "train" not in next(iter(MoonsDataModule(MoonsData(), seed=3).val_dataloader()))  # the seed's way

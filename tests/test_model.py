@@ -1,8 +1,12 @@
+import io
+
 import numpy as np
 import pytest
 import torch
 
-from moonprop.model import ACTIVATIONS, MLP, accuracy, loss, stacked_forward
+from moonprop import config
+from moonprop.callbacks import torchscript
+from moonprop.model import ACTIVATIONS, FEATURES, MLP, accuracy, expand, loss, stacked_forward
 
 
 def test_seed_network_has_337_parameters():
@@ -104,5 +108,42 @@ def test_stacked_forward_scores_each_network_as_its_own_forward(activation):
     params = [torch.stack(ps) for ps in zip(*(net.parameters() for net in nets), strict=True)]
     points = torch.randn(3, 50, 2)
     scores = stacked_forward(params, points, activation)
+    for job, net in enumerate(nets):
+        torch.testing.assert_close(scores[job], net(points[job]))
+
+
+def test_features_are_playgrounds_computed_from_the_point():
+    x = torch.tensor([[0.5, -2.0], [3.0, 0.25]])
+    expected = {"x1": x[:, 0], "x2": x[:, 1], "sq_x1": x[:, 0] ** 2, "sq_x2": x[:, 1] ** 2, "x1x2": x[:, 0] * x[:, 1],
+                "sin_x1": torch.sin(x[:, 0]), "sin_x2": torch.sin(x[:, 1])}
+    assert set(expected) == set(FEATURES) == set(config.FEATURES)  # the config's names are the model's
+    names = tuple(expected)
+    torch.testing.assert_close(expand(x, names), torch.stack(list(expected.values()), dim=-1))
+    assert expand(x, ("x1", "x2")) is x  # the seed's: the points themselves, untouched
+
+
+def test_features_are_part_of_the_network_which_takes_points(tmp_path):
+    """The first layer sees the features; the network, and its TorchScript (a run's MLflow model),
+    take points (n, 2). Networks of one shape with other features do not share a trace."""
+    features = ("sq_x1", "sq_x2", "x1x2")
+    net = MLP([4], torch.Generator().manual_seed(0), features=features).eval()
+    assert net[0].weight.shape == (4, 3) and [n for n, _ in net.named_parameters()][0] == "0.weight"
+    x = torch.randn(7, 2)
+    by_hand = torch.relu(expand(x, features) @ net[0].weight.T + net[0].bias) @ net[2].weight.T + net[2].bias
+    torch.testing.assert_close(net(x), by_hand.squeeze(-1))
+    traced: dict = {}
+    other = MLP([4], torch.Generator().manual_seed(0), features=("x1", "x2", "sin_x1")).eval()
+    for network in (net, other):
+        loaded = torch.jit.load(io.BytesIO(torchscript(network, traced)))
+        torch.testing.assert_close(loaded(x), network(x))
+    assert len(traced) == 2
+
+
+def test_stacked_forward_computes_the_features_as_each_network_does():
+    features = ("x1", "sin_x2", "sq_x1")
+    nets = [MLP([8], torch.Generator().manual_seed(seed), features=features) for seed in range(2)]
+    params = [torch.stack(ps) for ps in zip(*(net.parameters() for net in nets), strict=True)]
+    points = torch.randn(2, 30, 2)
+    scores = stacked_forward(params, points, "relu", features)
     for job, net in enumerate(nets):
         torch.testing.assert_close(scores[job], net(points[job]))

@@ -16,8 +16,8 @@ slice as torch's optimizer steps the job alone. torch's own optimizers would nee
 per job, so each job's parameters apart and stacked at every step: measured, that costs more than
 it may (README, Speed: "one model for one job and for K").
 
-What must be the same for a batch (stack_key): the depth, the shape of the data, the device, the
-activation, the kind of optimizer and Lightning's arguments. A job with callbacks or loggers of its
+What must be the same for a batch (stack_key): the depth, the features, the shape of the data, the
+device, the activation, the kind of optimizer and Lightning's arguments. A job with callbacks or loggers of its
 own, or whose gradients are clipped by their norm (which would be the norm over the whole batch), trains in
 a batch of one: alone, as it would in-process.
 """
@@ -35,22 +35,25 @@ from torch.func import vmap
 from torch.utils.data import DataLoader
 
 from moonprop.config import RECORD_LOGGER, AdamOptimizer, AdamWOptimizer, Config, MomentumOptimizer
-from moonprop.data import Batch, MoonsDataModule, _OneBatchPerEpoch
-from moonprop.model import MLP, loss, stacked_forward
+from moonprop.data import Batch, MoonsDataModule, _OneBatchPerEpoch, scored
+from moonprop.model import MLP, POINT, loss, stacked_forward
+from moonprop.module import scored_metrics
 from moonprop.schedule import learning_rate
 
 
 def stack_key(cfg: Config, job: int) -> tuple[Any, ...]:
-    """What jobs must share to train together: the depth of the network (widths are padded), the
-    shape of the data (batches, their size, the test set), the device, the activation, the kind of
-    optimizer and Lightning's arguments. Everything else (seed, dataset, noise, init, loss, penalty,
-    its weight, the optimizer's values, schedule, widths, pictures) may differ within a batch. A
-    job with its own callbacks or loggers, or whose gradients are clipped by their norm, is alone (`job`)."""
+    """What jobs must share to train together: the depth of the network (widths are padded), its
+    features, the shape of the data (batches, their size, the test, validation and training sets),
+    the device, the activation, the kind of optimizer and Lightning's arguments. Everything else
+    (seed, dataset, noise, init, loss, penalty, its weight, the optimizer's values, schedule, widths,
+    pictures) may differ within a batch. A job with its own callbacks or loggers, or whose gradients
+    are clipped by their norm, is alone (`job`)."""
     lightning = cfg.trainer.lightning
     alone = bool(cfg.callbacks) or set(cfg.logger) != {RECORD_LOGGER} or (lightning.get("gradient_clip_val") is not None
                                     and lightning.get("gradient_clip_algorithm") != "value")
-    return (len(cfg.model.hidden), cfg.data.num_batches, cfg.data.batch_size, cfg.data.test_size, cfg.data.val_size,
-            cfg.trainer.accelerator, cfg.trainer.threads, cfg.model.activation, cfg.optimizer.name,
+    return (len(cfg.model.hidden), tuple(cfg.model.features), cfg.data.num_batches, cfg.data.batch_size,
+            cfg.data.test_size, cfg.data.val_size, cfg.data.train_size, cfg.trainer.accelerator, cfg.trainer.threads,
+            cfg.model.activation, cfg.optimizer.name,
             json.dumps(lightning, sort_keys=True, default=str), job if alone else None)
 
 
@@ -60,22 +63,23 @@ class StackedMLP(nn.Module):
     masks that are 1 where a job's network has a weight."""
 
     def __init__(self, hidden: list[list[int]], seeds: list[int], activation: str = "relu",
-                 inits: list[str] | None = None) -> None:
+                 inits: list[str] | None = None, features: tuple[str, ...] = POINT) -> None:
         super().__init__()
-        self.hidden, self.activation = [list(h) for h in hidden], activation
+        self.hidden, self.activation, self.features = [list(h) for h in hidden], activation, tuple(features)
         inits = inits or ["uniform"] * len(hidden)
         depth = {len(h) for h in hidden}
         if len(depth) != 1:
             raise ValueError(f"networks of one depth stack, not {sorted(depth)}")
         with torch.device("meta"):  # only its parameters' names and shapes are used
-            template = MLP([max(h[i] for h in hidden) for i in range(depth.pop())], activation=activation)
+            template = MLP([max(h[i] for h in hidden) for i in range(depth.pop())], activation=activation,
+                           features=features)
         self.names = [name for name, _ in template.named_parameters()]
         self.stack = nn.ParameterList(torch.zeros(len(hidden), *p.shape) for p in template.parameters())
         self.padded = len({tuple(h) for h in hidden}) > 1
         masks = [torch.zeros_like(p) for p in self.stack]
         with torch.no_grad():
             for job, (h, seed, init) in enumerate(zip(hidden, seeds, inits, strict=True)):
-                alone = MLP(h, torch.Generator().manual_seed(seed), activation, init)  # the job's own draws
+                alone = MLP(h, torch.Generator().manual_seed(seed), activation, init, features)  # its own draws
                 for stacked, mask, p in zip(self.stack, masks, alone.parameters(), strict=True):
                     stacked[(job, *map(slice, p.shape))] = p
                     mask[(job, *map(slice, p.shape))] = 1.0
@@ -92,7 +96,7 @@ class StackedMLP(nn.Module):
 
     def scores(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         """Scores [K, n] of points x [K, n, 2], each job's points through its own network."""
-        return stacked_forward(list(params.values()), x, self.activation)
+        return stacked_forward(list(params.values()), x, self.activation, self.features)
 
     def forward(self, x: Tensor, jobs: Tensor | None = None) -> Tensor:
         """Scores [K, n] of points x [K, n, 2]; of the jobs `jobs` only, if given."""
@@ -101,7 +105,7 @@ class StackedMLP(nn.Module):
 
     def network(self, job: int) -> MLP:
         """Job `job`'s network alone, as a plain MLP of its own widths."""
-        mlp = MLP(self.hidden[job], activation=self.activation)
+        mlp = MLP(self.hidden[job], activation=self.activation, features=self.features)
         with torch.no_grad():
             for p, stacked in zip(mlp.parameters(), self.stack, strict=True):
                 p.copy_(stacked[(job, *map(slice, p.shape))])
@@ -115,9 +119,8 @@ class BatchedMoonsData(pl.LightningDataModule):
     def __init__(self, cfgs: list[Config]) -> None:
         super().__init__()
         self.jobs = [MoonsDataModule(cfg.data, cfg.seed) for cfg in cfgs]
-        self.test = (torch.stack([dm.test[0] for dm in self.jobs]), torch.stack([dm.test[1] for dm in self.jobs]))
-        self.val = (torch.stack([dm.val[0] for dm in self.jobs]), torch.stack([dm.val[1] for dm in self.jobs])) \
-            if self.jobs[0].val is not None else None
+        self.test = _stacked([dm.test for dm in self.jobs])
+        self.val, self.train = (_stacked([getattr(dm, split) for dm in self.jobs]) for split in ("val", "train"))
 
     def train_batch(self, epoch: int) -> Batch:
         batches = [dm.train_batch(epoch) for dm in self.jobs]
@@ -127,8 +130,14 @@ class BatchedMoonsData(pl.LightningDataModule):
         return _OneBatchPerEpoch(self)  # type: ignore[arg-type]
 
     def val_dataloader(self) -> DataLoader:
-        # one batch, as it is: {"test": (x, y), "val": (x, y)}, each [K, n, ...]
-        return DataLoader([{"test": self.test, **({"val": self.val} if self.val else {})}], batch_size=None)
+        # one batch, as it is: {"test": (x, y), "val": (x, y), "train": (x, y)}, each [K, n, ...]
+        return DataLoader([scored(self)], batch_size=None)
+
+
+def _stacked(sets: list[Batch | None]) -> Batch | None:
+    if sets[0] is None:  # no job has it: one shape for a batch (stack_key)
+        return None
+    return torch.stack([x for x, _ in sets]), torch.stack([y for _, y in sets])  # type: ignore[misc]
 
 
 class BatchedMoonsClassifier(pl.LightningModule):
@@ -146,7 +155,7 @@ class BatchedMoonsClassifier(pl.LightningModule):
         super().__init__()
         self.cfgs = cfgs
         self.net = StackedMLP([cfg.model.hidden for cfg in cfgs], [cfg.seed for cfg in cfgs],
-                              cfgs[0].model.activation, [cfg.model.init for cfg in cfgs])
+                              cfgs[0].model.activation, [cfg.model.init for cfg in cfgs], tuple(cfgs[0].model.features))
         self.register_buffer("alpha", torch.tensor([cfg.loss.alpha for cfg in cfgs]))
         self.loss_kinds = _jobs_by([(cfg.loss.name, cfg.loss.penalty) for cfg in cfgs])  # -> its jobs
         num_batches = cfgs[0].data.num_batches
@@ -194,14 +203,14 @@ class BatchedMoonsClassifier(pl.LightningModule):
     def validation_step(self, batch: dict[str, Batch], batch_idx: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         params = self.net.stacked()
-        for split, prefix in (("val", "val_"), ("test", "")):
+        for split, prefix in (("val", "val_"), ("test", ""), ("train", "train_")):
             if split in batch:
                 x, y = batch[split]
                 losses, scores = self.losses(params, x, y)
                 correct = ((scores > 0) == (y > 0)).sum(1)
                 if self.log_metrics:
-                    self.log_dict({f"{split}/loss": losses[0], f"{split}/acc": int(correct[0]) / y.shape[1]},
-                                  logger=False, batch_size=y.shape[1])
+                    self.log_dict(scored_metrics(split, losses[0], int(correct[0]) / y.shape[1]), logger=False,
+                                  batch_size=y.shape[1])
                 out |= {f"{prefix}losses": losses, f"{prefix}correct": correct}
         return out
 

@@ -20,14 +20,17 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from pytorch_lightning.loggers import Logger
 
 from moonprop import plot
 from moonprop.config import PlotConfig
 from moonprop.jobs import Interrupted
+from moonprop.model import MLP, POINT, expand
 from moonprop.recorder import Run
 
 BOUNDARY_KEY = "test/boundary"  # the prefix puts the image grid next to the test/acc chart
+FEATURES_RESOLUTION = 160  # each feature's tile in features.png
 
 
 def shortest(x: float) -> float:
@@ -39,6 +42,19 @@ def shortest(x: float) -> float:
 def step_of(trainer: pl.Trainer) -> int:
     """The record's step: 0 for the untrained network (the sanity check), k after k batches."""
     return 0 if trainer.sanity_checking else trainer.current_epoch + 1
+
+
+def features_picture(network: MLP, plane: plot.Plane) -> Image.Image | None:
+    """`features.png`, for a network that sees more than the point: each feature over the plane and
+    the weight the network gives it (plot.features)."""
+    if network.features == POINT:
+        return None
+    points = torch.from_numpy(plot.grid(FEATURES_RESOLUTION, plane)).float()
+    values = expand(points, network.features).T.numpy()
+    first = network[0].weight.detach().float().cpu()  # [out, features]
+    signed = first.shape[0] == 1  # no hidden layer: each feature's own weight into the score
+    weights = first[0].tolist() if signed else first.abs().sum(0).tolist()
+    return plot.features(network.features, values, weights, signed, FEATURES_RESOLUTION, plane)
 
 
 def grid_input(points: np.ndarray, pl_module: pl.LightningModule) -> torch.Tensor:
@@ -53,9 +69,11 @@ class MlflowCallback(pl.Callback):
     MLflow does not record) it only hands the loggers their metrics."""
 
     def __init__(self, run: Run | None, test: tuple[torch.Tensor, torch.Tensor], plot_cfg: PlotConfig,
-                 num_epochs: int, params: dict[str, str], plane: plot.Plane = plot.MOONS) -> None:
+                 num_epochs: int, params: dict[str, str], plane: plot.Plane = plot.MOONS,
+                 train: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.run, self.cfg, self.num_epochs, self.params = run, plot_cfg, num_epochs, params
-        self.pictures = plot.Boundary(test[0].numpy(), test[1].numpy(), plot_cfg.resolution, plane)
+        self.pictures = plot.Boundary(test[0].numpy(), test[1].numpy(), plot_cfg.resolution, plane,
+                                      (train[0].numpy(), train[1].numpy()) if train is not None else None)
         self.test_acc: float | None = None  # the latest: what the run returns
         self.last: dict[str, float] = {}  # every metric's latest value, by its key
         self.drawn = -1  # the step of the latest picture
@@ -79,6 +97,8 @@ class MlflowCallback(pl.Callback):
         metrics = {"test/acc": outputs["acc"], "test/loss": shortest(outputs["loss"].item())}
         if "val_acc" in outputs:
             metrics |= {"val/acc": outputs["val_acc"], "val/loss": shortest(outputs["val_loss"].item())}
+        if "train_acc" in outputs:  # a finite training set's, whole
+            metrics["train/acc"] = outputs["train_acc"]
         self._send_metrics(trainer, metrics, step)
         if self.run is None:
             return
@@ -112,6 +132,8 @@ class MlflowCallback(pl.Callback):
         step = trainer.current_epoch  # the last epoch trained: fewer than planned if a callback stopped it
         if self.drawn != step and self.test_acc is not None:  # its picture ends the run's record
             self._picture(pl_module, step)
+        if (inputs := features_picture(pl_module.net, self.pictures.plane)) is not None:
+            self.run.send("picture", inputs, "features.png")
         self.run.send("model", torchscript(pl_module.net), str(torch.__version__), step)
 
 
@@ -139,10 +161,11 @@ class BatchedMlflowCallback(pl.Callback):
 
     def __init__(self, runs: list[Run | None], test: tuple[torch.Tensor, torch.Tensor],
                  plot_cfgs: list[PlotConfig], num_epochs: int, params: list[dict[str, str]],
-                 planes: list[plot.Plane]) -> None:
+                 planes: list[plot.Plane], train: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.runs, self.cfgs, self.num_epochs, self.params = runs, plot_cfgs, num_epochs, params
-        self.pictures = [plot.Boundary(x.numpy(), y.numpy(), cfg.resolution, plane)
-                         for x, y, cfg, plane in zip(test[0], test[1], plot_cfgs, planes, strict=True)]
+        trains = [(x.numpy(), y.numpy()) for x, y in zip(*train, strict=True)] if train is not None else None
+        self.pictures = [plot.Boundary(x.numpy(), y.numpy(), cfg.resolution, plane, trains[job] if trains else None)
+                         for job, (x, y, cfg, plane) in enumerate(zip(*test, plot_cfgs, planes, strict=True))]
         self.drawn = [-1] * len(runs)  # each job's latest picture
         self.test_size = test[1].shape[1]
         self.test_acc: list[float | None] = [None] * len(runs)
@@ -183,6 +206,8 @@ class BatchedMlflowCallback(pl.Callback):
             if val:
                 self.val_acc[job] = val[1][job] / batch["val"][1].shape[1]
                 metrics |= {"val/acc": self.val_acc[job], "val/loss": shortest(val[0][job])}
+            if "train_correct" in outputs:  # a finite training set's, whole
+                metrics["train/acc"] = outputs["train_correct"][job].item() / batch["train"][1].shape[1]
             self._send_metrics(job, metrics, step, now)
         due = [job for job in active if step % self.cfgs[job].every_n_epochs == 0 or step == self.num_epochs]
         for chunk in range(0, len(due), self.CHUNK):
@@ -237,6 +262,8 @@ class BatchedMlflowCallback(pl.Callback):
         traced: dict[tuple[int, ...], torch.jit.ScriptModule] = {}  # tracing costs ~15 ms: once per shape
         for job in active:
             network = pl_module.net.network(job)
+            if (inputs := features_picture(network, self.pictures[job].plane)) is not None:
+                self.runs[job].send("picture", inputs, "features.png")
             self.runs[job].send("model", torchscript(network, traced), str(torch.__version__), step)
 
 
@@ -246,7 +273,7 @@ def torchscript(network: torch.nn.Module, traced: dict[tuple[int, ...], Any] | N
     trace, given each network's weights before it is saved."""
     traced = {} if traced is None else traced
     network = copy.deepcopy(network).float().cpu().eval()  # float32, as its signature says, whatever the precision
-    shape = tuple(p.numel() for p in network.parameters())
+    shape = (getattr(network, "features", None), *(p.numel() for p in network.parameters()))
     with torch.no_grad():
         if shape in traced:
             traced[shape].load_state_dict(network.state_dict())

@@ -42,17 +42,26 @@ class DataConfig:
     """A dataset of two classes in the plane, labelled -1 and +1; `name` picks it (data.py draws it)."""
 
     name: str = MISSING
-    num_batches: int = option(150, "training epochs; each is one batch of freshly drawn points")
+    num_batches: int = option(150, "training epochs; each is one batch of freshly drawn points (from the training "
+                                   "set, with train_size)")
     batch_size: int = option(50, "points per training batch")
     test_size: int = option(1000, "points in the fixed test set, evaluated after every epoch: it only reports")
     val_size: int = option(1000, "points in the fixed validation set, scored every epoch: what a sweep's best, a "
                                  "search and early stopping choose on (0: none, for a single run that chooses nothing)")
+    train_size: int | None = option(None, "null: a fresh batch every epoch (the seed's); N: a fixed training set of "
+                                          "N points, each epoch's batch taken from it, a pass over it in a shuffled "
+                                          "order every train_size / batch_size epochs, its accuracy logged as "
+                                          "train/acc (TensorFlow Playground's ratio of training to test data is "
+                                          "train_size against test_size)")
 
     def check(self) -> None:
         """Refuse, in one line, a value outside what its key allows (every section has one)."""
         for key in ("num_batches", "batch_size", "test_size"):
             check_positive_int(f"data.{key}", getattr(self, key))
         _check(self.val_size == 0 or _positive_int(self.val_size), "data.val_size", self.val_size, "an integer >= 0")
+        _check(self.train_size is None or (_positive_int(self.train_size) and self.train_size >= self.batch_size),
+               "data.train_size", self.train_size,
+               f"null (a fresh batch every epoch) or a number of points >= data.batch_size ({self.batch_size})")
         noise = self.noise  # type: ignore[attr-defined]  # every dataset has its own default
         _check(_finite(noise) and noise >= 0, "data.noise", noise, "a finite number >= 0")
 
@@ -110,10 +119,19 @@ class ModelConfig:
                                       "or leaky_relu (slope 0.01)")
     init: str = option("uniform", "weights: uniform (U(-1, 1), the seed's), kaiming or xavier (uniform, with the "
                                   "activation's gain); biases 0")
+    features: list[str] = option(["x1", "x2"], "what the first layer sees of a point (x1, x2), TensorFlow "
+                                               "Playground's inputs: x1, x2, sq_x1 (x1^2), sq_x2, x1x2 (x1 * x2), "
+                                               "sin_x1, sin_x2; [sq_x1,sq_x2] with hidden=[] separates the circles")
 
     def check(self) -> None:
         for i, h in enumerate(self.hidden):
             check_positive_int(f"model.hidden[{i}]", h)
+        for i, name in enumerate(self.features):
+            spelled = {"x1^2": "sq_x1", "x2^2": "sq_x2", "x1*x2": "x1x2", "sin(x1)": "sin_x1", "sin(x2)": "sin_x2"}
+            _check(name in FEATURES, f"model.features[{i}]", name, f"one of {', '.join(FEATURES)}"
+                   + (f" ({name} is {spelled[name]})" if name in spelled else ""))
+        _check(bool(self.features) and len(set(self.features)) == len(self.features), "model.features",
+               self.features, "one or more features, each once")
         _one_of("model.activation", self.activation, ACTIVATIONS)
         _one_of("model.init", self.init, INITS)
 
@@ -401,6 +419,7 @@ GROUPS: dict[str, dict[str, Any]] = {"data": DATASETS, "optimizer": OPTIMIZERS, 
 LOSSES = ("hinge", "logistic", "squared_hinge")  # conf/loss/<name>.yaml: one LossConfig for all
 PENALTIES = ("l2", "l1", "none")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity", "gelu", "leaky_relu")
+FEATURES = ("x1", "x2", "sq_x1", "sq_x2", "x1x2", "sin_x1", "sin_x2")  # model.FEATURES computes them
 INITS = ("uniform", "kaiming", "xavier")
 ACCELERATORS = ("auto", "cpu", "gpu")
 OPEN = ("trainer", "callbacks", "logger", "tracking.tags")  # nodes whose keys are the user's (checked apart)
@@ -459,10 +478,10 @@ def memory_estimate(c: Config) -> int:
     optimizer's two moments, and the largest set of points (a training batch, the test or
     validation set, the boundary picture's grid) through every layer with its gradient."""
     width = 8 if str(c.trainer.lightning.get("precision", "32")).startswith("64") else 4
-    layers = [2, *c.model.hidden, 1]
+    layers = [len(c.model.features), *c.model.hidden, 1]
     parameters = sum((a + 1) * b for a, b in itertools.pairwise(layers))
     pixels = c.plot.resolution * c.plot.resolution  # a plane at most square
-    points = max(c.data.batch_size, c.data.test_size, c.data.val_size, pixels)
+    points = max(c.data.batch_size, c.data.test_size, c.data.val_size, c.data.train_size or 0, pixels)
     return 4 * width * parameters + points * (2 * width * sum(layers) + _BYTES_PER_POINT)
 
 
@@ -541,7 +560,7 @@ def _check_memory(c: Config) -> None:
     need, have = memory_estimate(c), machine_memory()
     if need > have // 2:
         sizes = {"data.batch_size": c.data.batch_size, "data.test_size": c.data.test_size,
-                 "data.val_size": c.data.val_size, "model.hidden": c.model.hidden,
+                 "data.val_size": c.data.val_size, "data.train_size": c.data.train_size, "model.hidden": c.model.hidden,
                  "plot.resolution": c.plot.resolution}
         key = max(sizes, key=lambda k: _size_share(c, k))
         raise ConfigError(key, sizes[key], f"a run that fits in memory: this one needs about {need / 2**30:.1f} GiB, "

@@ -1,4 +1,5 @@
-"""The datasets: a fresh training batch every epoch and one fixed test set, each from its own seed.
+"""The datasets: a fresh training batch every epoch (the seed's) or batches from a fixed training set
+(`data.train_size`), and fixed validation and test sets, each from its own seed stream.
 
 Every dataset is two classes in the plane, labelled -1 and +1, drawn with numpy's RandomState as
 scikit-learn draws them, number for number where scikit-learn has the generator (moons, circles,
@@ -25,8 +26,9 @@ from moonprop.config import BlobsData, CirclesData, DataConfig, MoonsData, Spira
 
 Batch = tuple[Tensor, Tensor]
 Plane = tuple[float, float, float, float]  # x0, x1, y0, y1: what a boundary picture shows
-_TRAIN, _TEST, _VAL = 0, 1, 2  # seed streams: batches, test and validation sets never share random numbers
-_SIZES = ("name", "num_batches", "batch_size", "test_size", "val_size")  # not how a point is drawn
+# seed streams: batches, test, validation and training sets, and the passes' orders never share random numbers
+_TRAIN, _TEST, _VAL, _TRAIN_SET, _PASS = 0, 1, 2, 3, 4
+_SIZES = ("name", "num_batches", "batch_size", "test_size", "val_size", "train_size")  # not how a point is drawn
 
 
 def points(cfg: DataConfig, n: int, seed: int, stream: int, index: int = 0) -> Batch:
@@ -36,6 +38,21 @@ def points(cfg: DataConfig, n: int, seed: int, stream: int, index: int = 0) -> B
     _RNG.seed(int(state))  # as RandomState(state), at a tenth of the cost of a new one
     x, y = GENERATORS[cfg.name](cfg, n, _RNG)
     return torch.from_numpy(x).float(), torch.from_numpy(2.0 * y - 1.0).float()
+
+
+def batch_of_passes(n: int, size: int, seed: int, index: int) -> Tensor:
+    """Which of a finite set's n points batch `index` holds: passes over the set, each in its own
+    shuffled order (from `seed`'s stream of passes), cut into consecutive batches of `size` <= n.
+    Where `size` does not divide n, a batch takes the end of one pass and the start of the next (as
+    TensorFlow Playground carries the remainder over), so that every step sees `size` points."""
+    first, offset = divmod(index * size, n)
+    orders = [_order(n, seed, p) for p in range(first, first + 1 + (offset + size > n))]
+    return torch.from_numpy(np.concatenate(orders)[offset:offset + size])
+
+
+def _order(n: int, seed: int, pass_: int) -> np.ndarray:
+    _RNG.seed(int(np.random.SeedSequence(seed, spawn_key=(_PASS, pass_)).generate_state(1)[0]))
+    return _RNG.permutation(n)
 
 
 def _shuffled_with_noise(x: np.ndarray, y: np.ndarray, noise: float,
@@ -137,6 +154,13 @@ def plane(cfg: DataConfig) -> Plane:
     return (-half, half, -half, half)
 
 
+def scored(dm: Any) -> dict[str, Batch]:
+    """The sets scored after every epoch, as one validation batch: {"test": (x, y), "val": ..., "train":
+    ...}, "val" without a validation set and "train" without a finite training set."""
+    return {"test": dm.test, **({"val": dm.val} if dm.val is not None else {}),
+            **({"train": dm.train} if dm.train is not None else {})}
+
+
 class _OneBatchPerEpoch:
     """The training "loader": epoch k yields batch k, drawn from its own seed, so that a resumed
     run sees the same data as an uninterrupted one."""
@@ -155,7 +179,11 @@ class MoonsDataModule(pl.LightningDataModule):
     """Any of the datasets (`cfg.name`), as the seed's moons: a fresh batch every epoch, a fixed
     validation set (what is chosen on) and a fixed test set (what is reported), each from `seed`'s
     own stream. Both fixed sets are scored after every epoch, in one validation batch
-    {"test": (x, y), "val": (x, y)} ("val" absent with `val_size=0`)."""
+    {"test": (x, y), "val": (x, y)} ("val" absent with `val_size=0`).
+
+    With `train_size`, TensorFlow Playground's finite training set: its points drawn once from
+    their own stream, each batch taken from them (batch_of_passes), and the whole set scored with
+    the others ("train" in the validation batch), so that over-fitting shows."""
 
     def __init__(self, cfg: DataConfig, seed: int) -> None:
         super().__init__()
@@ -163,6 +191,7 @@ class MoonsDataModule(pl.LightningDataModule):
         self.plane = plane(cfg)
         self.test = points(cfg, cfg.test_size, seed, _TEST)
         self.val = points(cfg, cfg.val_size, seed, _VAL) if cfg.val_size else None
+        self.train = points(cfg, cfg.train_size, seed, _TRAIN_SET) if cfg.train_size else None
 
     def datasets(self) -> list[dict[str, Any]]:
         """The test and validation sets and the training stream as a run records them (MLflow
@@ -171,10 +200,14 @@ class MoonsDataModule(pl.LightningDataModule):
         cfg, seed = self.cfg, self.seed
         how = {"generator": GENERATED_AS[cfg.name], "seed": str(seed),
                **{f.name: str(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in _SIZES}}
+        if cfg.train_size:
+            train = {"stream": f"SeedSequence({seed}, spawn_key=({_TRAIN_SET}, 0))", "points": str(cfg.train_size),
+                     "passes": f"SeedSequence({seed}, spawn_key=({_PASS}, pass)) orders each pass"}
+        else:
+            train = {"stream": f"SeedSequence({seed}, spawn_key=({_TRAIN}, epoch))"}
         specs = [(f"{cfg.name}-test", "test", {**how, "stream": f"SeedSequence({seed}, spawn_key=({_TEST}, 0))",
                                                "points": str(cfg.test_size)}),
-                 (f"{cfg.name}-train", "train", {**how, "stream": f"SeedSequence({seed}, spawn_key=({_TRAIN}, epoch))",
-                                                 "batches": str(cfg.num_batches),
+                 (f"{cfg.name}-train", "train", {**how, **train, "batches": str(cfg.num_batches),
                                                  "points_per_batch": str(cfg.batch_size)})]
         if cfg.val_size:
             specs.append((f"{cfg.name}-val", "val", {**how, "stream": f"SeedSequence({seed}, spawn_key=({_VAL}, 0))",
@@ -184,7 +217,10 @@ class MoonsDataModule(pl.LightningDataModule):
                 for name, context, source in specs]
 
     def train_batch(self, epoch: int) -> Batch:
-        return points(self.cfg, self.cfg.batch_size, self.seed, _TRAIN, epoch)
+        if self.train is None:
+            return points(self.cfg, self.cfg.batch_size, self.seed, _TRAIN, epoch)
+        index = batch_of_passes(self.cfg.train_size, self.cfg.batch_size, self.seed, epoch)
+        return self.train[0][index], self.train[1][index]
 
     def train_dataloader(self) -> _OneBatchPerEpoch:
         return _OneBatchPerEpoch(self)
@@ -192,7 +228,7 @@ class MoonsDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         # Both sets are one batch (1000 points x 337 weights is tiny); batch_size=None hands it
         # over as it is, without collating 1000 samples every epoch.
-        return DataLoader([{"test": self.test, **({"val": self.val} if self.val else {})}], batch_size=None)
+        return DataLoader([scored(self)], batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
         """The test set alone, one batch: `trainer.test(module, datamodule=data)`."""

@@ -7,6 +7,7 @@ run the network came from.
 
 from __future__ import annotations
 
+import ast
 import json
 import time
 import warnings
@@ -85,7 +86,8 @@ def from_model(uri: str, tracking_uri: str) -> Network:
     except Exception as e:
         raise ConfigError("model_uri", uri, f"an MLflow model in {redact(tracking_uri)}: {first_line(e)}") from None
     p = MlflowClient(tracking_uri).get_run(info.run_id).data.params
-    model = ModelConfig(json.loads(p["model.hidden"]), p["model.activation"], p["model.init"])
+    model = ModelConfig(json.loads(p["model.hidden"]), p["model.activation"], p["model.init"],
+                        ast.literal_eval(p.get("model.features", "['x1', 'x2']")))  # str(list): a run's params
     loss = LossConfig(p["loss.name"], float(p["loss.alpha"]), p["loss.penalty"])
     module = MoonsClassifier(model, loss, SgdOptimizer(), LinearSchedule(), 1, 0)  # only the network is scored
     module.net.load_state_dict(network.state_dict())

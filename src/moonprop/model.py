@@ -19,6 +19,25 @@ STACKED_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "identity": lambda x: x,
     "gelu": nn.functional.gelu, "leaky_relu": lambda x: nn.functional.leaky_relu_(x, LEAKY_SLOPE),
 }
+# The inputs the first layer sees, computed from a point (x1, x2): TensorFlow Playground's seven,
+# named as Hydra's grammar takes them unquoted (`^` is not in it): sq_x1 is x1^2, x1x2 is x1 * x2.
+FEATURES: dict[str, Callable[[Tensor], Tensor]] = {
+    "x1": lambda x: x[..., 0], "x2": lambda x: x[..., 1],
+    "sq_x1": lambda x: x[..., 0] * x[..., 0], "sq_x2": lambda x: x[..., 1] * x[..., 1],
+    "x1x2": lambda x: x[..., 0] * x[..., 1],
+    "sin_x1": lambda x: torch.sin(x[..., 0]), "sin_x2": lambda x: torch.sin(x[..., 1]),
+}
+POINT = ("x1", "x2")  # the seed's: the point itself
+
+
+def expand(x: Tensor, features: tuple[str, ...]) -> Tensor:
+    """Points [..., 2] -> their features [..., F] in the order given; the seed's (x1, x2) are the
+    points themselves, untouched."""
+    if features == POINT:
+        return x
+    return torch.stack([FEATURES[name](x) for name in features], dim=-1)
+
+
 # each activation's name in torch.nn.init.calculate_gain, for kaiming and xavier (GELU's is ReLU's)
 GAINS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "identity": "linear", "gelu": "relu",
          "leaky_relu": "leaky_relu"}
@@ -42,15 +61,16 @@ def init_weight(weight: Tensor, init: str, activation: str, generator: torch.Gen
 
 
 class MLP(nn.Sequential):
-    """2 inputs -> hidden layers, each followed by `activation` -> 1 raw score (no activation on
-    the output).
+    """A point (x1, x2) -> its `features` -> hidden layers, each followed by `activation` -> 1 raw
+    score (no activation on the output). The features are part of the network, so that it takes
+    points (n, 2) whatever they are: its MLflow model too.
 
-    By default the seed's: ReLU, weights uniform(-1, 1) and biases 0, as in micrograd.
+    By default the seed's: the point itself, ReLU, weights uniform(-1, 1) and biases 0, as in micrograd.
     """
 
     def __init__(self, hidden: list[int], generator: torch.Generator | None = None, activation: str = "relu",
-                 init: str = "uniform") -> None:
-        sizes = [2, *hidden, 1]
+                 init: str = "uniform", features: tuple[str, ...] | list[str] = POINT) -> None:
+        sizes = [len(features), *hidden, 1]
         layers: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
             linear = nn.Linear(n_in, n_out)
@@ -59,18 +79,21 @@ class MLP(nn.Sequential):
                 linear.bias.zero_()
             layers += [linear, ACTIVATIONS[activation]()]
         super().__init__(*layers[:-1])  # no activation on the output
+        self.features = tuple(features)  # no parameters: the layers keep the seed's names (0.weight, ...)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x).squeeze(-1)
+        return super().forward(expand(x, self.features)).squeeze(-1)
 
 
-def stacked_forward(params: list[Tensor], x: Tensor, activation: str = "relu") -> Tensor:
+def stacked_forward(params: list[Tensor], x: Tensor, activation: str = "relu",
+                    features: tuple[str, ...] = POINT) -> Tensor:
     """MLP's forward for K networks of one shape at once: `params` are MLP's parameters in its order
-    (weight [out, in], bias [out], ...), each with a leading job dimension; x [K, n, 2] -> scores
-    [K, n]. A batched sweep trains its jobs with it (batched.py). torch.func.vmap over MLP.forward
+    (weight [out, in], bias [out], ...), each with a leading job dimension; points x [K, n, 2] ->
+    scores [K, n]. A batched sweep trains its jobs with it (batched.py). torch.func.vmap over MLP.forward
     gives the same scores at 2.4x the cost of a validation pass (measured: its linear is a batched
     matmul and an unfused add, its activations not in place)."""
     act = STACKED_ACTIVATIONS[activation]
+    x = expand(x, features)
     for i in range(0, len(params), 2):
         x = torch.baddbmm(params[i + 1].unsqueeze(1), x, params[i].transpose(1, 2))
         if i < len(params) - 2:

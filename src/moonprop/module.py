@@ -64,6 +64,12 @@ def _typed(value: Any, kind: type | dict[str, type]) -> Any:
     return value
 
 
+def scored_metrics(split: str, loss: Tensor, acc: float) -> dict[str, Any]:
+    """What `self.log` records of a scored set: its loss and accuracy; of a finite training set its
+    accuracy alone (train/loss is each step's batch's, logged by training_step)."""
+    return {f"{split}/acc": acc} if split == "train" else {f"{split}/loss": loss, f"{split}/acc": acc}
+
+
 class MoonsClassifier(pl.LightningModule):
     def __init__(self, model: ModelConfig, loss: LossConfig, optimizer: OptimizerConfig, schedule: ScheduleConfig,
                  num_batches: int, seed: int) -> None:
@@ -75,7 +81,7 @@ class MoonsClassifier(pl.LightningModule):
         self.save_hyperparameters({"model": asdict(model), "loss": asdict(loss), "optimizer": asdict(optimizer),
                                    "schedule": asdict(schedule), "num_batches": num_batches, "seed": seed})
         self.loss_cfg, self.optimizer_cfg, self.schedule, self.num_batches = loss, optimizer, schedule, num_batches
-        self.net = MLP(model.hidden, torch.Generator().manual_seed(seed), model.activation, model.init)
+        self.net = MLP(model.hidden, torch.Generator().manual_seed(seed), model.activation, model.init, model.features)
         # Under any Trainer the module logs. moonprop's own runs turn it off where nothing would
         # read what it logs (no callback but moonprop's, no progress bar, logger=False): Lightning's
         # self.log costs ~0.3 ms a call, 0.2 s of a 150-epoch run, and its record goes through
@@ -112,16 +118,17 @@ class MoonsClassifier(pl.LightningModule):
         return {"loss": value, "lr": lr}
 
     def validation_step(self, batch: dict[str, tuple[Tensor, Tensor]], batch_idx: int) -> dict[str, Any]:
-        """Both fixed sets (data.MoonsDataModule): the validation set, what is chosen on, and the
-        test set, which only reports."""
+        """The fixed sets (data.scored): the validation set, what is chosen on, the test set, which
+        only reports, and a finite training set's accuracy (train/acc; train/loss is each step's
+        batch's)."""
         out: dict[str, Any] = {}
-        for split, prefix in (("val", "val_"), ("test", "")):
+        for split, prefix in (("val", "val_"), ("test", ""), ("train", "train_")):
             if split in batch:
                 value, scores = self._common_step(batch[split])
                 acc = accuracy(scores, batch[split][1])
                 if self.log_metrics:
-                    self.log_dict({f"{split}/loss": value, f"{split}/acc": acc}, prog_bar=True,
-                                  logger=self._to_loggers, batch_size=len(scores))
+                    self.log_dict(scored_metrics(split, value, acc), prog_bar=True, logger=self._to_loggers,
+                                  batch_size=len(scores))
                 out |= {f"{prefix}loss": value, f"{prefix}acc": acc}
         return out
 

@@ -139,6 +139,11 @@ def scores_image(scores: np.ndarray, resolution: int, plane: Plane = MOONS) -> n
     return np.asarray(coarse.resize(frame_size(resolution, plane), Image.Resampling.BILINEAR))
 
 
+def _shade(s: np.ndarray) -> np.ndarray:
+    """Scores to the background's palette entries: blue below 0, red above, saturated at |f| = 2."""
+    return ((np.clip(s, -SCORE_CLIP, SCORE_CLIP - 1e-6) + SCORE_CLIP) * (LEVELS / (2 * SCORE_CLIP))).astype(np.uint8)
+
+
 def _to_pixels(points: np.ndarray, w: int, h: int, plane: Plane) -> tuple[np.ndarray, np.ndarray]:
     x0, x1, y0, y1 = plane
     col = np.floor((points[:, 0] - x0) / (x1 - x0) * w).astype(int)
@@ -147,6 +152,7 @@ def _to_pixels(points: np.ndarray, w: int, h: int, plane: Plane) -> tuple[np.nda
 
 
 _DOT = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]  # 3 x 3 px: 1000 of them stay apart, and compress
+_RING = [(dr, dc) for dr in range(-2, 3) for dc in range(-2, 3) if (dr, dc) not in _DOT]  # a training point's
 
 
 class Boundary:
@@ -154,24 +160,34 @@ class Boundary:
     where the test points fall, is computed once: a frame then costs ~2 ms besides the network.
 
     The background is shaded by the raw score f(x), its zero level drawn as a smooth black line
-    2 px wide, the test points coloured by their true class, a caption in the corner.
+    2 px wide, the test points coloured by their true class, a caption in the corner. A finite
+    training set's points (`train`) are drawn over them ringed in black, as Playground rings them:
+    where the boundary bends around one of them, the network has learnt that point.
     """
 
-    def __init__(self, points: np.ndarray, labels: np.ndarray, resolution: int, plane: Plane = MOONS) -> None:
+    def __init__(self, points: np.ndarray, labels: np.ndarray, resolution: int, plane: Plane = MOONS,
+                 train: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.resolution, self.plane = resolution, plane
         self.size = frame_size(resolution, plane)
         self.grid = grid(resolution, plane)
         w, h = self.size
-        row, col = _to_pixels(points, w, h, plane)
-        self._dots = np.concatenate([np.clip(row + dr, 0, h - 1) * w + np.clip(col + dc, 0, w - 1) for dr, dc in _DOT])
+
+        def dots(points: np.ndarray, shape: list[tuple[int, int]]) -> np.ndarray:
+            row, col = _to_pixels(points, w, h, plane)
+            return np.concatenate([np.clip(row + dr, 0, h - 1) * w + np.clip(col + dc, 0, w - 1) for dr, dc in shape])
+
+        self._dots = dots(points, _DOT)
         self._dot_colours = np.tile(np.where(labels > 0, RED, BLUE).astype(np.uint8), len(_DOT))
+        if train is not None:  # drawn last, on top: a ring, then the class's colour inside it
+            self._dots = np.concatenate([self._dots, dots(train[0], _RING), dots(train[0], _DOT)])
+            self._dot_colours = np.concatenate([self._dot_colours, np.full(len(train[0]) * len(_RING), BLACK, np.uint8),
+                                                np.tile(np.where(train[1] > 0, RED, BLUE).astype(np.uint8), len(_DOT))])
 
     def draw(self, scores: np.ndarray, caption: str = "") -> Image.Image:
         """The picture for the network's `scores` on `self.grid`."""
         w, h = self.size
         s = scores_image(scores, self.resolution, self.plane)
-        shade = (np.clip(s, -SCORE_CLIP, SCORE_CLIP - 1e-6) + SCORE_CLIP) * (LEVELS / (2 * SCORE_CLIP))
-        shade = shade.astype(np.uint8)
+        shade = _shade(s)
         # The line: how far each pixel is from the zero level, in pixels (|f| over its slope), turned
         # into how much of the pixel a line 2 px wide covers, in thirds. The slope is the coarse
         # grid's, spread over its cells: that is what the interpolation between its points has.
@@ -191,6 +207,30 @@ class Boundary:
             ImageDraw.Draw(image).rectangle((0, 0, tw + 3 * pad, th + 2 * pad), fill=WHITE)
             write(image, (pad + pad // 2, pad), caption, size)
         return image
+
+
+def features(names: Sequence[str], values: np.ndarray, weights: Sequence[float], signed: bool, resolution: int,
+             plane: Plane = MOONS) -> Image.Image:
+    """TensorFlow Playground's column of inputs: each feature over the plane (`values` [F, n] on
+    `grid(resolution, plane)`), shaded blue where it is negative and red where positive, each by
+    its own largest size, with its name and the weight the network gives it beneath: its weight
+    into the score (`signed`, a network without hidden layers), else the sum of its weights' sizes
+    into the first layer (Playground draws them as the links' widths), so that a feature the
+    network learnt to do without reads near 0."""
+    w, h = frame_size(resolution, plane)
+    size = 14
+    gap, line = 12, size + 6
+    canvas = _new((len(names) * (w + gap) - gap, h + 2 * line + 4))
+    for i, (name, value, weight) in enumerate(zip(names, values, weights, strict=True)):
+        scaled = value / max(float(np.abs(value).max()), 1e-12) * SCORE_CLIP
+        tile = Image.fromarray(_shade(scores_image(scaled, resolution, plane)), "P")
+        tile.putpalette(PALETTE)
+        x = i * (w + gap)
+        canvas.paste(tile, (x, 0))
+        write(canvas, (x + w / 2, h + 4), name, size, anchor="ma")
+        write(canvas, (x + w / 2, h + 4 + line), f"weight {weight:+.2f}" if signed else f"sum |w| {weight:.2f}",
+              size, "grey", anchor="ma")
+    return canvas
 
 
 # ---- a run's animation ---------------------------------------------------------------------------
@@ -460,17 +500,22 @@ def _mean_curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]]) -> tup
 
 
 def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int = 900,
-           height: int = 420) -> Image.Image:
+           height: int = 420, train: Sequence[Sequence[Sequence[float]]] | None = None) -> Image.Image:
     """The sweep's test-accuracy curves, a configuration at a time: its mean over its seeds as a
     line, one standard deviation either side as a band (with two seeds or more), over an epoch
     axis; the accuracy axis zoomed to where the curves differ (from their lowest mean after the
     first tenth of training to 1), one colour and dash per configuration, and a legend beside the
-    plot naming each with its final mean, spread and number of seeds."""
+    plot naming each with its final mean, spread and number of seeds. With `train` (each
+    configuration's runs' train/acc, a finite training set's), its mean is dotted in the same colour:
+    where the two part, the network learns its training points rather than the task."""
     size = 16
     line = size + 6
     means, spreads, legend = _mean_curves(groups)
+    trained = _mean_curves([("", runs) for runs in train])[0] if train else []
+    if train:
+        legend = [f"{text}, train {t[-1]:.3f}" if len(t) else text for text, t in zip(legend, trained, strict=True)]
     longest = max((len(m) for m in means), default=1)
-    settled = [x for m in means for x in m[max(1, len(m) // 10):]] or [0.5]
+    settled = [x for m in [*means, *trained] for x in m[max(1, len(m) // 10):]] or [0.5]
     lo = max(0.0, math.floor(min(settled) * 20) / 20 - 0.05)  # a multiple of 0.05 below the lowest
     legend_w = max((text_size(t, size)[0] for t in legend), default=0) + 40
     height = max(height, 60 + line * len(groups))
@@ -478,7 +523,8 @@ def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int =
     draw = ImageDraw.Draw(image)
     x0, x1, y0, y1 = 64, width - 16, 36, height - 58
     banded = any(s is not None for s in spreads)
-    title = "test accuracy per epoch" + (": mean over seeds, band ± 1 standard deviation" if banded else "")
+    title = ("test accuracy (training set's dotted)" if train else "test accuracy") + " per epoch" \
+        + (": mean over seeds, band ± 1 standard deviation" if banded else "")
     draw.text((x0, 8), title, fill=TEXT, font=font(size))
     draw.rectangle((x0, y0, x1, y1), outline=FRAME)
 
@@ -518,4 +564,8 @@ def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int =
         if dashed:
             draw.line([(width + 18, ly), (width + 28, ly)], fill=colour, width=3)
         draw.text((width + 36, ly), legend[i], fill=TEXT, font=font(size), anchor="lm")
+    for i, mean in enumerate(trained):  # dotted: 3 px drawn every 7, along the curve
+        xs, ys = [x(k) for k in range(len(mean))], [y(v) for v in mean]
+        for px in np.arange(xs[0], xs[-1] - 3, 7.0) if len(mean) > 1 else []:
+            draw.line([(p, float(np.interp(p, xs, ys))) for p in (px, px + 3)], fill=SERIES[i % len(SERIES)], width=2)
     return image

@@ -333,8 +333,8 @@ class _Writers:
                 self.end(seq, *args)
             elif seq in self.runs and seq not in self.broken:
                 run = self.runs[seq]
-                {"metrics": run.log_metrics, "image": run.log_image, "model": run.log_model,
-                 "tags": run.set_tags}[op](*args)
+                {"metrics": run.log_metrics, "image": run.log_image, "picture": run.log_picture,
+                 "model": run.log_model, "tags": run.set_tags}[op](*args)
         except Exception as e:
             self.broken.add(seq)
             self.reply(seq, op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")

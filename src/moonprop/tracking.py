@@ -209,6 +209,11 @@ class RunWriter:
             self._frame(image, step)
         self._maybe_flush()
 
+    def log_picture(self, image: Image.Image, name: str) -> None:
+        """A picture as the run's artifact `name` (a PNG)."""
+        image.save(self._staging / name, compress_level=6)
+        self._maybe_flush()
+
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.id, tags=[RunTag(k, v) for k, v in tags.items()])
 

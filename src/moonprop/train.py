@@ -170,7 +170,7 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
     with stopper.handling_signals(), (recorder.run(close_in_background, **spec, resume_run_id=resume_run_id)
                                       if recording else contextlib.nullcontext()) as run:
         tracker = MlflowCallback(run, datamodule.test, cfg.plot, cfg.data.num_batches, spec["params"],
-                                 datamodule.plane)
+                                 datamodule.plane, datamodule.train)
         record = [record_of(cfg.logger, run, spec["uri"], run_dir, cfg.tracking.experiment)] if run else []
         try:
             fit(trainer(cfg, [tracker, stopper, *extra], [*record, *others], run_dir, bool(cfg.resume)), stopper,
@@ -225,7 +225,8 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
     saved = resumed_batch(checkpoint, [spec["params"] for spec in specs]) if checkpoint.is_file() else None
     runs = _batch_runs(specs, recorders, saved)
     tracker = BatchedMlflowCallback(runs, datamodule.test, [c.plot for c in cfgs], cfgs[0].data.num_batches,
-                                    [spec["params"] for spec in specs], [data.plane for data in datamodule.jobs])
+                                    [spec["params"] for spec in specs], [data.plane for data in datamodule.jobs],
+                                    datamodule.train)
     stopper = GracefulStop(checkpoint, how_to_continue)
     module.log_metrics = bool(extra)
     loggers: list[Logger] = []
