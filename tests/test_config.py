@@ -154,8 +154,8 @@ def test_config_has_no_instantiable_targets():
 
 
 def test_a_sweep_of_plain_values_is_checked_without_composing_each_job(monkeypatch):
-    """Hundreds of jobs: each composition (a config group) is made once, each plain value applied to
-    it and validated once, and every one of them is still validated."""
+    """Hundreds of jobs: each composition (a config group) is made once, each job's plain values
+    applied to it, and every job is still validated."""
     from moonprop import preflight
 
     compositions = []
@@ -173,6 +173,17 @@ def test_a_sweep_of_plain_values_is_checked_without_composing_each_job(monkeypat
         check(["-m", "seed=1,abc"])
     with pytest.raises(ConfigError, match=r"model.hidden\[1\]=0"):  # in the last job only
         check(["-m", "seed=range(0,50)", "schedule=linear,cosine", "model.hidden=[8],[16,0]"])
+
+
+def test_values_whose_ranges_depend_on_each_other_are_checked_together():
+    """A job is checked with all its values: a training set may be smaller than the default batch
+    when its own batch is smaller still, and a bad pair is refused though each value alone is fine."""
+    configs = check(["-m", "data.batch_size=10", "data.train_size=20,40"])
+    assert [(c.data.batch_size, c.data.train_size) for c in configs if c.data.train_size] == [(10, 20), (10, 40)]
+    with pytest.raises(ConfigError, match=r"data.train_size=20: .* >= data.batch_size \(50\)"):
+        check(["-m", "data.batch_size=10,50", "data.train_size=20"])
+    with pytest.raises(ConfigError, match=r"optimizer.nesterov=True"):
+        check(["-m", "optimizer=momentum", "optimizer.dampening=0,0.5", "optimizer.nesterov=true"])
 
 
 def test_project_launcher_and_sweeper_configs_compose():

@@ -292,23 +292,26 @@ def plain(master: DictConfig, override: Override) -> bool:
     return "." in key or key in master  # a top-level name that is not a key may be a group
 
 
-def vary(task: DictConfig, override: Override, hydra: Hydra, config_name: str | None,
+def vary(task: DictConfig, plain_overrides: list[Override], hydra: Hydra, config_name: str | None,
          overrides: list[str]) -> DictConfig:
-    """A job's task config with one plain value changed, as composition would change it."""
+    """A job's task config with its plain values set, as composition would set them."""
     task = copy.deepcopy(task)
-    key = override.key_or_group
-    try:
-        OmegaConf.update(task, key, override.value(), force_add=override.is_add() or override.is_force_add())
-    except Exception as e:  # a wrong type or an unknown key, as composition would have said
-        raise key_error(hydra, config_name, overrides, key, override.get_value_element_as_str(), e) from None
+    for override in plain_overrides:
+        key = override.key_or_group
+        try:
+            OmegaConf.update(task, key, override.value(), force_add=override.is_add() or override.is_force_add())
+        except Exception as e:  # a wrong type or an unknown key, as composition would have said
+            raise key_error(hydra, config_name, overrides, key, override.get_value_element_as_str(), e) from None
     return task
 
 
 def checked_jobs(hydra: Hydra, master: DictConfig, jobs: list[list[str]]) -> list[Config]:
-    """Compose and validate every job; each distinct composition and each value once."""
+    """Compose and validate every job: each distinct composition once, and each job's plain values
+    on it together, since one value's range may depend on another's (data.train_size on
+    data.batch_size, optimizer.nesterov on optimizer.dampening)."""
     parser = OverridesParser.create(config_loader=hydra.config_loader)
     composed: dict[tuple[str, ...], DictConfig] = {}  # the task's part of each composition
-    checked: dict[tuple[tuple[str, ...], str], Config] = {}
+    checked: dict[tuple[tuple[str, ...], tuple[str, ...]], Config] = {}
     for number, job in enumerate(jobs):
         overrides = parser.parse_overrides(job)
         refuse_group_names(overrides)
@@ -319,11 +322,12 @@ def checked_jobs(hydra: Hydra, master: DictConfig, jobs: list[list[str]]) -> lis
                 job_config.hydra.job.num = number
             HydraConfig.instance().set_config(job_config)  # what `${hydra:...}` in a value reads
             composed[structure] = without_hydra(job_config)
-            checked[(structure, "")] = validate(composed[structure])
-        for o in overrides:
-            if plain(master, o) and (structure, o.input_line) not in checked:
-                varied = vary(composed[structure], o, hydra, master.hydra.job.config_name, [*structure, o.input_line])
-                checked[(structure, o.input_line)] = validate(varied)
+            checked[(structure, ())] = validate(composed[structure])
+        values = [o for o in overrides if plain(master, o)]
+        lines = tuple(o.input_line for o in values)
+        if (structure, lines) not in checked:
+            varied = vary(composed[structure], values, hydra, master.hydra.job.config_name, [*structure, *lines])
+            checked[(structure, lines)] = validate(varied)
     return list(checked.values())
 
 
