@@ -273,11 +273,12 @@ def _record_best(client: MlflowClient, parent: str, rows: list[dict[str, Any]], 
 def _pictures(client: MlflowClient, parent: str, rows: list[dict[str, Any]], configs: list[dict[str, Any]],
               best_job: dict[str, Any] | None) -> None:
     """boundaries.png (every job's final boundary, laid out by the swept values) and curves.png
-    (each configuration's mean test/acc curve with its spread) on the parent."""
+    (each configuration's mean test/acc curve with its spread, and its train/acc where the jobs
+    have a finite training set) on the parent."""
     keys = [k for k in client.get_run(parent).data.tags.get("sweep.keys", "").split(",") if k]
     finished = [r for r in rows if _finished(r)]
     boundaries: dict[int, Image.Image | None] = {}
-    curves: dict[int, list[float]] = {}
+    curves: dict[tuple[int, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in rows:
             try:
@@ -285,14 +286,18 @@ def _pictures(client: MlflowClient, parent: str, rows: list[dict[str, Any]], con
                 boundaries[r["job"]] = Image.open(path).copy()
             except Exception:  # a failed job has no final picture
                 boundaries[r["job"]] = None
-            history = client.get_metric_history(r["run_id"], "test/acc")
-            curves[r["job"]] = [m.value for m in sorted(history, key=lambda m: m.step)]
+            for key in ("test/acc", "train/acc"):
+                history = client.get_metric_history(r["run_id"], key)
+                curves[r["job"], key] = [m.value for m in sorted(history, key=lambda m: m.step)]
         cells = [(swept_values(r["overrides"].split(), keys) if keys else {"job": r["name"]},
                   f"acc {r['test_acc']:.3f}" if r in finished else r["status"], boundaries[r["job"]], r is best_job)
                  for r in rows]
         plot.small_multiples(cells).save(Path(tmp) / "boundaries.png")
-        by_config = {c["config"]: [curves[r["job"]] for r in finished if r["config"] == c["config"]] for c in configs}
-        plot.curves([(config, runs) for config, runs in by_config.items() if runs]).save(Path(tmp) / "curves.png")
+        by_config = {c["config"]: [r["job"] for r in finished if r["config"] == c["config"]] for c in configs}
+        by_config = {config: jobs for config, jobs in by_config.items() if jobs}
+        train = [[curves[job, "train/acc"] for job in jobs] for jobs in by_config.values()]
+        plot.curves([(config, [curves[job, "test/acc"] for job in jobs]) for config, jobs in by_config.items()],
+                    train=train if all(all(runs) for runs in train) else None).save(Path(tmp) / "curves.png")
         client.log_artifact(parent, str(Path(tmp) / "boundaries.png"))
         client.log_artifact(parent, str(Path(tmp) / "curves.png"))
 
