@@ -5,6 +5,10 @@
     docs/sweep-curves.png     the same sweep's accuracy curves, each schedule's mean over its seeds
     docs/ui-card.png          the boundary card of a run's Model metrics tab, in Chromium
     docs/ui-groups.png        the same sweep in MLflow's runs view, grouped by moonprop.config
+    docs/features-boundaries.png `experiment=features`: dataset x features, no hidden layer
+    docs/features-inputs.png  a run's features.png: the circles on all seven features
+    docs/overfit-curves.png   `experiment=overfit`: test and training accuracy by training set size
+    docs/ui-overfit.png       the over-fitting run (20 points) in its Model metrics tab, in Chromium
 
     python scripts/make_docs_images.py     # needs Debian's chromium, as the UI tests do
 
@@ -31,7 +35,11 @@ from mlflow_server import serving  # beside this script
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SOURCES = ["src/moonprop/plot.py", "src/moonprop/callbacks.py", "src/moonprop/summary.py",
-           "src/moonprop/conf/experiment/schedules.yaml", "scripts/make_docs_images.py"]
+           "src/moonprop/conf/experiment/schedules.yaml", "src/moonprop/conf/experiment/features.yaml",
+           "src/moonprop/conf/experiment/overfit.yaml", "scripts/make_docs_images.py"]
+ALL_FEATURES = "model.features=[x1,x2,sq_x1,sq_x2,x1x2,sin_x1,sin_x2]"
+PICTURES = ("training.gif", "sweep-boundaries.png", "sweep-curves.png", "ui-card.png", "ui-groups.png",
+            "features-boundaries.png", "features-inputs.png", "overfit-curves.png", "ui-overfit.png")
 KEY = "moonprop-sources"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # as root in a container, without the machine's closed network getting in the way
@@ -111,25 +119,54 @@ def shot(element: Any, path: Path) -> None:
     save_png(Image.open(file), path)
 
 
+def model_metrics(page: Any, url: str, experiment: str, run_id: str) -> Any:
+    """The run's Model metrics tab, its boundary card's run parameters switched off (see the
+    README): the card's title."""
+    page.goto(f"{url}/#/experiments/{experiment}/runs/{run_id}/model-metrics?workflowType=machine_learning",
+              wait_until="load")
+    page.locator(CARD_IMAGE).first.wait_for(timeout=30_000)
+    title = page.get_by_text("test/boundary", exact=True).first
+    menus = page.locator("[data-testid=experiment-view-compare-runs-card-menu]")
+    box = title.bounding_box()
+    boxes = [menus.nth(i).bounding_box() for i in range(menus.count())]
+    next(menus.nth(i) for i, b in enumerate(boxes) if abs(b["y"] - box["y"]) < 20 and b["x"] > box["x"]).click()
+    page.get_by_role("menuitem", name="Configure").click()
+    page.get_by_text("Show run parameters").click()
+    page.get_by_text("Save changes").click()
+    page.wait_for_function(f"() => document.querySelector(\"{CARD_IMAGE}\")?.naturalWidth > 0")
+    return title
+
+
 def card_screenshot(store: Path, experiment: str, run_id: str, path: Path) -> None:
-    """The run's boundary card at its default size once the card's run parameters are switched off
-    (see the README)."""
+    """The run's boundary card at its default size."""
     with ui_page(store) as (page, url):
-        page.goto(f"{url}/#/experiments/{experiment}/runs/{run_id}/model-metrics?workflowType=machine_learning",
-                  wait_until="load")
-        image = CARD_IMAGE
-        page.locator(image).first.wait_for(timeout=30_000)
-        title = page.get_by_text("test/boundary", exact=True).first
-        menus = page.locator("[data-testid=experiment-view-compare-runs-card-menu]")
-        box = title.bounding_box()
-        boxes = [menus.nth(i).bounding_box() for i in range(menus.count())]
-        next(menus.nth(i) for i, b in enumerate(boxes) if abs(b["y"] - box["y"]) < 20 and b["x"] > box["x"]).click()
-        page.get_by_role("menuitem", name="Configure").click()
-        page.get_by_text("Show run parameters").click()
-        page.get_by_text("Save changes").click()
-        page.wait_for_function(f"() => document.querySelector(\"{image}\")?.naturalWidth > 0")
+        title = model_metrics(page, url, experiment, run_id)
         page.wait_for_timeout(1000)
         shot(title.locator("xpath=ancestor::div[.//input][1]"), path)
+
+
+def overfit_screenshot(store: Path, experiment: str, run_id: str, path: Path) -> None:
+    """The test and train sections of the run's Model metrics tab, its boundary card moved to the
+    last epoch with the keyboard, as a user moves it."""
+    with ui_page(store) as (page, url):
+        model_metrics(page, url, experiment, run_id)
+        slider = page.locator("[role=slider]").first
+        slider.focus()
+        while slider.get_attribute("aria-valuenow") != slider.get_attribute("aria-valuemax"):
+            page.keyboard.press("ArrowRight")
+        page.wait_for_function(f"() => document.querySelector(\"{CARD_IMAGE}\")?.naturalWidth > 0")
+        page.wait_for_timeout(1000)
+        tabs = page.get_by_role("tab", name="Overview").bounding_box()
+        search = page.get_by_placeholder("Search metric charts").bounding_box()
+        # the sections' rows of charts (test, then train), by where their x axes' titles sit
+        rows = sorted({round(b["y"] + b["height"]) for b in (label.bounding_box() for label in
+                                                               page.get_by_text("Step", exact=True).all()) if b})
+        top = search["y"] + search["height"] + 10
+        bottom = rows[1] + 16
+        file = Path(tempfile.mkstemp(suffix=".png")[1])
+        page.screenshot(path=str(file), full_page=True,
+                        clip={"x": tabs["x"] - 12, "y": top, "width": 820, "height": bottom - top})
+        save_png(Image.open(file), path)
 
 
 def group_by_config(page: Any, url: str, experiment: str) -> Any:
@@ -158,21 +195,43 @@ def groups_screenshot(store: Path, experiment: str, path: Path) -> None:
         shot(group_by_config(page, url, experiment), path)
 
 
+def moonprop(folder: Path, *overrides: str) -> Path:
+    """`moonprop OVERRIDES` in `folder` (created): its store."""
+    folder.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, "-m", "moonprop", *overrides], cwd=folder, check=True)
+    return folder / "outputs" / "mlflow.db"
+
+
+def sweep_picture(store: Path, name: str, into: Path, path: Path) -> None:
+    png, *_ = artifact(store, "sweep %", name, into)
+    save_png(Image.open(png).quantize(128, dither=Image.Dither.NONE), path)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        run = [sys.executable, "-m", "moonprop"]
-        subprocess.run([*run, "tracking.run_name=docs"], cwd=work, check=True)
-        subprocess.run([*run, "experiment=schedules"], cwd=work, check=True)
-        store = work / "outputs" / "mlflow.db"
+        moonprop(work / "seed", "tracking.run_name=docs")
+        store = moonprop(work / "seed", "experiment=schedules")
         gif, experiment, run_id = artifact(store, "docs", "training.gif", work)
         save_gif(gif, DOCS / "training.gif")
         for name in ("boundaries", "curves"):
-            png, *_ = artifact(store, "sweep %", f"{name}.png", work)
-            save_png(Image.open(png).quantize(128, dither=Image.Dither.NONE), DOCS / f"sweep-{name}.png")
+            sweep_picture(store, f"{name}.png", work, DOCS / f"sweep-{name}.png")
         card_screenshot(store, experiment, run_id, DOCS / "ui-card.png")
         groups_screenshot(store, experiment, DOCS / "ui-groups.png")
-    for name in ("training.gif", "sweep-boundaries.png", "sweep-curves.png", "ui-card.png", "ui-groups.png"):
+
+        store = moonprop(work / "features", "experiment=features")
+        sweep_picture(store, "boundaries.png", work, DOCS / "features-boundaries.png")
+        store = moonprop(work / "features", "data=circles", "model.hidden=[]", ALL_FEATURES, "tracking.run_name=all")
+        png, *_ = artifact(store, "all", "features.png", work)
+        save_png(Image.open(png), DOCS / "features-inputs.png")
+
+        store = moonprop(work / "overfit", "experiment=overfit")
+        sweep_picture(store, "curves.png", work, DOCS / "overfit-curves.png")
+        store = moonprop(work / "overfit", "experiment=overfit", "hydra.mode=RUN", "data.train_size=20",
+                         "tracking.run_name=overfit")
+        _, experiment, run_id = artifact(store, "overfit", "boundary.png", work)
+        overfit_screenshot(store, experiment, run_id, DOCS / "ui-overfit.png")
+    for name in PICTURES:
         print(f"written: docs/{name} ({(DOCS / name).stat().st_size // 1024} KB)")
 
 

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+import make_docs_images  # scripts/, on pytest's pythonpath
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,11 +19,9 @@ def test_config_reference_is_generated_from_the_schema_and_current():
         assert key in text
 
 
-@pytest.mark.parametrize("name", ["training.gif", "sweep-boundaries.png", "sweep-curves.png", "ui-card.png",
-                                  "ui-groups.png"])
+@pytest.mark.parametrize("name", make_docs_images.PICTURES)
 def test_readme_pictures_were_made_by_the_current_code(name):
     """Each picture carries the digest of the code that draws it (scripts/make_docs_images.py)."""
-    import make_docs_images  # scripts/, on pytest's pythonpath
     recorded = make_docs_images.recorded_digest(ROOT / "docs" / name)
     assert recorded == make_docs_images.sources_digest(), \
         f"docs/{name} is older than the code that draws it: run python scripts/make_docs_images.py"
