@@ -154,9 +154,9 @@ def artifact_names(client: MlflowClient, run_id: str, path: str = "") -> list[st
       "model.init=kaiming", "schedule.start=0.3"), "in 1 batched model"),
     (("optimizer=adam", "schedule.start=0.05", "model.activation=tanh,relu", "loss.penalty=l1,none",
       "data=xor,spiral"), "in 2 batched models"),
-    # Playground's knobs: a batch for each feature set and training set size, the seeds within it
+    # Playground's knobs: every feature set in one model, a batch for each training set size
     (("model.features=[x1,x2],[sq_x1,sq_x2,x1x2,sin_x2]", "data.train_size=null,30", "data.batch_size=20",
-      "seed=0,1"), "in 4 batched models"),
+      "seed=0,1"), "in 2 batched models"),
 ])
 def test_every_job_keeps_the_record_it_has_in_process(workdir, varied, batches):
     """The same sweep in process and batched: the same runs, params, tags, artifacts, steps, and
@@ -307,3 +307,19 @@ def test_jobs_with_callbacks_of_their_own_train_alone_and_their_callbacks_act(wo
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/acc")]
         assert child.info.status == "FINISHED" and max(steps) < 200  # EarlyStopping stopped it on val/acc
+
+
+def test_networks_that_see_different_features_stack_as_each_alone():
+    """A first layer over all the jobs' features: each job's weights in its own features' columns."""
+    features = [("x1", "x2"), ("sq_x1", "sq_x2"), ("x1", "x1x2", "sin_x2")]
+    stacked = StackedMLP([[8], [4], [8]], [0, 1, 2], features=features)
+    assert stacked.features == ("x1", "x2", "sq_x1", "sq_x2", "x1x2", "sin_x2")
+    points = torch.randn(3, 50, 2)
+    scores = stacked(points)
+    for job, (f, h) in enumerate(zip(features, [[8], [4], [8]], strict=True)):
+        alone = MLP(h, torch.Generator().manual_seed(job), features=f)
+        network = stacked.network(job)
+        assert network.features == f
+        for mine, theirs in zip(network.parameters(), alone.parameters(), strict=True):
+            assert torch.equal(mine, theirs)
+        torch.testing.assert_close(scores[job], alone(points[job]))

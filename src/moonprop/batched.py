@@ -9,15 +9,15 @@ Each job stays what it would be alone, by the same definitions: its network is i
 (its widths, drawn from its seed with its own init) stacked, its data stream its own (data.py), its
 loss `model.loss` (mapped over the jobs with torch.func.vmap: its own data term, penalty and
 weight), its rate `schedule.learning_rate` of its own schedule. Jobs of different widths are padded
-to the widest layers; a mask keeps every padded weight out of the forward pass, so that its
-gradient is zero and the padded units stay exactly zero. The summed loss is a sum of independent
-terms: each job's gradient is the one it would have alone, and StackedOptimizer steps each job's
-slice as torch's optimizer steps the job alone. torch's own optimizers would need a parameter group
-per job, so each job's parameters apart and stacked at every step: measured, that costs more than
-it may (README, Speed: "one model for one job and for K").
+to the widest layers, jobs of different features to all of them; a mask keeps every padded weight
+out of the forward pass, so that its gradient is zero and the padded units stay exactly zero. The
+summed loss is a sum of independent terms: each job's gradient is the one it would have alone, and
+StackedOptimizer steps each job's slice as torch's optimizer steps the job alone. torch's own
+optimizers would need a parameter group per job, so each job's parameters apart and stacked at
+every step: measured, that costs more than it may (README, Speed: "one model for one job and for K").
 
-What must be the same for a batch (stack_key): the depth, the features, the shape of the data, the
-device, the activation, the kind of optimizer and Lightning's arguments. A job with callbacks or loggers of its
+What must be the same for a batch (stack_key): the depth, the shape of the data, the device, the
+activation, the kind of optimizer and Lightning's arguments. A job with callbacks or loggers of its
 own, or whose gradients are clipped by their norm (which would be the norm over the whole batch), trains in
 a batch of one: alone, as it would in-process.
 """
@@ -42,16 +42,16 @@ from moonprop.schedule import learning_rate
 
 
 def stack_key(cfg: Config, job: int) -> tuple[Any, ...]:
-    """What jobs must share to train together: the depth of the network (widths are padded), its
-    features, the shape of the data (batches, their size, the test, validation and training sets),
+    """What jobs must share to train together: the depth of the network (widths and features are
+    padded), the shape of the data (batches, their size, the test, validation and training sets),
     the device, the activation, the kind of optimizer and Lightning's arguments. Everything else
     (seed, dataset, noise, init, loss, penalty, its weight, the optimizer's values, schedule, widths,
-    pictures) may differ within a batch. A job with its own callbacks or loggers, or whose gradients
+    features, pictures) may differ within a batch. A job with its own callbacks or loggers, or whose gradients
     are clipped by their norm, is alone (`job`)."""
     lightning = cfg.trainer.lightning
     alone = bool(cfg.callbacks) or set(cfg.logger) != {RECORD_LOGGER} or (lightning.get("gradient_clip_val") is not None
                                     and lightning.get("gradient_clip_algorithm") != "value")
-    return (len(cfg.model.hidden), tuple(cfg.model.features), cfg.data.num_batches, cfg.data.batch_size,
+    return (len(cfg.model.hidden), cfg.data.num_batches, cfg.data.batch_size,
             cfg.data.test_size, cfg.data.val_size, cfg.data.train_size, cfg.trainer.accelerator, cfg.trainer.threads,
             cfg.model.activation, cfg.optimizer.name,
             json.dumps(lightning, sort_keys=True, default=str), job if alone else None)
@@ -60,32 +60,44 @@ def stack_key(cfg: Config, job: int) -> tuple[Any, ...]:
 class StackedMLP(nn.Module):
     """K `model.MLP` networks of one depth as stacked parameters: each of MLP's parameters (`0.weight`
     [out, in], `0.bias` [out], ...) as one [K, ...] tensor, padded to the widest job's layer, with
-    masks that are 1 where a job's network has a weight."""
+    masks that are 1 where a job's network has a weight. Jobs that see different features share
+    a first layer over all of them (`self.features`, in the order they first appear), each job's
+    weights in its own features' columns, the others masked."""
 
     def __init__(self, hidden: list[list[int]], seeds: list[int], activation: str = "relu",
-                 inits: list[str] | None = None, features: tuple[str, ...] = POINT) -> None:
+                 inits: list[str] | None = None, features: list[tuple[str, ...]] | None = None) -> None:
         super().__init__()
-        self.hidden, self.activation, self.features = [list(h) for h in hidden], activation, tuple(features)
+        self.hidden, self.activation = [list(h) for h in hidden], activation
         inits = inits or ["uniform"] * len(hidden)
+        self.job_features = [tuple(f) for f in features] if features else [POINT] * len(hidden)
+        self.features = tuple(dict.fromkeys(name for f in self.job_features for name in f))
         depth = {len(h) for h in hidden}
         if len(depth) != 1:
             raise ValueError(f"networks of one depth stack, not {sorted(depth)}")
         with torch.device("meta"):  # only its parameters' names and shapes are used
             template = MLP([max(h[i] for h in hidden) for i in range(depth.pop())], activation=activation,
-                           features=features)
+                           features=self.features)
         self.names = [name for name, _ in template.named_parameters()]
         self.stack = nn.ParameterList(torch.zeros(len(hidden), *p.shape) for p in template.parameters())
-        self.padded = len({tuple(h) for h in hidden}) > 1
+        self.padded = len({tuple(h) for h in hidden}) > 1 or len(set(self.job_features)) > 1
         masks = [torch.zeros_like(p) for p in self.stack]
         with torch.no_grad():
-            for job, (h, seed, init) in enumerate(zip(hidden, seeds, inits, strict=True)):
-                alone = MLP(h, torch.Generator().manual_seed(seed), activation, init, features)  # its own draws
-                for stacked, mask, p in zip(self.stack, masks, alone.parameters(), strict=True):
-                    stacked[(job, *map(slice, p.shape))] = p
-                    mask[(job, *map(slice, p.shape))] = 1.0
+            for job, (h, seed, init, f) in enumerate(zip(hidden, seeds, inits, self.job_features, strict=True)):
+                alone = MLP(h, torch.Generator().manual_seed(seed), activation, init, f)  # its own draws
+                for i, (stacked, mask, p) in enumerate(zip(self.stack, masks, alone.parameters(), strict=True)):
+                    stacked[self._at(job, i, p.shape)] = p
+                    mask[self._at(job, i, p.shape)] = 1.0
         if self.padded:  # jobs of one shape (a sweep over seeds, say) need no masks
             for i, mask in enumerate(masks):
                 self.register_buffer(f"mask{i}", mask)
+
+    def _at(self, job: int, i: int, shape: torch.Size) -> tuple[Any, ...]:
+        """Where job `job`'s parameter `i` of `shape` sits in its stacked tensor: its leading slice,
+        the first layer's columns those of its features."""
+        if i == 0:
+            columns = torch.tensor([self.features.index(name) for name in self.job_features[job]])
+            return job, slice(0, shape[0]), columns
+        return job, *map(slice, shape)
 
     def stacked(self) -> dict[str, Tensor]:
         """The parameters by MLP's names, [K, ...], padding masked out."""
@@ -105,10 +117,10 @@ class StackedMLP(nn.Module):
 
     def network(self, job: int) -> MLP:
         """Job `job`'s network alone, as a plain MLP of its own widths."""
-        mlp = MLP(self.hidden[job], activation=self.activation, features=self.features)
+        mlp = MLP(self.hidden[job], activation=self.activation, features=self.job_features[job])
         with torch.no_grad():
-            for p, stacked in zip(mlp.parameters(), self.stack, strict=True):
-                p.copy_(stacked[(job, *map(slice, p.shape))])
+            for i, (p, stacked) in enumerate(zip(mlp.parameters(), self.stack, strict=True)):
+                p.copy_(stacked[self._at(job, i, p.shape)])
         return mlp
 
 
@@ -155,7 +167,8 @@ class BatchedMoonsClassifier(pl.LightningModule):
         super().__init__()
         self.cfgs = cfgs
         self.net = StackedMLP([cfg.model.hidden for cfg in cfgs], [cfg.seed for cfg in cfgs],
-                              cfgs[0].model.activation, [cfg.model.init for cfg in cfgs], tuple(cfgs[0].model.features))
+                              cfgs[0].model.activation, [cfg.model.init for cfg in cfgs],
+                              [tuple(cfg.model.features) for cfg in cfgs])
         self.register_buffer("alpha", torch.tensor([cfg.loss.alpha for cfg in cfgs]))
         self.loss_kinds = _jobs_by([(cfg.loss.name, cfg.loss.penalty) for cfg in cfgs])  # -> its jobs
         num_batches = cfgs[0].data.num_batches
