@@ -99,7 +99,7 @@ def evaluate(network: Network, cfg: Config, recorder: Recorder, command: str) ->
     test metrics (step 0), the boundary on that test set, the test set as the run's dataset input."""
     datamodule = MoonsDataModule(cfg.data, cfg.seed)
     uri = resolve_uri(cfg.tracking.uri)
-    training = ("data.num_batches", "data.batch_size", "data.val_size")  # no part of a test set
+    training = ("data.num_batches", "data.batch_size", "data.val_size", "data.train_size")  # no part of a test set
     data = {k: v for k, v in params(cfg).items() if k.startswith("data.") and k not in training}
     spec: dict[str, Any] = dict(
         uri=uri, experiment=cfg.tracking.experiment, run_name=cfg.tracking.run_name,
