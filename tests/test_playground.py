@@ -28,13 +28,15 @@ def test_with_squares_a_network_without_hidden_layers_separates_the_circles(stor
     squares = moonprop.run([*common, "model.features=[sq_x1,sq_x2]"])
     assert plain.metrics["test/acc"] < 0.7
     assert squares.metrics["test/acc"] >= 0.99
+    client = MlflowClient(store)
+    artifacts = {r.run_id: {a.path for a in client.list_artifacts(r.run_id)} for r in (plain, squares)}
+    assert "features.png" in artifacts[squares.run_id] and "features.png" not in artifacts[plain.run_id]
     import mlflow
 
     mlflow.set_tracking_uri(store)
     model = mlflow.pyfunc.load_model(squares.model_uri)
     scores = model.predict(np.array([[0.0, 0.0], [0.5, 0.0], [0.0, -1.0], [0.7, 0.7]], dtype=np.float32))
     assert list(np.sign(scores)) == [1, 1, -1, -1]  # inside the inner circle +1, on the outer one -1
-    client = MlflowClient(store)
     assert client.get_run(squares.run_id).data.params["model.features"] == "['sq_x1', 'sq_x2']"
     # scored again from its MLflow model: the features come back with the network
     evaluated = moonprop.evaluate(model_uri=squares.model_uri, overrides=["data=circles", f"tracking.uri={store}"])
@@ -91,3 +93,5 @@ def test_a_search_over_features_and_training_sizes_in_parallel_workers(workdir):
         assert run.data.params["data.train_size"] in ("20", "200") and "train/acc" in run.data.metrics
     with pytest.raises(moonprop.ConfigError, match=r"model.features\[0\]=x3"):
         check(["-m", "hydra/sweeper=search", "model.features=choice([x1,x2],[x3])"])
+    proc = moonprop_cli("model.features=[x1^2,x2^2]", cwd=workdir, check=False)  # Playground's spelling, unquoted
+    assert proc.returncode == 2 and "model.features names x1^2 sq_x1" in proc.stderr.strip().splitlines()[-1]

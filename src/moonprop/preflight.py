@@ -88,6 +88,8 @@ def syntax_error(override: str, e: Exception) -> ConfigError:
     elif value.count("[") != value.count("]") or value.endswith(","):
         # `model.hidden=[32, 32]` unquoted reaches us as `model.hidden=[32,` and `32]`
         reason = f"write a list without spaces, {key}=[32,32], or quote it: '{key}=[32, 32]'"
+    elif "^" in value:  # Playground's x1^2: Hydra's grammar has no ^
+        reason = f"{reason} (Hydra's grammar has no ^: model.features names x1^2 sq_x1 and x2^2 sq_x2)"
     return ConfigError(key, value, reason)
 
 
