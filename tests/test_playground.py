@@ -95,3 +95,16 @@ def test_a_search_over_features_and_training_sizes_in_parallel_workers(workdir):
         check(["-m", "hydra/sweeper=search", "model.features=choice([x1,x2],[x3])"])
     proc = moonprop_cli("model.features=[x1^2,x2^2]", cwd=workdir, check=False)  # Playground's spelling, unquoted
     assert proc.returncode == 2 and "model.features names x1^2 sq_x1" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_debug_overfit_is_lightnings_overfit_batches_on_one_batch(workdir):
+    """debug=overfit: one batch, the same every epoch, learnt by heart, in the debug store; Lightning's
+    own spelling is pointed at it."""
+    moonprop_cli("debug=overfit", cwd=workdir)
+    client = MlflowClient(f"sqlite:///{workdir / 'outputs' / 'debug' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
+    assert run.data.params["data.train_size"] == run.data.params["data.batch_size"] == "50"
+    assert run.data.metrics["train/acc"] == 1.0
+    assert not (workdir / "outputs" / "mlflow.db").exists()  # the user's store gets nothing
+    proc = moonprop_cli("+trainer.overfit_batches=1", cwd=workdir, check=False)
+    assert proc.returncode == 2 and "debug=overfit" in proc.stderr

@@ -427,8 +427,9 @@ OPEN = ("trainer", "callbacks", "logger", "tracking.tags")  # nodes whose keys a
 OWN_TRAINER_ARGS = {
     **dict.fromkeys(("max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches"),
                     "data.num_batches (an epoch is one freshly drawn batch)"),
+    "overfit_batches": "data.train_size=50 (one batch of points, the same every epoch), or debug=overfit",
     **dict.fromkeys(("limit_val_batches", "val_check_interval", "check_val_every_n_epoch", "num_sanity_val_steps",
-                     "overfit_batches", "reload_dataloaders_every_n_epochs", "limit_test_batches",
+                     "reload_dataloaders_every_n_epochs", "limit_test_batches",
                      "limit_predict_batches"),
                     "data.test_size (the test set is scored before training and after every epoch)"),
     "logger": "the logger group (logger=[mlflow,csv], or yours in your config folder)",
