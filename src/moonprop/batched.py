@@ -43,17 +43,16 @@ from moonprop.schedule import learning_rate
 
 def stack_key(cfg: Config, job: int) -> tuple[Any, ...]:
     """What jobs must share to train together: the depth of the network (widths and features are
-    padded), the shape of the data (batches, their size, the test, validation and training sets),
-    the device, the activation, the kind of optimizer and Lightning's arguments. Everything else
-    (seed, dataset, noise, init, loss, penalty, its weight, the optimizer's values, schedule, widths,
-    features, pictures) may differ within a batch. A job with its own callbacks or loggers, or whose gradients
+    padded), the shape of the data (batches, their size, the test and validation sets), the device,
+    the activation, the kind of optimizer and Lightning's arguments. Everything else (seed, dataset,
+    noise, init, loss, penalty, its weight, the optimizer's values, schedule, widths, features,
+    training sets, pictures) may differ within a batch. A job with its own callbacks or loggers, or whose gradients
     are clipped by their norm, is alone (`job`)."""
     lightning = cfg.trainer.lightning
     alone = bool(cfg.callbacks) or set(cfg.logger) != {RECORD_LOGGER} or (lightning.get("gradient_clip_val") is not None
                                     and lightning.get("gradient_clip_algorithm") != "value")
-    return (len(cfg.model.hidden), cfg.data.num_batches, cfg.data.batch_size,
-            cfg.data.test_size, cfg.data.val_size, cfg.data.train_size, cfg.trainer.accelerator, cfg.trainer.threads,
-            cfg.model.activation, cfg.optimizer.name,
+    return (len(cfg.model.hidden), cfg.data.num_batches, cfg.data.batch_size, cfg.data.test_size,
+            cfg.data.val_size, cfg.trainer.accelerator, cfg.trainer.threads, cfg.model.activation, cfg.optimizer.name,
             json.dumps(lightning, sort_keys=True, default=str), job if alone else None)
 
 
@@ -126,13 +125,14 @@ class StackedMLP(nn.Module):
 
 class BatchedMoonsData(pl.LightningDataModule):
     """The jobs' data, stacked: each job's batch of epoch k and test set are the ones its own
-    MoonsDataModule gives, from its seed and noise."""
+    MoonsDataModule gives, from its seed and noise. Finite training sets of any sizes are padded to
+    the largest with points labelled 0 (no class): a job without one is all padding."""
 
     def __init__(self, cfgs: list[Config]) -> None:
         super().__init__()
         self.jobs = [MoonsDataModule(cfg.data, cfg.seed) for cfg in cfgs]
-        self.test = _stacked([dm.test for dm in self.jobs])
-        self.val, self.train = (_stacked([getattr(dm, split) for dm in self.jobs]) for split in ("val", "train"))
+        self.test, self.val = (_stacked([getattr(dm, split) for dm in self.jobs]) for split in ("test", "val"))
+        self.train = _padded([dm.train for dm in self.jobs])
 
     def train_batch(self, epoch: int) -> Batch:
         batches = [dm.train_batch(epoch) for dm in self.jobs]
@@ -150,6 +150,17 @@ def _stacked(sets: list[Batch | None]) -> Batch | None:
     if sets[0] is None:  # no job has it: one shape for a batch (stack_key)
         return None
     return torch.stack([x for x, _ in sets]), torch.stack([y for _, y in sets])  # type: ignore[misc]
+
+
+def _padded(sets: list[Batch | None]) -> Batch | None:
+    if all(s is None for s in sets):
+        return None
+    n = max(len(s[1]) for s in sets if s is not None)
+    x, y = torch.zeros(len(sets), n, 2), torch.zeros(len(sets), n)
+    for job, s in enumerate(sets):
+        if s is not None:
+            x[job, :len(s[1])], y[job, :len(s[1])] = s
+    return x, y
 
 
 class BatchedMoonsClassifier(pl.LightningModule):
@@ -216,7 +227,7 @@ class BatchedMoonsClassifier(pl.LightningModule):
     def validation_step(self, batch: dict[str, Batch], batch_idx: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         params = self.net.stacked()
-        for split, prefix in (("val", "val_"), ("test", ""), ("train", "train_")):
+        for split, prefix in (("val", "val_"), ("test", "")):
             if split in batch:
                 x, y = batch[split]
                 losses, scores = self.losses(params, x, y)
@@ -225,6 +236,11 @@ class BatchedMoonsClassifier(pl.LightningModule):
                     self.log_dict(scored_metrics(split, losses[0], int(correct[0]) / y.shape[1]), logger=False,
                                   batch_size=y.shape[1])
                 out |= {f"{prefix}losses": losses, f"{prefix}correct": correct}
+        if "train" in batch:  # training sets padded with points labelled 0: their accuracy alone, over real points
+            x, y = batch["train"]
+            out["train_correct"] = (((self.net.scores(params, x) > 0) == (y > 0)) & (y != 0)).sum(1)
+            if self.log_metrics:
+                self.log("train/acc", int(out["train_correct"][0]) / int((y[0] != 0).sum()), logger=False)
         return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

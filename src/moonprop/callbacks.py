@@ -163,8 +163,12 @@ class BatchedMlflowCallback(pl.Callback):
                  plot_cfgs: list[PlotConfig], num_epochs: int, params: list[dict[str, str]],
                  planes: list[plot.Plane], train: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.runs, self.cfgs, self.num_epochs, self.params = runs, plot_cfgs, num_epochs, params
-        trains = [(x.numpy(), y.numpy()) for x, y in zip(*train, strict=True)] if train is not None else None
-        self.pictures = [plot.Boundary(x.numpy(), y.numpy(), cfg.resolution, plane, trains[job] if trains else None)
+        # each job's finite training set, its padding (label 0) taken off, for its pictures and train/acc
+        trains = [(x[y != 0].numpy(), y[y != 0].numpy()) for x, y in zip(*train, strict=True)] \
+            if train is not None else [(np.zeros((0, 2)), np.zeros(0))] * len(runs)
+        self.train_sizes = [len(y) for _, y in trains]
+        self.pictures = [plot.Boundary(x.numpy(), y.numpy(), cfg.resolution, plane,
+                                       trains[job] if self.train_sizes[job] else None)
                          for job, (x, y, cfg, plane) in enumerate(zip(*test, plot_cfgs, planes, strict=True))]
         self.drawn = [-1] * len(runs)  # each job's latest picture
         self.test_size = test[1].shape[1]
@@ -206,8 +210,8 @@ class BatchedMlflowCallback(pl.Callback):
             if val:
                 self.val_acc[job] = val[1][job] / batch["val"][1].shape[1]
                 metrics |= {"val/acc": self.val_acc[job], "val/loss": shortest(val[0][job])}
-            if "train_correct" in outputs:  # a finite training set's, whole
-                metrics["train/acc"] = outputs["train_correct"][job].item() / batch["train"][1].shape[1]
+            if self.train_sizes[job]:  # a finite training set's, whole
+                metrics["train/acc"] = outputs["train_correct"][job].item() / self.train_sizes[job]
             self._send_metrics(job, metrics, step, now)
         due = [job for job in active if step % self.cfgs[job].every_n_epochs == 0 or step == self.num_epochs]
         for chunk in range(0, len(due), self.CHUNK):
