@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -91,6 +93,10 @@ def test_a_search_over_features_and_training_sizes_in_parallel_workers(workdir):
     for run in jobs:
         assert run.data.params["model.features"] in ("['x1', 'x2']", "['sq_x1', 'sq_x2']")
         assert run.data.params["data.train_size"] in ("20", "200") and "train/acc" in run.data.metrics
+    (parent,) = {r.data.tags["mlflow.parentRunId"] for r in jobs}
+    with open(client.download_artifacts(parent, "jobs.csv", str(workdir))) as f:
+        table = list(csv.DictReader(f))
+    assert sorted(float(row["train_acc"]) for row in table) == sorted(r.data.metrics["train/acc"] for r in jobs)
     with pytest.raises(moonprop.ConfigError, match=r"model.features\[0\]=x3"):
         check(["-m", "hydra/sweeper=search", "model.features=choice([x1,x2],[x3])"])
     proc = moonprop_cli("model.features=[x1^2,x2^2]", cwd=workdir, check=False)  # Playground's spelling, unquoted

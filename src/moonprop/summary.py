@@ -102,6 +102,7 @@ def _rows(client: MlflowClient, parent: str) -> list[dict[str, Any]]:
             "val_loss": metrics.get("val/loss"),
             "test_acc": metrics.get("test/acc"),
             "test_loss": metrics.get("test/loss"),
+            "train_acc": metrics.get("train/acc"),  # a finite training set's (data.train_size), else None
             "wall_s": round((end - run.info.start_time) / 1000, 2),  # training and recording
             "run_id": run.info.run_id,
         })
@@ -161,8 +162,8 @@ def _best(rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> tuple[di
 
 
 def _fmt(key: str, v: Any) -> str:
-    digits = {"val_acc": 3, "val_loss": 4, "test_acc": 3, "test_loss": 4, "wall_s": 2, "test_acc_mean": 4,
-              "test_acc_std": 4, "test_acc_ci95": 4, "val_acc_mean": 4, "val_acc_std": 4}
+    digits = {"val_acc": 3, "val_loss": 4, "test_acc": 3, "test_loss": 4, "train_acc": 3, "wall_s": 2,
+              "test_acc_mean": 4, "test_acc_std": 4, "test_acc_ci95": 4, "val_acc_mean": 4, "val_acc_std": 4}
     return "-" if v is None else f"{v:.{digits[key]}f}" if key in digits else str(v)
 
 
@@ -178,7 +179,9 @@ def _markdown(rows: list[dict[str, Any]], configs: list[dict[str, Any]], best: d
              *_table(configs, ["config", "n", "test_acc_mean", "test_acc_std", "test_acc_ci95", "val_acc_mean",
                                "val_acc_std"]),
              "", "jobs", "",
-             *_table(rows, ["job", "name", "status", "val_acc", "test_acc", "test_loss", "wall_s", "run_id"])]
+             *_table(rows, ["job", "name", "status", "val_acc", "test_acc", "test_loss",
+                            *(["train_acc"] if any(r["train_acc"] is not None for r in rows) else []), "wall_s",
+                            "run_id"])]
     if best and best_job:
         ci95 = best["test_acc_ci95"]
         spread = "" if ci95 is None else f" +- {ci95:.4f} (95% interval of the mean)"
