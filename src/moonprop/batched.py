@@ -46,8 +46,8 @@ def stack_key(cfg: Config, job: int) -> tuple[Any, ...]:
     padded), the shape of the data (batches, their size, the test and validation sets), the device,
     the activation, the kind of optimizer and Lightning's arguments. Everything else (seed, dataset,
     noise, init, loss, penalty, its weight, the optimizer's values, schedule, widths, features,
-    training sets, pictures) may differ within a batch. A job with its own callbacks or loggers, or whose gradients
-    are clipped by their norm, is alone (`job`)."""
+    training sets, pictures) may differ within a batch. A job with its own callbacks or loggers, or
+    whose gradients are clipped by their norm, is alone (`job`)."""
     lightning = cfg.trainer.lightning
     alone = bool(cfg.callbacks) or set(cfg.logger) != {RECORD_LOGGER} or (lightning.get("gradient_clip_val") is not None
                                     and lightning.get("gradient_clip_algorithm") != "value")
