@@ -37,7 +37,6 @@ from torch.utils.data import DataLoader
 from moonprop.config import RECORD_LOGGER, AdamOptimizer, AdamWOptimizer, Config, MomentumOptimizer
 from moonprop.data import Batch, MoonsDataModule, _OneBatchPerEpoch, scored
 from moonprop.model import MLP, POINT, loss, stacked_forward
-from moonprop.module import scored_metrics
 from moonprop.schedule import learning_rate
 
 
@@ -233,8 +232,8 @@ class BatchedMoonsClassifier(pl.LightningModule):
                 losses, scores = self.losses(params, x, y)
                 correct = ((scores > 0) == (y > 0)).sum(1)
                 if self.log_metrics:
-                    self.log_dict(scored_metrics(split, losses[0], int(correct[0]) / y.shape[1]), logger=False,
-                                  batch_size=y.shape[1])
+                    self.log_dict({f"{split}/loss": losses[0], f"{split}/acc": int(correct[0]) / y.shape[1]},
+                                  logger=False, batch_size=y.shape[1])
                 out |= {f"{prefix}losses": losses, f"{prefix}correct": correct}
         if "train" in batch:  # training sets padded with points labelled 0: their accuracy alone, over real points
             x, y = batch["train"]

@@ -127,9 +127,8 @@ class ModelConfig:
         for i, h in enumerate(self.hidden):
             check_positive_int(f"model.hidden[{i}]", h)
         for i, name in enumerate(self.features):
-            spelled = {"x1^2": "sq_x1", "x2^2": "sq_x2", "x1*x2": "x1x2", "sin(x1)": "sin_x1", "sin(x2)": "sin_x2"}
             _check(name in FEATURES, f"model.features[{i}]", name, f"one of {', '.join(FEATURES)}"
-                   + (f" ({name} is {spelled[name]})" if name in spelled else ""))
+                   + (f" ({name} is {PLAYGROUND_FEATURES[name]})" if name in PLAYGROUND_FEATURES else ""))
         _check(bool(self.features) and len(set(self.features)) == len(self.features), "model.features",
                self.features, "one or more features, each once")
         _one_of("model.activation", self.activation, ACTIVATIONS)
@@ -420,6 +419,7 @@ LOSSES = ("hinge", "logistic", "squared_hinge")  # conf/loss/<name>.yaml: one Lo
 PENALTIES = ("l2", "l1", "none")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity", "gelu", "leaky_relu")
 FEATURES = ("x1", "x2", "sq_x1", "sq_x2", "x1x2", "sin_x1", "sin_x2")  # model.FEATURES computes them
+PLAYGROUND_FEATURES = {"x1^2": "sq_x1", "x2^2": "sq_x2", "x1*x2": "x1x2", "sin(x1)": "sin_x1", "sin(x2)": "sin_x2"}
 INITS = ("uniform", "kaiming", "xavier")
 ACCELERATORS = ("auto", "cpu", "gpu")
 OPEN = ("trainer", "callbacks", "logger", "tracking.tags")  # nodes whose keys are the user's (checked apart)

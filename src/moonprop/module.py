@@ -64,12 +64,6 @@ def _typed(value: Any, kind: type | dict[str, type]) -> Any:
     return value
 
 
-def scored_metrics(split: str, loss: Tensor, acc: float) -> dict[str, Any]:
-    """What `self.log` records of a scored set: its loss and accuracy; of a finite training set its
-    accuracy alone (train/loss is each step's batch's, logged by training_step)."""
-    return {f"{split}/acc": acc} if split == "train" else {f"{split}/loss": loss, f"{split}/acc": acc}
-
-
 class MoonsClassifier(pl.LightningModule):
     def __init__(self, model: ModelConfig, loss: LossConfig, optimizer: OptimizerConfig, schedule: ScheduleConfig,
                  num_batches: int, seed: int) -> None:
@@ -122,14 +116,19 @@ class MoonsClassifier(pl.LightningModule):
         only reports, and a finite training set's accuracy (train/acc; train/loss is each step's
         batch's)."""
         out: dict[str, Any] = {}
-        for split, prefix in (("val", "val_"), ("test", ""), ("train", "train_")):
+        for split, prefix in (("val", "val_"), ("test", "")):
             if split in batch:
                 value, scores = self._common_step(batch[split])
                 acc = accuracy(scores, batch[split][1])
                 if self.log_metrics:
-                    self.log_dict(scored_metrics(split, value, acc), prog_bar=True, logger=self._to_loggers,
-                                  batch_size=len(scores))
+                    self.log_dict({f"{split}/loss": value, f"{split}/acc": acc}, prog_bar=True,
+                                  logger=self._to_loggers, batch_size=len(scores))
                 out |= {f"{prefix}loss": value, f"{prefix}acc": acc}
+        if "train" in batch:  # its accuracy alone: no loss to compute
+            x, y = batch["train"]
+            out["train_acc"] = accuracy(self(x), y)
+            if self.log_metrics:
+                self.log("train/acc", out["train_acc"], prog_bar=True, logger=self._to_loggers, batch_size=len(y))
         return out
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:

@@ -289,7 +289,8 @@ def _pictures(client: MlflowClient, parent: str, rows: list[dict[str, Any]], con
                 boundaries[r["job"]] = Image.open(path).copy()
             except Exception:  # a failed job has no final picture
                 boundaries[r["job"]] = None
-            for key in ("test/acc", "train/acc"):
+            # train/acc only where the job has a finite training set: one query a job less in other sweeps
+            for key in ("test/acc", "train/acc") if r["train_acc"] is not None else ("test/acc",):
                 history = client.get_metric_history(r["run_id"], key)
                 curves[r["job"], key] = [m.value for m in sorted(history, key=lambda m: m.step)]
         cells = [(swept_values(r["overrides"].split(), keys) if keys else {"job": r["name"]},
@@ -298,7 +299,7 @@ def _pictures(client: MlflowClient, parent: str, rows: list[dict[str, Any]], con
         plot.small_multiples(cells).save(Path(tmp) / "boundaries.png")
         by_config = {c["config"]: [r["job"] for r in finished if r["config"] == c["config"]] for c in configs}
         by_config = {config: jobs for config, jobs in by_config.items() if jobs}
-        train = [[curves[job, "train/acc"] for job in jobs] for jobs in by_config.values()]
+        train = [[curves.get((job, "train/acc"), []) for job in jobs] for jobs in by_config.values()]
         plot.curves([(config, [curves[job, "test/acc"] for job in jobs]) for config, jobs in by_config.items()],
                     train=train if all(all(runs) for runs in train) else None).save(Path(tmp) / "curves.png")
         client.log_artifact(parent, str(Path(tmp) / "boundaries.png"))
