@@ -95,7 +95,8 @@ def wait_for_step(cwd: Path, step: int, proc: subprocess.Popen[str], timeout: fl
 def sweep_runs(client: MlflowClient):
     """A sweep's parent run and its jobs' runs, in job order."""
     exp = client.get_experiment_by_name("moonprop").experiment_id
-    (parent,) = client.search_runs([exp], "tags.`sweep.id` != '' and attributes.run_name LIKE 'sweep %'")
+    runs = client.search_runs([exp], "tags.`sweep.id` != ''")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     return parent, sorted(children, key=lambda r: int(r.data.tags["sweep.job"]))
 

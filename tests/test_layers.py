@@ -16,8 +16,8 @@ SRC = REPO / "src"
 LAYERS = [
     ("vocabulary", ["moonprop.config", "moonprop.jobs", "moonprop.hydra_internals"]),
     ("ML core", ["moonprop.schedule", "moonprop.model", "moonprop.data", "moonprop.module", "moonprop.batched"]),
-    ("record", ["moonprop.plot", "moonprop.mlflow_internals", "moonprop.logged_model", "moonprop.tracking",
-                "moonprop.summary", "moonprop.recorder"]),
+    ("record", ["moonprop.stats", "moonprop.plot", "moonprop.mlflow_internals", "moonprop.logged_model",
+                "moonprop.tracking", "moonprop.summary", "moonprop.recorder"]),
     ("training", ["moonprop.loggers", "moonprop.callbacks", "moonprop.train", "moonprop.evaluation"]),
     ("orchestration", ["moonprop.sweep", "moonprop.preflight"]),
     ("CLI", ["moonprop.cli", "moonprop.api", "moonprop.__main__", "moonprop"]),

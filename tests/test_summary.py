@@ -12,8 +12,9 @@ import statistics
 import mlflow
 import pytest
 import torch
-from scipy.stats import t
+from scipy.stats import t, ttest_rel
 
+from moonprop import stats
 from moonprop.config import MoonsData
 from moonprop.data import MoonsDataModule
 
@@ -77,7 +78,9 @@ def test_seeds_are_summarised_per_configuration_and_the_parent_sorts(workdir):
     # the registered model is the best job's of the best configuration, chosen on validation
     version = client.get_model_version_by_alias("moons", "sweep-best")
     assert version.run_id == parent.data.tags["best_run_id"]
-    assert "| config | n | test_acc_mean |" in proc.stderr and "its lead over the next" in proc.stderr
+    assert "| config | n | test_acc_mean |" in proc.stderr and "\nverdict (final val_acc; paired t-tests" in proc.stderr
+    assert parent.info.run_name == "sweep seed 0..2, schedule x2"  # what it sweeps and over what
+    assert [r["verdict"] for r in rows].count("best") == 1 and parent.data.tags["verdict"] in proc.stderr
     # the sweep's fixed values as params, its answers as metrics: MLflow's own search sorts sweeps by them
     assert parent.data.params == {"data.num_batches": "10", "plot.every_n_epochs": "5",
                                   "tracking.registered_model": "moons"}
@@ -93,3 +96,56 @@ def test_seeds_are_summarised_per_configuration_and_the_parent_sorts(workdir):
 def test_a_single_run_is_tagged_by_its_configuration(workdir):
     moonprop("data.num_batches=2", "seed=4", "model.hidden=[8]", cwd=workdir)
     assert only_run(workdir).data.tags["moonprop.config"] == "num_batches=2 hidden=[8]"  # all but the seed
+
+
+def test_a_sweep_of_two_keys_gives_each_its_effect_and_the_verdict_corrects(workdir):
+    moonprop("-m", "seed=0,1", "schedule=linear,cosine", "model.hidden=[4],[16,16]", "data.num_batches=10",
+             "plot.every_n_epochs=5", cwd=workdir)
+    client = default_store(workdir)
+    parent, children = sweep_runs(client)
+    assert parent.info.run_name == "sweep seed 0..1, schedule x2, hidden x2"
+
+    def read(name: str) -> list[dict]:
+        return list(csv.DictReader(io.StringIO(open(client.download_artifacts(parent.info.run_id, name)).read())))
+
+    effects = read("effects.csv")
+    assert [(e["key"], e["value"]) for e in effects] == [("schedule", "linear"), ("schedule", "cosine"),
+                                                         ("hidden", "[4]"), ("hidden", "[16,16]")]
+    # a value's effect: the mean of its configurations' means (two each, of two seeds)
+    for e in effects:
+        key = "schedule" if e["key"] == "schedule" else "model.hidden"
+        runs = [c for c in children if f"{key}={e['value']}" in c.data.tags["sweep.overrides"].split()]
+        assert len(runs) == int(e["jobs"]) == 4 and int(e["configs"]) == 2
+        assert float(e["test_acc"]) == pytest.approx(statistics.fmean(c.data.metrics["test/acc"] for c in runs))
+        assert float(e["val_lo"]) <= float(e["val_acc"]) <= float(e["val_hi"])
+        assert 0 <= float(e["share_lo"]) <= float(e["share_hi"]) <= 1
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"effects.csv", "effects.png"}
+    summary = open(client.download_artifacts(parent.info.run_id, "summary.md")).read()
+    assert "| key | value | configs | jobs | val_acc | test_acc | share |" in summary
+    # the verdict's p-values: the paired tests of the best against the three others, Holm-corrected
+    rows = read("summary.csv")
+    best = next(r for r in rows if r["verdict"] == "best")
+
+    def by_seed(config: str) -> list[float]:
+        runs = sorted((c for c in children if c.data.tags["moonprop.config"] == config),
+                      key=lambda c: int(c.data.params["seed"]))
+        return [c.data.metrics["val/acc"] for c in runs]
+
+    others = [r for r in rows if r is not best]
+    raw = [ttest_rel(by_seed(best["config"]), by_seed(r["config"])).pvalue for r in others]
+    raw = [1.0 if math.isnan(p) else p for p in raw]
+    assert [float(r["p_holm"]) for r in others] == pytest.approx(stats.holm(raw))
+
+
+def test_a_sweep_over_datasets_answers_within_each(workdir):
+    proc = moonprop("-m", "data=moons,circles", "model.activation=relu,tanh", "seed=0,1", "data.num_batches=10",
+                    "plot.every_n_epochs=5", "tracking.registered_model=m", cwd=workdir)
+    client = default_store(workdir)
+    parent, _ = sweep_runs(client)
+    rows = list(csv.DictReader(io.StringIO(open(client.download_artifacts(parent.info.run_id, "summary.csv")).read())))
+    assert {r["task"] for r in rows} == {"data=moons", "data=circles"}
+    assert sorted(r["task"] for r in rows if r["verdict"] == "best") == ["data=circles", "data=moons"]
+    assert "verdict for data=moons" in proc.stderr and "verdict for data=circles" in proc.stderr
+    assert "best_run_id" not in parent.data.tags and "data=moons: " in parent.data.tags["best_config"]
+    assert "nothing registered: the sweep has 2 tasks" in proc.stderr
+    assert "effects.csv" not in {a.path for a in client.list_artifacts(parent.info.run_id)}  # one key but the task

@@ -75,9 +75,9 @@ def test_the_address_make_ui_prints_opens_on_the_runs_named_by_what_they_vary(ui
     assert ui_script.experiments(store) == [(int(experiment), "moonprop")]
     open_page(page, f"{url}/#/experiments/{experiment}/runs?workflowType=machine_learning", "runs.png",
               "text=ui-check")
-    assert page.get_by_text("sweep hidden, schedule", exact=True).first.is_visible()
+    assert page.get_by_text("sweep hidden x2, schedule x2", exact=True).first.is_visible()
     # the expander beside the parent's name shows the sweep's jobs
-    name_cell = page.get_by_role("gridcell").filter(has_text="sweep hidden, schedule").first
+    name_cell = page.get_by_role("gridcell").filter(has_text="sweep hidden x2, schedule x2").first
     name_cell.get_by_role("button").first.click()
     page.get_by_text("hidden=[8] schedule=linear", exact=True).first.wait_for(timeout=30_000)
     page.screenshot(path=str(SHOTS / "runs-sweep.png"))

@@ -300,6 +300,18 @@ class PlotConfig:
 
 
 @dataclass
+class SweepConfig:
+    within: list[str] = option(["data"], "swept keys that change the task: a sweep's best, verdict and effects are "
+                                         "given within each of their values, never across (sweep.within=[data,"
+                                         "data.noise]); [] compares everything")
+
+    def check(self) -> None:
+        for i, key in enumerate(self.within):
+            _check(isinstance(key, str) and bool(key.strip()) and "=" not in key, f"sweep.within[{i}]", key,
+                   "a key as the command line sweeps it (data, data.noise, model.hidden)")
+
+
+@dataclass
 class Config:
     data: Any = MISSING  # a DataConfig, chosen by the `data` config group
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -309,6 +321,7 @@ class Config:
     trainer: Any = field(default_factory=lambda: dict(TRAINER_DEFAULTS))  # see TrainerConfig
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     callbacks: dict[str, Any] = option({}, "Lightning callbacks, each a config with its _target_: "
                                            "callbacks=[early_stopping], or yours from your config folder")
     logger: dict[str, Any] = option({}, "Lightning loggers, each a config with its _target_: mlflow (moonprop's "
@@ -321,7 +334,7 @@ class Config:
     def check(self) -> None:
         """Each section's ranges, then the whole config's: the callbacks, loggers, seed and resume."""
         for section in (self.data, self.model, self.loss, self.optimizer, self.schedule, self.trainer, self.tracking,
-                        self.plot):
+                        self.plot, self.sweep):
             section.check()
         for name, callback in self.callbacks.items():
             _check(isinstance(callback, dict) and isinstance(callback.get("_target_"), str), f"callbacks.{name}",

@@ -123,19 +123,53 @@ def config_name(overrides: list[str], keys: list[str]) -> str:
     """A run's settings without its seed, in the words of its job name (`hidden=[8] schedule=cosine`):
     the values of the swept keys but the seed; if the sweep varies only the seed, or for a single
     run, its other overrides; `default` for the default config. What only names or draws the run
-    (`tracking.*`, `plot.*`) is no setting. The runs of one configuration share it, whatever their
+    (`tracking.*`, `plot.*`, `sweep.*`) is no setting. The runs of one configuration share it, whatever their
     seeds."""
     def setting(key: str) -> bool:  # what changes what is trained: not the seed, the record, the pictures
-        return key != "seed" and key != "resume" and not key.startswith(("tracking.", "plot.", "hydra."))
+        return key != "seed" and key != "resume" and not key.startswith(("tracking.", "plot.", "hydra.", "sweep."))
 
     others = [k for k in given_values(overrides) if setting(k) and k not in keys]
     return _words(overrides, [k for k in keys if setting(k)]) or _words(overrides, others) or "default"
 
 
-def sweep_name(keys: list[str], sweep_id: str) -> str:
-    """The parent run's name: `sweep hidden, schedule` (its folder, if it sweeps no key); the
-    runs table shows when it started, and its `sweep.id` tag its folder."""
-    return f"sweep {', '.join(short_names(keys).values())}" if keys else f"sweep {sweep_id}"
+def _span(override: Override) -> str:
+    """How a name says a swept key's values: `0..9` for consecutive integers, else their count, `x3`."""
+    if not (override.is_choice_sweep() or override.is_range_sweep()):
+        return ""  # an interval: a search's, which is named by its study
+    values = list(override.sweep_iterator())
+    if len(values) > 1 and all(type(v) is int for v in values) and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}..{values[-1]}"
+    return f"x{len(values)}"
+
+
+def sweep_name(config: DictConfig, sweep_id: str) -> str:
+    """The parent run's name, which tells sweeps apart in the runs table: what it sweeps and over
+    what, `sweep schedule x3, seed 0..2`; a search by its study, `search search-1a2b3c4d5e`; its
+    folder, if it sweeps no key. The runs table shows when it started, its `sweep.id` tag its folder."""
+    if str(config.hydra.sweeper.get("_target_", "")).endswith(Sweeper.SEARCH.value):
+        return f"search {study_name(config)}"
+    overrides = [o for o in sweep_overrides(config.hydra.sweeper.get("params"), list(config.hydra.overrides.task))
+                 if o.is_sweep_override()]
+    names = short_names([o.key_or_group for o in overrides])
+    said = [f"{names[o.key_or_group]} {_span(o)}".strip() for o in overrides]
+    return f"sweep {', '.join(said)}" if said else f"sweep {sweep_id}"
+
+
+def study_name(config: DictConfig) -> str:
+    """hydra/sweeper=search's study: `hydra.sweeper.study_name`, or derived from the search (its
+    space, its fixed values, the direction and the primary config), so that the same command
+    continues the same study."""
+    import hashlib
+
+    sweeper = config.hydra.sweeper
+    if sweeper.get("study_name"):
+        return str(sweeper.study_name)
+    overrides = sweep_overrides(sweeper.get("params"), list(config.hydra.overrides.task))
+    search = {"space": sorted(o.input_line for o in overrides if o.is_sweep_override()),
+              "fixed": sorted((o.get_key_element(), o.get_value_element_as_str())
+                              for o in overrides if not o.is_sweep_override()),
+              "direction": sweeper.direction, "config": str(config.hydra.job.config_name)}
+    return "search-" + hashlib.sha256(json.dumps(search).encode()).hexdigest()[:10]
 
 
 class Trial(NamedTuple):

@@ -14,7 +14,7 @@ import functools
 import io
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import GifImagePlugin, Image, ImageDraw, ImageFont
@@ -569,3 +569,78 @@ def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int =
         for px in np.arange(xs[0], xs[-1] - 3, 7.0) if len(mean) > 1 else []:
             draw.line([(p, float(np.interp(p, xs, ys))) for p in (px, px + 3)], fill=SERIES[i % len(SERIES)], width=2)
     return image
+
+
+def effects(rows: Sequence[dict[str, Any]], panel: tuple[int, int] = (340, 300)) -> Image.Image:
+    """A sweep's effects (summary's rows of stats.Effect, with a `task` where the sweep varies it):
+    a small panel per swept key, a row of them per task, the key's values along x, each value's
+    mean final val_acc (a dot) and test_acc (a square) with their 95% intervals as bars, and the
+    share of the variation the key explains in its title. One accuracy axis for every panel, so
+    that a tall effect looks tall beside a flat one."""
+    size, gap = 16, 14
+    line = size + 6
+    tasks = list(dict.fromkeys(r.get("task", "") for r in rows))
+    keys = list(dict.fromkeys(r["key"] for r in rows))
+    ends = [v for r in rows for m in ("val", "test") for v in (r[f"{m}_acc"], r[f"{m}_lo"], r[f"{m}_hi"])
+            if v is not None]
+    lo, hi = min(ends), max(ends)
+    step = next(s for s in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2) if (hi - lo) / s <= 6)
+    lo, hi = math.floor(lo / step - 0.3) * step, math.ceil(hi / step + 0.3) * step
+    width, height = panel
+    task_w = max((text_size(t, size)[0] for t in tasks), default=0) + gap if tasks != [""] else 0
+    legend_h = 2 * line + gap
+    note = "mean over the other keys' values and the seeds; bars: its 95% interval"
+    canvas = Image.new("RGB", (max(gap + task_w + len(keys) * (width + gap), 2 * gap + text_size(note, size)[0]),
+                               legend_h + len(tasks) * (height + gap) + gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = gap + task_w
+    for m, label in enumerate(("val_acc (chooses)", "test_acc (reports)")):
+        (draw.ellipse if m == 0 else draw.rectangle)((x, 10, x + 9, 19), fill=SERIES[m])
+        draw.text((x + 16, 14), label, fill=TEXT, font=font(size), anchor="lm")
+        x += text_size(label, size)[0] + 40
+    draw.text((gap + task_w, 14 + line), note, fill=MUTED, font=font(size), anchor="lm")
+    for t, task in enumerate(tasks):
+        top = legend_h + t * (height + gap)
+        if task:
+            draw.text((gap, top + height // 2), task, fill=TEXT, font=font(size), anchor="lm")
+        for k, key in enumerate(keys):
+            mine = [r for r in rows if r.get("task", "") == task and r["key"] == key]
+            if mine:
+                _effect_panel(draw, (gap + task_w + k * (width + gap), top, width, height), mine, lo, hi, step, size)
+    return canvas
+
+
+def _effect_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], rows: Sequence[dict[str, Any]],
+                  lo: float, hi: float, step: float, size: int) -> None:
+    x0, top, width, height = box
+    share = rows[0]["share"]
+    title = f"{rows[0]['key']}: {share:.0%} of the variation"
+    if rows[0]["share_lo"] is not None:
+        title += f" [{rows[0]['share_lo']:.0%}, {rows[0]['share_hi']:.0%}]"
+    draw.text((x0, top), title, fill=TEXT, font=font(size))
+    left, right, y0, y1 = x0 + 52, x0 + width - 8, top + 30, top + height - 48
+    draw.rectangle((left, y0, right, y1), outline=FRAME)
+
+    def y(value: float) -> float:
+        return y1 - (y1 - y0) * (value - lo) / (hi - lo)
+
+    for k in range(int(round((hi - lo) / step)) + 1):
+        value = lo + k * step
+        draw.line((left, y(value), right, y(value)), fill=(240, 240, 240))
+        draw.text((left - 6, y(value)), f"{value:.3f}".rstrip("0") if step < 0.01 else f"{value:.2f}", fill=MUTED,
+                  font=font(size - 2), anchor="rm")
+    slot = (right - left) / len(rows)
+    for i, row in enumerate(rows):
+        centre = left + slot * (i + 0.5)
+        for m, metric in enumerate(("val", "test")):
+            cx, colour = centre + (m - 0.5) * min(18, slot / 4), SERIES[m]
+            if row[f"{metric}_lo"] is not None:
+                a, b = y(row[f"{metric}_lo"]), y(row[f"{metric}_hi"])
+                draw.line((cx, a, cx, b), fill=colour, width=2)
+                draw.line((cx - 4, a, cx + 4, a), fill=colour, width=2)
+                draw.line((cx - 4, b, cx + 4, b), fill=colour, width=2)
+            cy = y(row[f"{metric}_acc"])
+            shape = draw.ellipse if metric == "val" else draw.rectangle
+            shape((cx - 4, cy - 4, cx + 4, cy + 4), fill=colour)
+        for j, text in enumerate(wrap(row["value"], size - 2, int(slot) - 4)[:2]):
+            draw.text((centre, y1 + 6 + j * (size + 2)), text, fill=TEXT, font=font(size - 2), anchor="ma")

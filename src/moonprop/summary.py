@@ -10,12 +10,10 @@ import contextlib
 import csv
 import io
 import json
-import math
-import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from mlflow import MlflowClient
@@ -23,8 +21,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from moonprop import logged_model, plot
-from moonprop.jobs import CONFIG_TAG, PRUNED_TAG, given_values, swept_values
+from moonprop import logged_model, plot, stats
+from moonprop.jobs import CONFIG_TAG, PRUNED_TAG, SWEEP_FILE, given_values, short_names, swept_values
 from moonprop.tracking import prepare
 
 
@@ -105,6 +103,7 @@ def _rows(client: MlflowClient, parent: str) -> list[dict[str, Any]]:
             "train_acc": metrics.get("train/acc"),  # a finite training set's (data.train_size), else None
             "wall_s": round((end - run.info.start_time) / 1000, 2),  # training and recording
             "run_id": run.info.run_id,
+            "seed": int(run.data.params.get("seed", 0)),  # what pairs two configurations' jobs in the verdict
         })
     return rows
 
@@ -119,52 +118,160 @@ def _failed(row: dict[str, Any]) -> bool:
     return row["status"] not in ("FINISHED", "PRUNED")
 
 
-def _spread(values: list[float]) -> tuple[float | None, float | None, float | None]:
-    """The mean, the sample standard deviation and the half-width of the 95% interval of the
-    mean (Student's t with n - 1 degrees of freedom); the last two None for a single value."""
-    if not values:
-        return None, None, None
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, None, None
-    std = statistics.stdev(values)
-    from scipy.stats import t  # MLflow's own dependency; imported for a sweep's end only
+class Layout(NamedTuple):
+    """What a sweep varies, as its summary reads it."""
 
-    return mean, std, float(t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
+    keys: list[str]  # the swept keys, as given (`model.hidden`)
+    tasks: list[str]  # those among them that change the task (`sweep.within`): nothing is compared across
+    grid: bool  # every combination of given values (not a search's trials): effects can be read off it
+
+    @classmethod
+    def of(cls, client: MlflowClient, parent: str, sweep_dir: Path) -> Layout:
+        keys = [k for k in client.get_run(parent).data.tags.get("sweep.keys", "").split(",") if k]
+        known = json.loads((sweep_dir / SWEEP_FILE).read_text()) if (sweep_dir / SWEEP_FILE).is_file() else {}
+        within = known.get("within", ["data"])
+        return cls(keys, [k for k in keys if k in within], not known.get("numbered", False))
+
+    @property
+    def factors(self) -> list[str]:
+        """The keys whose effects a grid sweep reads: what it varies but the seed and the task."""
+        return [k for k in self.keys if k != "seed" and k not in self.tasks]
 
 
-def configurations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _values(row: dict[str, Any], keys: list[str]) -> dict[str, str]:
+    """A job's values of `keys`, by their names in the whole sweep's words (`hidden`)."""
+    given = given_values(row["overrides"].split())
+    return {short: given.get(key, "-") for key, short in short_names(keys).items()}
+
+
+def _task(row: dict[str, Any], layout: Layout) -> str:
+    """`data=circles`: the task a job learns, where the sweep varies it; "" where it does not."""
+    names = short_names(layout.keys)
+    return " ".join(f"{names[k]}={v}" for k, v in zip(layout.tasks, _values(row, layout.tasks).values(), strict=True))
+
+
+def configurations(rows: list[dict[str, Any]], layout: Layout) -> list[dict[str, Any]]:
     """The jobs that differ only in their seed, grouped (by their `moonprop.config` tag): for each,
-    its finished jobs' count `n`, the mean and spread of their final test and validation accuracy."""
+    its task (if the sweep varies it), its finished jobs' count `n`, the mean and spread of their
+    final test and validation accuracy, and the verdict on it within its task (`_judge`)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(row["config"], []).append(row)
     out = []
     for config, jobs in groups.items():
         finished = [r for r in jobs if _finished(r)]
-        test_mean, test_std, test_ci = _spread([r["test_acc"] for r in finished])
-        val_mean, val_std, _ = _spread([r["val_acc"] for r in finished if r["val_acc"] is not None])
-        out.append({"config": config, "n": len(finished), "jobs": len(jobs), "test_acc_mean": test_mean,
-                    "test_acc_std": test_std, "test_acc_ci95": test_ci, "val_acc_mean": val_mean,
-                    "val_acc_std": val_std})
+        test_mean, test_std, test_ci = stats.interval([r["test_acc"] for r in finished])
+        val_mean, val_std, _ = stats.interval([r["val_acc"] for r in finished if r["val_acc"] is not None])
+        out.append({"config": config, **({"task": _task(jobs[0], layout)} if layout.tasks else {}),
+                    "n": len(finished), "jobs": len(jobs), "test_acc_mean": test_mean, "test_acc_std": test_std,
+                    "test_acc_ci95": test_ci, "val_acc_mean": val_mean, "val_acc_std": val_std,
+                    "vs_best": None, "p_holm": None, "verdict": "", "seeds_to_decide": None})
     return out
 
 
-def _best(rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> tuple[dict | None, dict | None]:
-    """The best configuration, by its mean validation accuracy, and its best job, by its own: the
-    test set only reports (choosing on it would bias the accuracy reported upward)."""
-    scored = [c for c in configs if c["val_acc_mean"] is not None]
-    if not scored:
-        return None, None
-    best = max(scored, key=lambda c: c["val_acc_mean"])
-    jobs = [r for r in rows if r["config"] == best["config"] and _finished(r) and r["val_acc"] is not None]
-    return best, max(jobs, key=lambda r: r["val_acc"])
+def _by_seed(rows: list[dict[str, Any]], config: str) -> dict[int, float]:
+    return {r["seed"]: r["val_acc"] for r in rows
+            if r["config"] == config and _finished(r) and r["val_acc"] is not None}
+
+
+def _judge(rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> list[str]:
+    """The verdict within each task, written into its configurations' rows: the best (by mean
+    val_acc) against every other, Holm-corrected (stats.verdict); the sentences that say it."""
+    sentences = []
+    for task in dict.fromkeys(c.get("task", "") for c in configs):
+        mine = [c for c in configs if c.get("task", "") == task]
+        judged = stats.verdict({c["config"]: _by_seed(rows, c["config"]) for c in mine})
+        if judged is None:
+            continue
+        best, comparisons = judged
+        by_name = {c["config"]: c for c in mine}
+        by_name[best]["verdict"] = "best"
+        for k in comparisons:
+            by_name[k.config].update(vs_best=k.difference, p_holm=k.p_holm, seeds_to_decide=k.seeds,
+                                     verdict="worse" if k.decided else "untested" if k.test is None else "undecided")
+        sentences.append(_sentence(task, best, by_name[best]["n"], comparisons))
+    return sentences
+
+
+def _names(configs: list[str], most: int = 6) -> str:
+    shown = configs[:most] + ([f"{len(configs) - most} more"] if len(configs) > most else [])
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+
+
+def _sentence(task: str, best: str, n: int, comparisons: list[stats.Comparison]) -> str:
+    """The verdict in one sentence: which configurations the best is decidedly better than, which
+    it cannot yet be told from (and how many seeds would likely tell), which had too few seeds."""
+    tested = [k for k in comparisons if k.test is not None]
+    decided = [k.config for k in tested if k.decided]
+    open_ = sorted((k for k in tested if not k.decided), key=lambda k: k.p_holm or 1.0)
+    kinds = {k.test.name for k in tested}  # type: ignore[union-attr]
+    how = ("paired t-tests over the seeds" if kinds == {"paired"} else "Welch's t-tests" if kinds == {"welch"}
+           else "t-tests (paired where the seeds are the same)")
+    head = (f"verdict{f' for {task}' if task else ''} (final val_acc; {how}, Holm-corrected over {len(tested)} "
+            f"comparison{'s' * (len(tested) != 1)} at {stats.ALPHA:.0%}): the best, {best} (n={n}), ")
+    if not tested:
+        head = f"verdict{f' for {task}' if task else ''}: the best, {best} (n={n}), "
+        return head + "has no configuration to be tested against: one seed on a side (sweep seed too, seed=0,1,2)"
+    parts = []
+    if decided:
+        parts.append("is decidedly better than " + ("every other" if len(decided) == len(comparisons)
+                                                     else _names(decided)))
+    if open_:
+        def seeds(k: stats.Comparison) -> str:
+            if k.seeds is None:
+                return "no difference in their means"
+            return f">{stats.MAX_SEEDS} seeds" if k.seeds > stats.MAX_SEEDS else f"~{k.seeds} seeds"
+        parts.append("cannot yet be told from " + _names([f"{k.config} (p={k.p_holm:.2g}, {seeds(k)})" for k in open_])
+                     + f" (~N seeds: how many each would likely take to decide it, at {stats.POWER:.0%} power)")
+    if single := [k.config for k in comparisons if k.test is None]:
+        parts.append(f"is not compared with {_names(single)} (a single seed)")
+    return head + "; it ".join(parts)
+
+
+def _effects(rows: list[dict[str, Any]], configs: list[dict[str, Any]], layout: Layout) -> list[dict[str, Any]]:
+    """Each swept key's effect within each task, where a grid sweep varies two keys or more but
+    the seed (stats.effects): one row per key and value."""
+    if not layout.grid or len(layout.factors) < 2:
+        return []
+    names = list(short_names(layout.keys).values())
+    factors = [names[layout.keys.index(k)] for k in layout.factors]
+    out = []
+    for task in dict.fromkeys(c.get("task", "") for c in configs):
+        given = {}
+        for c in configs:
+            jobs = [r for r in rows if r["config"] == c["config"] and _finished(r) and r["val_acc"] is not None]
+            if c.get("task", "") == task and jobs:
+                given[c["config"]] = (_values(jobs[0], layout.keys), {r["seed"]: (r["val_acc"], r["test_acc"])
+                                                                     for r in jobs})
+        if len(given) > 1:
+            out += [{**({"task": task} if layout.tasks else {}), **e._asdict()} for e in stats.effects(given, factors)]
+    return out
+
+
+def _best(rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
+    """Each task's best configuration, by its mean validation accuracy (the verdict's), and its best
+    job, by its own: the test set only reports (choosing on it would bias the accuracy reported upward)."""
+    out = []
+    for task in dict.fromkeys(c.get("task", "") for c in configs):
+        scored = [c for c in configs if c.get("task", "") == task and c["val_acc_mean"] is not None]
+        if scored:
+            best = next((c for c in scored if c["verdict"] == "best"), scored[0])
+            jobs = [r for r in rows if r["config"] == best["config"] and _finished(r) and r["val_acc"] is not None]
+            out.append((best, max(jobs, key=lambda r: r["val_acc"])))
+    return out
 
 
 def _fmt(key: str, v: Any) -> str:
-    digits = {"val_acc": 3, "val_loss": 4, "test_acc": 3, "test_loss": 4, "train_acc": 3, "wall_s": 2,
-              "test_acc_mean": 4, "test_acc_std": 4, "test_acc_ci95": 4, "val_acc_mean": 4, "val_acc_std": 4}
-    return "-" if v is None else f"{v:.{digits[key]}f}" if key in digits else str(v)
+    digits = {"val_acc": 3, "val_loss": 4, "test_acc": 3, "test_loss": 4, "train_acc": 3, "wall_s": 2, "p_holm": 2}
+    if v is None:
+        return "-"
+    if key == "p_holm":
+        return f"{v:.2g}"
+    if key == "seeds_to_decide" and v > stats.MAX_SEEDS:
+        return f">{stats.MAX_SEEDS}"
+    if isinstance(v, float):
+        return f"{v:.{digits.get(key, 4)}f}"
+    return str(v)
 
 
 def _table(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
@@ -172,43 +279,46 @@ def _table(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
             *("| " + " | ".join(_fmt(k, r[k]) for k in keys) + " |" for r in rows)]
 
 
-def _markdown(rows: list[dict[str, Any]], configs: list[dict[str, Any]], best: dict | None,
-              best_job: dict | None) -> str:
+def _markdown(rows: list[dict[str, Any]], configs: list[dict[str, Any]], bests: list[tuple[dict, dict]],
+              verdicts: list[str], effects: list[dict[str, Any]]) -> str:
+    tasks = ["task"] if "task" in configs[0] else []
     lines = ["configurations (the jobs that differ only in their seed): final accuracy, mean and sample standard "
-             "deviation over the seeds, and the 95% interval of the mean (mean +- ci95)", "",
-             *_table(configs, ["config", "n", "test_acc_mean", "test_acc_std", "test_acc_ci95", "val_acc_mean",
-                               "val_acc_std"]),
-             "", "jobs", "",
-             *_table(rows, ["job", "name", "status", "val_acc", "test_acc", "test_loss",
-                            *(["train_acc"] if any(r["train_acc"] is not None for r in rows) else []), "wall_s",
-                            "run_id"])]
-    if best and best_job:
+             "deviation over the seeds, and the 95% interval of the mean (mean +- ci95); against the best of "
+             "its task, its mean val_acc behind (vs_best), the p of the verdict's test after Holm's correction, "
+             "and the seeds each would likely take to decide it", "",
+             *_table(configs, ["config", *tasks, "n", "test_acc_mean", "test_acc_std", "test_acc_ci95", "val_acc_mean",
+                               "val_acc_std", "vs_best", "p_holm", "verdict", "seeds_to_decide"])]
+    if effects:
+        lines += ["", "effects: each swept key's values, over the other keys' values and the seeds: the mean of their "
+                      "configurations' mean final accuracy with its 95% interval, and the share of the variation "
+                      "across configurations (val_acc) the key explains, with its 95% bootstrap interval", "",
+                  *_table([{**e, "val_acc": _around(e, "val"), "test_acc": _around(e, "test"),
+                            "share": _share(e)} for e in effects],
+                          [*tasks, "key", "value", "configs", "jobs", "val_acc", "test_acc", "share"])]
+    lines += ["", "jobs", "",
+              *_table(rows, ["job", "name", "seed", "status", "val_acc", "test_acc", "test_loss",
+                             *(["train_acc"] if any(r["train_acc"] is not None for r in rows) else []), "wall_s",
+                             "run_id"])]
+    for best, best_job in bests:
         ci95 = best["test_acc_ci95"]
         spread = "" if ci95 is None else f" +- {ci95:.4f} (95% interval of the mean)"
-        lines += ["", f"best configuration, by mean val_acc {best['val_acc_mean']:.4f}: {best['config']} "
+        task = f" for {best['task']}" if best.get("task") else ""
+        lines += ["", f"best configuration{task}, by mean val_acc {best['val_acc_mean']:.4f}: {best['config']} "
                       f"(n={best['n']}): test_acc {best['test_acc_mean']:.4f}{spread}",
                   f"its best job, by val_acc {best_job['val_acc']:.3f}: job {best_job['job']} ({best_job['name']}), "
                   f"test_acc {best_job['test_acc']:.3f}"]
-        if lead := _lead(best, configs):
-            lines.append(lead)
+    lines += ["", *verdicts] if verdicts else []
     return "\n".join(lines) + "\n"
 
 
-def _lead(best: dict[str, Any], configs: list[dict[str, Any]]) -> str | None:
-    """How far the best configuration is ahead of the next, against the spread over their seeds:
-    a lead within two standard errors of the difference could be the seeds' luck."""
-    others = [c for c in configs if c is not best and c["val_acc_mean"] is not None]
-    if not others:
-        return None
-    second = max(others, key=lambda c: c["val_acc_mean"])
-    lead = best["val_acc_mean"] - second["val_acc_mean"]
-    if best["val_acc_std"] is None or second["val_acc_std"] is None:
-        return (f"its lead over the next ({second['config']}) is {lead:.4f} in mean val_acc, with one seed each: "
-                f"no spread to weigh it against (sweep seed too)")
-    error = math.sqrt(best["val_acc_std"] ** 2 / best["n"] + second["val_acc_std"] ** 2 / second["n"])
-    verdict = ("more than two standard errors: more than the seeds' luck" if lead > 2 * error
-               else "within two standard errors of the difference: it could be the seeds' luck")
-    return f"its lead over the next ({second['config']}): {lead:.4f} in mean val_acc, {verdict} ({error:.4f})"
+def _around(effect: dict[str, Any], metric: str) -> str:
+    lo, hi = effect[f"{metric}_lo"], effect[f"{metric}_hi"]
+    return f"{effect[f'{metric}_acc']:.4f}" + ("" if lo is None else f" [{lo:.4f}, {hi:.4f}]")
+
+
+def _share(effect: dict[str, Any]) -> str:
+    lo, hi = effect["share_lo"], effect["share_hi"]
+    return f"{effect['share']:.0%}" + ("" if lo is None else f" [{lo:.0%}, {hi:.0%}]")
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -230,34 +340,45 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
     rows = _rows(client, parent)
     if not rows:  # no job got as far as its run: nothing to summarise
         return rows, f"\nsweep {sweep_dir.name}: no job recorded a run"
-    configs = configurations(rows)
-    best, best_job = _best(rows, configs)
+    layout = Layout.of(client, parent, sweep_dir)
+    configs = configurations(rows, layout)
+    verdicts = _judge(rows, configs)
+    bests = _best(rows, configs)
+    effects = _effects(rows, configs, layout)
     finished = [r for r in rows if _finished(r)]
-    table = _markdown(rows, configs, best, best_job)
+    table = _markdown(rows, configs, bests, verdicts, effects)
     client.log_text(parent, _csv(configs), "summary.csv")
     client.log_text(parent, _csv(rows), "jobs.csv")
     client.log_text(parent, table, "summary.md")
     client.log_table(parent, {k: [c[k] for c in configs] for k in configs[0]}, "summary.json")
-    _record_best(client, parent, rows, best, best_job, sweep_dir.name, registered_model)
-    _pictures(client, parent, rows, configs, best_job)
+    if effects:
+        client.log_text(parent, _csv(effects), "effects.csv")
+    if verdicts:
+        client.set_tag(parent, "verdict", "\n".join(verdicts)[:5000])
+    registered = _record_best(client, parent, rows, bests, sweep_dir.name, registered_model)
+    _pictures(client, parent, rows, configs, [job for _, job in bests], layout, effects)
     (sweep_dir / "summary.md").write_text(table)
     _record_search(client, parent, sweep_dir / "optimization_results.yaml")
     pruned = sum(r["status"] == "PRUNED" for r in rows)
     text = (f"\nsweep {sweep_dir.name}: {len(finished)} of {len(rows)} jobs finished in {len(configs)} "
             f"configuration{'s' * (len(configs) != 1)}"
-            f"{f', {pruned} pruned' if pruned else ''}\n{table}\n"
+            f"{f', {pruned} pruned' if pruned else ''}\n{table}{registered}\n"
             f"summary: {sweep_dir}/summary.md and the parent run {parent}")
     return rows, text
 
 
-def _record_best(client: MlflowClient, parent: str, rows: list[dict[str, Any]], best: dict[str, Any] | None,
-                 best_job: dict[str, Any] | None, sweep_id: str, registered_model: str | None) -> None:
+def _record_best(client: MlflowClient, parent: str, rows: list[dict[str, Any]], bests: list[tuple[dict, dict]],
+                 sweep_id: str, registered_model: str | None) -> str:
     """The jobs counted and the best as the parent's metrics (so that the runs table sorts and
-    charts sweeps against each other) and tags; the best job's model registered, if asked."""
+    charts sweeps against each other) and tags; the best job's model registered, if asked. A sweep
+    over tasks has a best for each, not one to record: the line that says so, else ""."""
     counts = {"jobs/finished": sum(map(_finished, rows)), "jobs/failed": sum(map(_failed, rows))}
     chosen: dict[str, Any] = {}
     tags: dict[str, str] = {}
-    if best and best_job:
+    if len(bests) > 1:
+        tags = {"best_config": "; ".join(f"{best['task']}: {best['config']}" for best, _ in bests)}
+    elif bests:
+        (best, best_job), = bests
         chosen = {"best/val_acc": best_job["val_acc"], "best/test_acc": best_job["test_acc"],
                   "best/test_acc_mean": best["test_acc_mean"], "best/test_acc_std": best["test_acc_std"]}
         tags = {"best_run_id": best_job["run_id"], "best_name": best_job["name"], "best_config": best["config"],
@@ -265,20 +386,27 @@ def _record_best(client: MlflowClient, parent: str, rows: list[dict[str, Any]], 
     now = int(time.time() * 1000)
     client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in {**counts, **chosen}.items()
                                       if v is not None], tags=[RunTag(k, v) for k, v in tags.items()])
-    if best_job and registered_model and (model_id := logged_model.model_id_of(client, best_job["run_id"])):
+    if not registered_model or not bests:
+        return ""
+    if len(bests) > 1:
+        return (f"\ntracking.registered_model={registered_model}: nothing registered: the sweep has {len(bests)} "
+                f"tasks, each with its own best (sweep one task to register its best)")
+    (_, best_job), = bests
+    if model_id := logged_model.model_id_of(client, best_job["run_id"]):
         version = logged_model.register(client, registered_model, model_id, best_job["run_id"],
                                         alias=logged_model.BEST_ALIAS,
                                         tags={"sweep.id": sweep_id, "val_acc": str(best_job["val_acc"]),
                                               "test_acc": str(best_job["test_acc"])})
         client.set_tag(parent, "best_model_version", f"{registered_model}/{version}")
+    return ""
 
 
 def _pictures(client: MlflowClient, parent: str, rows: list[dict[str, Any]], configs: list[dict[str, Any]],
-              best_job: dict[str, Any] | None) -> None:
-    """boundaries.png (every job's final boundary, laid out by the swept values) and curves.png
-    (each configuration's mean test/acc curve with its spread, and its train/acc where the jobs
-    have a finite training set) on the parent."""
-    keys = [k for k in client.get_run(parent).data.tags.get("sweep.keys", "").split(",") if k]
+              best_jobs: list[dict[str, Any]], layout: Layout, effects: list[dict[str, Any]]) -> None:
+    """boundaries.png (every job's final boundary, laid out by the swept values, each task's best
+    framed), curves.png (each configuration's mean test/acc curve with its spread, and its train/acc
+    where the jobs have a finite training set) and effects.png (stats.effects, if any) on the parent."""
+    keys = layout.keys
     finished = [r for r in rows if _finished(r)]
     boundaries: dict[int, Image.Image | None] = {}
     curves: dict[tuple[int, str], list[float]] = {}
@@ -294,7 +422,8 @@ def _pictures(client: MlflowClient, parent: str, rows: list[dict[str, Any]], con
                 history = client.get_metric_history(r["run_id"], key)
                 curves[r["job"], key] = [m.value for m in sorted(history, key=lambda m: m.step)]
         cells = [(swept_values(r["overrides"].split(), keys) if keys else {"job": r["name"]},
-                  f"acc {r['test_acc']:.3f}" if r in finished else r["status"], boundaries[r["job"]], r is best_job)
+                  f"acc {r['test_acc']:.3f}" if r in finished else r["status"], boundaries[r["job"]],
+                  any(r is job for job in best_jobs))
                  for r in rows]
         plot.small_multiples(cells).save(Path(tmp) / "boundaries.png")
         by_config = {c["config"]: [r["job"] for r in finished if r["config"] == c["config"]] for c in configs}
@@ -302,8 +431,10 @@ def _pictures(client: MlflowClient, parent: str, rows: list[dict[str, Any]], con
         train = [[curves.get((job, "train/acc"), []) for job in jobs] for jobs in by_config.values()]
         plot.curves([(config, [curves[job, "test/acc"] for job in jobs]) for config, jobs in by_config.items()],
                     train=train if all(all(runs) for runs in train) else None).save(Path(tmp) / "curves.png")
-        client.log_artifact(parent, str(Path(tmp) / "boundaries.png"))
-        client.log_artifact(parent, str(Path(tmp) / "curves.png"))
+        if effects:
+            plot.effects(effects).save(Path(tmp) / "effects.png")
+        for name in ("boundaries.png", "curves.png", "effects.png")[:3 if effects else 2]:
+            client.log_artifact(parent, str(Path(tmp) / name))
 
 
 def _record_search(client: MlflowClient, parent: str, search: Path) -> None:

@@ -116,7 +116,7 @@ class SweepCallback(Callback):
             ticket = recorder.ask("reopen_parent", uri=uri, parent=interrupted)
         else:
             ticket = recorder.ask("open_parent", uri=uri, experiment=config.tracking.experiment,
-                                  name=sweep_name(keys, sweep_dir.name), sweep_id=sweep_dir.name, keys=keys,
+                                  name=sweep_name(config, sweep_dir.name), sweep_id=sweep_dir.name, keys=keys,
                                   overrides=" ".join(redact(o) for o in config.hydra.overrides.task))
         if launcher.trains_here:
             # The jobs will import Lightning here anyway: do it while the recorder imports MLflow
@@ -125,7 +125,8 @@ class SweepCallback(Callback):
         parent = recorder.answer(ticket)
         # Hydra's grid gives every job its own values; a search may give two trials the same ones
         numbered = Sweeper.of(config.hydra.sweeper) is not Sweeper.GRID
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent": parent, "keys": keys, "numbered": numbered}))
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent": parent, "keys": keys, "numbered": numbered,
+                                                          "within": list(config.sweep.within)}))
         slurm_jobs = Path(str(config.hydra.launcher.submitit_folder)).parent if launcher is Launcher.SLURM else None
         _under_way = _Sweep(uri, parent, sweep_dir, launcher, slurm_jobs)  # submitit_folder: .../%j
 

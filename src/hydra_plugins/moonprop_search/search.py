@@ -20,8 +20,6 @@ Lightning only in a trial (`_trial.py`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -35,7 +33,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from moonprop.jobs import Trial, sweep_overrides, write_trials
+from moonprop.jobs import Trial, study_name, sweep_overrides, write_trials
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +155,10 @@ class SearchSweeper(Sweeper):
         swept, fixed = self.space(arguments)
         return one_value_at_a_time([*swept.values(), *parse([f"{k}={v}" for k, v in fixed.items()])])
 
-    def study_id(self, arguments: list[str]) -> str:
-        """The study's name: given, or derived from the search (its space, its fixed values, the
-        direction and the primary config), so that the same command continues the same study."""
-        if self.study_name:
-            return str(self.study_name)
-        swept, fixed = self.space(arguments)
-        search = {"space": sorted(o.input_line for o in swept.values()), "fixed": sorted(fixed.items()),
-                  "direction": self.direction, "config": str(self.config.hydra.job.config_name)}  # type: ignore[union-attr]
-        return "search-" + hashlib.sha256(json.dumps(search).encode()).hexdigest()[:10]
+    def study_id(self) -> str:
+        """The study's name (moonprop.jobs.study_name: the parent run is named by it too)."""
+        assert self.config is not None
+        return study_name(self.config)
 
     def storage(self) -> str:
         """The storage's URL: `hydra.sweeper.storage`, or outputs/optuna.db where moonprop started."""
@@ -179,7 +172,7 @@ class SearchSweeper(Sweeper):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         swept, fixed = self.space(arguments)
         distributions = {key: distribution(o) for key, o in swept.items()}
-        name, url = self.study_id(arguments), self.storage()
+        name, url = self.study_id(), self.storage()
         storage = storage_of(url)
         study = optuna.create_study(study_name=name, storage=storage, direction=self.direction,
                                     pruner=pruner_of(self.pruner), load_if_exists=True)
