@@ -35,6 +35,7 @@ def test_default_config_is_the_seed_experiment():
         "tracking": {"uri": None, "experiment": "moonprop", "run_name": None, "registered_model": None,
                      "tags": {}, "system_metrics": False},
         "plot": {"every_n_epochs": 1, "resolution": 480},
+        "sweep": {"within": ["data"]},
         "callbacks": {},
         "logger": {"mlflow": {"_target_": "moonprop.loggers.MlflowRecord"}},  # conf/logger/mlflow.yaml
         "seed": 0,

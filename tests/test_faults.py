@@ -179,18 +179,65 @@ def test_a_run_is_written_once(workdir):
     assert len(list(workdir.glob("outputs/runs/*"))) == 3  # the refusals made no run folder
 
 
-def test_the_printed_line_continues_an_in_process_sweeps_job(workdir):
-    """Ctrl-C in an in-process sweep: the printed line continues the job that was stopped, into
-    its own run, from the same folder."""
-    again = interrupt(["-m", "data.num_batches=3000", "plot.every_n_epochs=1000", "seed=0,1"], workdir, 3,
-                      signal.SIGINT)
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+                         ids=["in-process", "joblib"])
+def test_the_printed_line_continues_the_sweep_keeping_what_finished(workdir, launcher):
+    """Ctrl-C in a sweep, a job finished and one under way: the printed line continues the sweep
+    in its folder, under the same parent. The finished job is kept, not run again; the stopped
+    one continues into its own run from its checkpoint, or (a joblib worker killed before it could
+    write one) runs again in a new run, its old one kept and tagged; the summary counts each once."""
+    args = ["-m", "data.num_batches=3000", "plot.every_n_epochs=1000", "seed=0,1", "data.batch_size=40,50", *launcher]
+    proc = start(*args, cwd=workdir)
     client = default_store(workdir)
-    parent, (job,) = sweep_runs(client)
-    assert job.info.status == "KILLED" and parent.info.status == "KILLED"
-    moonprop(*again, cwd=workdir)
-    job = client.get_run(job.info.run_id)
-    assert job.info.status == "FINISHED" and steps(client, job.info.run_id) == list(range(3001))
-    assert job.data.tags["mlflow.parentRunId"] == parent.info.run_id  # still in its sweep
+    deadline = time.monotonic() + 180
+    while not [r for r in client.search_runs([client.get_experiment_by_name("moonprop").experiment_id]
+                                              if client.get_experiment_by_name("moonprop") else [],
+                                              "attributes.status = 'FINISHED'") if "mlflow.parentRunId" in r.data.tags]:
+        assert time.monotonic() < deadline and proc.poll() is None, "no job finished"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    again = continue_with(err)
+    assert again[-1].startswith("hydra.sweep.dir=outputs/sweeps/") and again[:len(args)] == args
+    parent, before = sweep_runs(client)
+    assert parent.info.status == "KILLED"
+    finished = {r.data.tags["sweep.job"]: r.info.run_id for r in before if r.info.status == "FINISHED"}
+    stopped = {r.data.tags["sweep.job"]: r for r in before if r.info.status == "KILLED"}
+    proc = moonprop(*again, cwd=workdir)
+    assert all(f"job {job} (" in proc.stderr and "had FINISHED" in proc.stderr for job in finished)
+    parent_after, runs = sweep_runs(client)
+    assert parent_after.info.run_id == parent.info.run_id and parent_after.info.status == "FINISHED"
+    after = [r for r in runs if "sweep.superseded" not in r.data.tags]
+    assert [r.data.tags["sweep.job"] for r in after] == ["0", "1", "2", "3"]  # each job once
+    for run in after:
+        assert run.info.status == "FINISHED" and steps(client, run.info.run_id) == list(range(3001))
+        job = run.data.tags["sweep.job"]
+        if job in finished:
+            assert run.info.run_id == finished[job]  # kept
+        elif job in stopped and "moonprop.checkpoint" in stopped[job].data.tags:
+            assert run.info.run_id == stopped[job].info.run_id  # continued into its own run
+        elif job in stopped:  # no checkpoint: run again; the old run stays, set apart
+            assert client.get_run(stopped[job].info.run_id).data.tags["sweep.superseded"] == "true"
+    assert parent_after.data.metrics["jobs/finished"] == 4 and "4 of 4 jobs finished" in proc.stderr
+
+
+def test_a_sweep_folder_continues_only_the_same_sweep(workdir):
+    moonprop("-m", "seed=0,1", "data.num_batches=2", "hydra.sweep.dir=outputs/s", cwd=workdir)
+    client = default_store(workdir)
+    parent, jobs = sweep_runs(client)
+    proc = moonprop("-m", "seed=0,1,2", "data.num_batches=2", "hydra.sweep.dir=outputs/s", cwd=workdir, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("moonprop: hydra.sweep.dir=outputs/s: ") and "seed=0,1 data" in proc.stderr
+    assert sweep_runs(client)[0].info.status == "FINISHED"  # nothing touched
+    proc = moonprop("-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=1", "hydra.sweep.dir=outputs/s",
+                    cwd=workdir, check=False)
+    assert proc.returncode == 2 and "a search continues its study with the same command" in proc.stderr
+    # the same sweep again in its folder: nothing to train, the same parent summarised again
+    proc = moonprop("-m", "seed=0,1", "data.num_batches=2", "hydra.sweep.dir=outputs/s", "hydra/launcher=joblib",
+                    cwd=workdir)
+    assert proc.stderr.count("had FINISHED") == 2
+    assert [r.info.run_id for r in sweep_runs(client)[1]] == [r.info.run_id for r in jobs]
 
 
 def test_resume_with_other_settings_is_refused(workdir):

@@ -15,7 +15,7 @@ def test_default_launcher_runs_jobs_in_one_process(workdir):
     _, children = sweep_runs(default_store(workdir))
     assert [c.info.run_name for c in children] == ["seed=0 schedule=linear", "seed=0 schedule=cosine",
                                                    "seed=1 schedule=linear", "seed=1 schedule=cosine"]
-    assert "best configuration, by mean val_acc" in proc.stderr and "| job | name | status |" in proc.stderr
+    assert "best configuration, by mean val_acc" in proc.stderr and "| job | name | seed | status |" in proc.stderr
     assert "| config | n | test_acc_mean | test_acc_std | test_acc_ci95 |" in proc.stderr
 
 

@@ -58,6 +58,8 @@ def task(cfg: DictConfig, command: list[str] | None = None) -> Task:
         tags[CONFIG_TAG] = config_name([redact(o) for o in overrides], [])
         return Task(config, run_dir, overrides, tags, None, hc.runtime.cwd, alone)
     job = this_job(config.tracking.run_name)
+    if job.resume:  # a continued sweep's interrupted job: into its own run, from its checkpoint
+        config.resume = job.resume
     tags["mlflow.source.name"] = shlex.join(["moonprop", *job.overrides])  # what runs this job alone
     return Task(config, run_dir, overrides, tags, job, hc.runtime.cwd, alone)
 
@@ -144,18 +146,26 @@ def app(cfg: DictConfig) -> float:
     without a validation set, its test accuracy); NaN for a job that failed, which a search's
     sampler takes as a failed trial."""
     this = task(cfg) if HydraConfig.get().mode != RunMode.MULTIRUN else sweep_task(cfg)
+    if isinstance(this, float):  # a continued sweep's job that had finished
+        return this
     trained = train_task(this) if this is not None else None
     if trained is None:
         return float("nan")
     return trained.metrics.get("val/acc", trained.metrics["test/acc"])
 
 
-def sweep_task(cfg: DictConfig) -> Task | None:
-    """The run of a sweep's job (`task`), or None for a job whose config fails its checks: it is
+def sweep_task(cfg: DictConfig) -> Task | float | None:
+    """The run of a sweep's job (`task`); in a continued sweep, the result of a job that had
+    finished (kept, not trained again); or None for a job whose config fails its checks: it is
     recorded all the same, FAILED under the sweep's parent with the reason, and said on stderr,
     so that the summary counts it. Every launcher's jobs come through here."""
     try:
-        return task(cfg)
+        this = task(cfg)
+        if this.job is not None and this.job.kept is not None:
+            print(f"moonprop: job {HydraConfig.get().job.num} ({this.job.name}) had FINISHED: val acc "
+                  f"{this.job.kept:.3f}, kept", file=sys.stderr)
+            return this.job.kept
+        return this
     except Exception as e:
         hc = HydraConfig.get()
         job = this_job(OmegaConf.select(cfg, "tracking.run_name", default=None))
@@ -200,16 +210,16 @@ def main() -> None:
         if sweep.failed_jobs:
             exit_now(1)
     except SystemExit as e:
-        if e.code == 128 + signal.SIGTERM:
-            sweep.end_interrupted(signal.SIGTERM)
+        if e.code == 128 + signal.SIGTERM and (stopped := sweep.end_interrupted(signal.SIGTERM)):
+            print(f"moonprop: {stopped}", file=sys.stderr)
         exit_now(e.code if isinstance(e.code, int) else int(e.code is not None))
     except KeyboardInterrupt:
-        sweep.end_interrupted(signal.SIGINT)
+        if stopped := sweep.end_interrupted(signal.SIGINT):
+            print(f"moonprop: {stopped}", file=sys.stderr)
         exit_now(128 + signal.SIGINT)
     except BaseException as e:
-        if isinstance(e, Interrupted):
-            sweep.end_interrupted(e.signum)
-            print(f"moonprop: {e}", file=sys.stderr)
+        if isinstance(e, Interrupted):  # a sweep's job: the sweep continues, not the job alone
+            print(f"moonprop: {sweep.end_interrupted(e.signum) or e}", file=sys.stderr)
             exit_now(128 + e.signum)
         if not isinstance(e, Exception):
             raise

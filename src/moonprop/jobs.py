@@ -25,6 +25,7 @@ SWEEP_FILE = ".moonprop_sweep.json"  # the parent run and the swept keys: what e
 TRIALS_FILE = ".moonprop_trials.json"  # a sweeper's word on each job it launches (see Trial)
 PRUNED_TAG = "optuna.pruned"  # a job its sweeper stopped early (a search's pruner): PRUNED in the summary
 CHECKPOINT_TAG = "moonprop.checkpoint"  # an interrupted run's newest checkpoint, which `resume=` takes
+SUPERSEDED_TAG = "sweep.superseded"  # a job's run that a continued sweep ran again, in a new run
 CONFIG_TAG = "moonprop.config"  # a run's settings but its seed: what MLflow's "Group by" groups seeds by
 
 
@@ -202,12 +203,15 @@ class Job(NamedTuple):
     overrides: list[str]  # its own, credentials redacted
     tags: dict[str, str]
     callbacks: list[dict[str, Any]]  # its sweeper's callbacks for its training (a search's pruner)
+    kept: float | None = None  # a continued sweep's job that had finished: its result, not trained again
+    resume: str | None = None  # a continued sweep's job that was interrupted: the checkpoint it continues from
 
 
 def this_job(run_name: str | None) -> Job:
     """The job Hydra is running: its parent run (from the sweep folder, which every launcher's
     jobs can read), its name (`run_name`, or the values it was given), the tags that find it in its
-    sweep (the sweep, its number, its overrides) and what its sweeper says of it (Trial)."""
+    sweep (the sweep, its number, its overrides), what its sweeper says of it (Trial) and, in a
+    continued sweep, whether it had finished or was interrupted (summary.reopen_parent)."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
@@ -219,7 +223,9 @@ def this_job(run_name: str | None) -> Job:
     keys = sweep.get("keys", [])
     name = run_name or job_name(overrides, keys, trial.number, sweep.get("numbered", True))
     tags[CONFIG_TAG] = config_name(overrides, keys)
-    return Job(sweep.get("parent"), name, overrides, tags | trial.tags, trial.callbacks)
+    number = str(hc.job.num)
+    return Job(sweep.get("parent"), name, overrides, tags | trial.tags, trial.callbacks,
+               sweep.get("kept", {}).get(number), sweep.get("resume", {}).get(number))
 
 
 class Task(NamedTuple):

@@ -22,7 +22,16 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from moonprop import logged_model, plot, stats
-from moonprop.jobs import CONFIG_TAG, PRUNED_TAG, SWEEP_FILE, given_values, short_names, swept_values
+from moonprop.jobs import (
+    CHECKPOINT_TAG,
+    CONFIG_TAG,
+    PRUNED_TAG,
+    SUPERSEDED_TAG,
+    SWEEP_FILE,
+    given_values,
+    short_names,
+    swept_values,
+)
 from moonprop.tracking import prepare
 
 
@@ -40,13 +49,41 @@ def open_parent(uri: str, experiment: str, name: str, sweep_id: str, keys: list[
     return run.info.run_id
 
 
-def reopen_parent(uri: str, parent: str) -> str:
-    """An interrupted sweep's parent run, running again for the jobs that continue; its id."""
+def reopen_parent(uri: str, parent: str, jobs: bool) -> dict[str, dict[str, Any]]:
+    """A stopped sweep's parent run, running again for the jobs that continue. With `jobs` (a
+    launcher that trains each job on its own), what each of its jobs does now, by job number:
+    `kept`, a finished job's final validation accuracy (test, without a validation set), which it
+    returns without training again; `resume`, an interrupted job's checkpoint, from which it
+    continues into its own run. A job that failed, or was killed with no checkpoint, runs again
+    in a new run: its old run stays, tagged SUPERSEDED_TAG, and the summary counts the new one."""
     client = MlflowClient(uri)
     client.update_run(parent, status="RUNNING")
     with contextlib.suppress(MlflowException):  # the interruption is over
         client.delete_tag(parent, "error")
-    return parent
+    kept: dict[str, float] = {}
+    resume: dict[str, str] = {}
+    if not jobs:
+        return {"kept": kept, "resume": resume}
+    for run in _children(client, parent):
+        job, metrics, tags = run.data.tags.get("sweep.job", ""), run.data.metrics, run.data.tags
+        value = metrics.get("val/acc", metrics.get("test/acc"))
+        if run.info.status == "FINISHED" and value is not None and job not in kept:
+            kept[job] = value
+        elif run.info.status == "KILLED" and Path(tags.get(CHECKPOINT_TAG, "/nonexistent")).is_file():
+            resume[job] = tags[CHECKPOINT_TAG]
+        else:
+            if run.info.status == "RUNNING":  # its process died with no word: it is not running now
+                client.set_terminated(run.info.run_id, "KILLED")
+            client.set_tag(run.info.run_id, SUPERSEDED_TAG, "true")
+    return {"kept": kept, "resume": resume}
+
+
+def _children(client: MlflowClient, parent: str) -> list[Any]:
+    """The runs of a sweep's jobs, newest first, but those a continued sweep ran again."""
+    exp = client.get_run(parent).info.experiment_id
+    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'", max_results=10000,
+                              order_by=["attributes.start_time DESC"])
+    return [r for r in runs if SUPERSEDED_TAG not in r.data.tags]
 
 
 def close_parent(uri: str, parent: str, sweep_dir: str, registered_model: str | None = None) -> tuple[str, int]:
@@ -83,8 +120,7 @@ def end_parent(uri: str, parent: str, status: str, reason: str, orphans: bool, s
 
 
 def _rows(client: MlflowClient, parent: str) -> list[dict[str, Any]]:
-    exp = client.get_run(parent).info.experiment_id
-    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'", max_results=10000)
+    runs = _children(client, parent)
     rows = []
     for run in sorted(runs, key=lambda r: int(r.data.tags.get("sweep.job", 0))):
         end = run.info.end_time or run.info.start_time

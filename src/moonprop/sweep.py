@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Any, NamedTuple
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from moonprop.config import first_line, redact, resolve_uri
+from moonprop.config import ConfigError, first_line, redact, resolve_uri
 from moonprop.jobs import SWEEP_FILE, Launcher, Sweeper, sweep_name, swept_keys
 from moonprop.recorder import drain_shared, shared
 
@@ -40,11 +41,16 @@ class _Sweep(NamedTuple):
 _under_way: _Sweep | None = None
 
 
-def end_interrupted(signum: int) -> None:
+def end_interrupted(signum: int) -> str | None:
     """A sweep stopped by Ctrl-C or SIGTERM: its parent run ends KILLED, not RUNNING forever, and
     so do the runs of jobs that ended with it (joblib's workers, killed with their recorders);
-    a SLURM sweep's jobs are cancelled and end their runs KILLED themselves."""
+    a SLURM sweep's jobs are cancelled and end their runs KILLED themselves. The line that says how
+    to continue it, or None if no sweep was under way."""
+    if (under_way := _under_way) is None:
+        return None
     _end("KILLED", f"stopped by {signal.Signals(signum).name}")
+    return f"sweep {under_way.folder.name} stopped by {signal.Signals(signum).name}; continue with: " \
+           f"{how_to_continue(under_way.folder)}"
 
 
 def end_failed(reason: str) -> str | None:
@@ -81,14 +87,26 @@ def cancel_slurm_jobs(folder: Path) -> None:
         subprocess.run(["scancel", *ids], check=False, timeout=30)
 
 
-def interrupted_parent(sweep_dir: Path, launcher: Launcher) -> str | None:
-    """The parent run of a batched sweep interrupted in `sweep_dir` (a batch's checkpoint is there),
-    which the same command in the same folder continues."""
-    if launcher is not Launcher.BATCHED or not (sweep_dir / SWEEP_FILE).is_file():
+def earlier_sweep(sweep_dir: Path, sweeper: Sweeper, overrides: list[str]) -> str | None:
+    """The parent run of the sweep that ran in `sweep_dir` before, which this command continues
+    (None for a new folder); a command that would change its jobs is refused in one line."""
+    if not (sweep_dir / SWEEP_FILE).is_file():
         return None
-    if not any((sweep_dir / "checkpoints").glob("batch-*.ckpt")):
-        return None
-    return json.loads((sweep_dir / SWEEP_FILE).read_text())["parent"]
+    earlier = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    if sweeper is Sweeper.SEARCH:  # its study goes on in its storage: the same command in a new folder
+        raise ConfigError("hydra.sweep.dir", str(sweep_dir), "a new folder: a search continues its study with the "
+                          "same command, not in the folder of an earlier one")
+    if earlier.get("overrides", overrides) != overrides:
+        raise ConfigError("hydra.sweep.dir", str(sweep_dir), f"the folder of a sweep of the same overrides, to "
+                          f"continue it: it holds `{shlex.join(earlier['overrides'])}`, this command gives "
+                          f"`{shlex.join(overrides)}` (another sweep takes another folder)")
+    return earlier["parent"]
+
+
+def how_to_continue(sweep_dir: Path) -> str:
+    """The command that continues the sweep in `sweep_dir`: this one, in that folder."""
+    return shlex.join(["moonprop", *(a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")),
+                       f"hydra.sweep.dir={sweep_dir}"])
 
 
 class SweepCallback(Callback):
@@ -99,6 +117,9 @@ class SweepCallback(Callback):
         # count them, and the sweep exit 0. A sweep that cannot open its parent stops here.
         try:
             self._open(config)
+        except ConfigError as e:
+            print(f"moonprop: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         except Exception as e:
             print(f"moonprop: the sweep's parent run could not be opened: {type(e).__name__}: {first_line(e)}",
                   file=sys.stderr)
@@ -111,22 +132,26 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         keys = swept_keys(config)
+        overrides = [redact(o) for o in config.hydra.overrides.task]
+        earlier = earlier_sweep(sweep_dir, Sweeper.of(config.hydra.sweeper), overrides)
         recorder = shared()  # in-process jobs use it next; other launchers, for the summary
-        if interrupted := interrupted_parent(sweep_dir, launcher):  # hydra/launcher=batched continues it
-            ticket = recorder.ask("reopen_parent", uri=uri, parent=interrupted)
+        if earlier:  # the same sweep again in its folder: it goes on
+            ticket = recorder.ask("reopen_parent", uri=uri, parent=earlier, jobs=launcher is not Launcher.BATCHED)
         else:
             ticket = recorder.ask("open_parent", uri=uri, experiment=config.tracking.experiment,
                                   name=sweep_name(config, sweep_dir.name), sweep_id=sweep_dir.name, keys=keys,
-                                  overrides=" ".join(redact(o) for o in config.hydra.overrides.task))
+                                  overrides=" ".join(overrides))
         if launcher.trains_here:
             # The jobs will import Lightning here anyway: do it while the recorder imports MLflow
             # and opens the store on the other core (~4 s each).
             import moonprop.train  # noqa: F401
-        parent = recorder.answer(ticket)
+        answer = recorder.answer(ticket)
+        parent, jobs = (earlier, answer) if earlier else (answer, {})
         # Hydra's grid gives every job its own values; a search may give two trials the same ones
         numbered = Sweeper.of(config.hydra.sweeper) is not Sweeper.GRID
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent": parent, "keys": keys, "numbered": numbered,
-                                                          "within": list(config.sweep.within)}))
+                                                        "within": list(config.sweep.within), "overrides": overrides,
+                                                        **jobs}))
         slurm_jobs = Path(str(config.hydra.launcher.submitit_folder)).parent if launcher is Launcher.SLURM else None
         _under_way = _Sweep(uri, parent, sweep_dir, launcher, slurm_jobs)  # submitit_folder: .../%j
 

@@ -13,7 +13,6 @@ Kept light at import: Hydra imports every plugin module to discover it, even for
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -77,13 +76,12 @@ class BatchedLauncher(Launcher):
         batches = self._batches(ready)
         print(f"moonprop: {len(ready)} jobs in {len(batches)} batched model{'s' * (len(batches) != 1)}",
               file=sys.stderr)
-        # an interrupted sweep continues with the same command in the same folder
-        how_to_continue = shlex.join(["moonprop", *(a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")),
-                                      f"hydra.sweep.dir={sweep_dir}"])
+        from moonprop.sweep import how_to_continue  # an interrupted sweep: the same command in the same folder
+
         try:
             for number, batch in enumerate(batches):
                 checkpoint = sweep_dir / "checkpoints" / f"batch-{initial_job_idx + number}.ckpt"
-                self._train(batch, recorders, checkpoint, how_to_continue)
+                self._train(batch, recorders, checkpoint, how_to_continue(sweep_dir))
         finally:
             for recorder in recorders[1:]:  # the sweep's own recorder is drained before its summary
                 recorder.close()
