@@ -22,7 +22,7 @@ LAYERS = [
     ("orchestration", ["moonprop.sweep", "moonprop.preflight"]),
     ("CLI", ["moonprop.cli", "moonprop.api", "moonprop.__main__", "moonprop"]),
     ("plugins", ["hydra_plugins.moonprop_batched.launcher", "hydra_plugins.moonprop_search.search",
-                 "hydra_plugins.moonprop_search._trial"]),
+                 "hydra_plugins.moonprop_search._trial", "hydra_plugins.moonprop_race.race"]),
 ]
 ORDER = [module for _, modules in LAYERS for module in modules]
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 SWEEP_FILE = ".moonprop_sweep.json"  # the parent run and the swept keys: what every job needs to know
+RACE_FILE = "race.yaml"  # hydra/sweeper=race's rounds, in the sweep folder and on the parent run
 TRIALS_FILE = ".moonprop_trials.json"  # a sweeper's word on each job it launches (see Trial)
 PRUNED_TAG = "optuna.pruned"  # a job its sweeper stopped early (a search's pruner): PRUNED in the summary
 CHECKPOINT_TAG = "moonprop.checkpoint"  # an interrupted run's newest checkpoint, which `resume=` takes
@@ -52,6 +53,7 @@ class Launcher(enum.Enum):
 class Sweeper(enum.Enum):
     GRID = "BasicSweeper"  # Hydra's default: every combination of the values given
     SEARCH = "SearchSweeper"  # hydra/sweeper=search: Optuna asks for each job's values
+    RACE = "RaceSweeper"  # hydra/sweeper=race: a grid's configurations, with seeds added where they decide
     OTHER = ""
 
     @classmethod
@@ -79,9 +81,10 @@ def sweep_overrides(params: Mapping[str, Any] | None, arguments: list[str],
 
 def swept_keys(config: DictConfig) -> list[str]:
     """The keys a sweep varies: those with several values (`a,b`, `range()`, `choice()`,
-    `interval()`) on the command line or in `hydra.sweeper.params`."""
+    `interval()`) on the command line or in `hydra.sweeper.params`; a race's seeds too."""
     overrides = sweep_overrides(config.hydra.sweeper.get("params"), list(config.hydra.overrides.task))
-    return [o.key_or_group for o in overrides if o.is_sweep_override()]
+    keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
+    return keys + ["seed"] if Sweeper.of(config.hydra.sweeper) is Sweeper.RACE else keys  # the race sweeps seeds
 
 
 def short_names(keys: list[str]) -> dict[str, str]:
@@ -145,14 +148,18 @@ def _span(override: Override) -> str:
 
 def sweep_name(config: DictConfig, sweep_id: str) -> str:
     """The parent run's name, which tells sweeps apart in the runs table: what it sweeps and over
-    what, `sweep schedule x3, seed 0..2`; a search by its study, `search search-1a2b3c4d5e`; its
-    folder, if it sweeps no key. The runs table shows when it started, its `sweep.id` tag its folder."""
-    if str(config.hydra.sweeper.get("_target_", "")).endswith(Sweeper.SEARCH.value):
+    what, `sweep schedule x3, seed 0..2` (a race: `race schedule x3, seed`); a search by its study,
+    `search search-1a2b3c4d5e`; its folder, if it sweeps no key. The runs table shows when it
+    started, its `sweep.id` tag its folder."""
+    sweeper = Sweeper.of(config.hydra.sweeper)
+    if sweeper is Sweeper.SEARCH:
         return f"search {study_name(config)}"
     overrides = [o for o in sweep_overrides(config.hydra.sweeper.get("params"), list(config.hydra.overrides.task))
                  if o.is_sweep_override()]
     names = short_names([o.key_or_group for o in overrides])
     said = [f"{names[o.key_or_group]} {_span(o)}".strip() for o in overrides]
+    if sweeper is Sweeper.RACE:  # its seeds are what it decides: `race hidden x3, schedule x2`
+        return f"race {', '.join(said)}"
     return f"sweep {', '.join(said)}" if said else f"sweep {sweep_id}"
 
 

@@ -85,7 +85,7 @@ def compare(a: Mapping[int, float], b: Mapping[int, float]) -> Test | None:
 
 def holm(p: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values, in the order given: the k-th smallest of m is multiplied
-    by m - k + 1, then made non-decreasing; a comparison is decided where its adjusted p < ALPHA."""
+    by m - k + 1, then made non-decreasing; a comparison is decided where its adjusted p < the level."""
     order = sorted(range(len(p)), key=lambda i: p[i])
     adjusted, running = [0.0] * len(p), 0.0
     for rank, i in enumerate(order):
@@ -94,7 +94,7 @@ def holm(p: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def seeds_to_decide(a: Sequence[float], b: Sequence[float], alpha: float, pair: bool = False) -> int | None:
+def seeds_to_decide(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA, pair: bool = False) -> int | None:
     """The seeds each configuration would likely (POWER) need for the test at `alpha` to tell them
     apart (paired: a[i] and b[i] from one seed, else Welch's), if the difference and the spreads
     are what these seeds show (a noncentral t); None where nothing would (no difference, or no
@@ -126,13 +126,13 @@ class Comparison(NamedTuple):
     difference: float  # the best's mean minus this one's
     test: Test | None  # None: a single seed on one side
     p_holm: float | None
-    decided: bool  # the best is better, Holm-corrected at ALPHA
+    decided: bool  # the best is better, Holm-corrected at the verdict's level
     seeds: int | None  # seeds each would likely take to decide it (undecided only)
 
 
-def verdict(configs: Mapping[str, Mapping[int, float]]) -> tuple[str, list[Comparison]] | None:
+def verdict(configs: Mapping[str, Mapping[int, float]], alpha: float = ALPHA) -> tuple[str, list[Comparison]] | None:
     """The best configuration by mean (the first of equals) and its comparison with every other,
-    Holm-corrected over those that can be tested; None for fewer than two configurations."""
+    Holm-corrected at `alpha` over those that can be tested; None for fewer than two configurations."""
     scored = {c: v for c, v in configs.items() if v}
     if len(scored) < 2:
         return None
@@ -146,13 +146,13 @@ def verdict(configs: Mapping[str, Mapping[int, float]]) -> tuple[str, list[Compa
     out = []
     for c in others:
         difference = statistics.fmean(scored[best].values()) - statistics.fmean(scored[c].values())
-        decided = c in adjusted and adjusted[c] < ALPHA and difference > 0
+        decided = c in adjusted and adjusted[c] < alpha and difference > 0
         seeds = None
         if not decided and c in rank:
             pair = tests[c].name == "paired"  # type: ignore[union-attr]
             order = sorted(scored[c]) if pair else list(scored[c])
             seeds = seeds_to_decide([scored[best][s] for s in order] if pair else list(scored[best].values()),
-                                    [scored[c][s] for s in order], ALPHA / (len(tested) - rank[c]), pair)
+                                    [scored[c][s] for s in order], alpha / (len(tested) - rank[c]), pair)
         out.append(Comparison(c, difference, tests[c], adjusted.get(c), decided, seeds))
     return best, out
 

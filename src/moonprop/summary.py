@@ -26,6 +26,7 @@ from moonprop.jobs import (
     CHECKPOINT_TAG,
     CONFIG_TAG,
     PRUNED_TAG,
+    RACE_FILE,
     SUPERSEDED_TAG,
     SWEEP_FILE,
     given_values,
@@ -160,13 +161,16 @@ class Layout(NamedTuple):
     keys: list[str]  # the swept keys, as given (`model.hidden`)
     tasks: list[str]  # those among them that change the task (`sweep.within`): nothing is compared across
     grid: bool  # every combination of given values (not a search's trials): effects can be read off it
+    alpha: float  # the verdict's level: a race's, shared out over its looks, is lower
 
     @classmethod
     def of(cls, client: MlflowClient, parent: str, sweep_dir: Path) -> Layout:
         keys = [k for k in client.get_run(parent).data.tags.get("sweep.keys", "").split(",") if k]
         known = json.loads((sweep_dir / SWEEP_FILE).read_text()) if (sweep_dir / SWEEP_FILE).is_file() else {}
         within = known.get("within", ["data"])
-        return cls(keys, [k for k in keys if k in within], not known.get("numbered", False))
+        race = yaml.safe_load((sweep_dir / RACE_FILE).read_text()) if (sweep_dir / RACE_FILE).is_file() else {}
+        alpha = race.get("settings", {}).get("alpha", stats.ALPHA)
+        return cls(keys, [k for k in keys if k in within], not known.get("numbered", False), alpha)
 
     @property
     def factors(self) -> list[str]:
@@ -210,13 +214,13 @@ def _by_seed(rows: list[dict[str, Any]], config: str) -> dict[int, float]:
             if r["config"] == config and _finished(r) and r["val_acc"] is not None}
 
 
-def _judge(rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> list[str]:
+def _judge(rows: list[dict[str, Any]], configs: list[dict[str, Any]], alpha: float) -> list[str]:
     """The verdict within each task, written into its configurations' rows: the best (by mean
     val_acc) against every other, Holm-corrected (stats.verdict); the sentences that say it."""
     sentences = []
     for task in dict.fromkeys(c.get("task", "") for c in configs):
         mine = [c for c in configs if c.get("task", "") == task]
-        judged = stats.verdict({c["config"]: _by_seed(rows, c["config"]) for c in mine})
+        judged = stats.verdict({c["config"]: _by_seed(rows, c["config"]) for c in mine}, alpha)
         if judged is None:
             continue
         best, comparisons = judged
@@ -225,7 +229,7 @@ def _judge(rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> list[st
         for k in comparisons:
             by_name[k.config].update(vs_best=k.difference, p_holm=k.p_holm, seeds_to_decide=k.seeds,
                                      verdict="worse" if k.decided else "untested" if k.test is None else "undecided")
-        sentences.append(_sentence(task, best, by_name[best]["n"], comparisons))
+        sentences.append(_sentence(task, best, by_name[best]["n"], comparisons, alpha))
     return sentences
 
 
@@ -234,7 +238,7 @@ def _names(configs: list[str], most: int = 6) -> str:
     return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
 
 
-def _sentence(task: str, best: str, n: int, comparisons: list[stats.Comparison]) -> str:
+def _sentence(task: str, best: str, n: int, comparisons: list[stats.Comparison], alpha: float) -> str:
     """The verdict in one sentence: which configurations the best is decidedly better than, which
     it cannot yet be told from (and how many seeds would likely tell), which had too few seeds."""
     tested = [k for k in comparisons if k.test is not None]
@@ -242,9 +246,9 @@ def _sentence(task: str, best: str, n: int, comparisons: list[stats.Comparison])
     open_ = sorted((k for k in tested if not k.decided), key=lambda k: k.p_holm or 1.0)
     kinds = {k.test.name for k in tested}  # type: ignore[union-attr]
     how = ("paired t-tests over the seeds" if kinds == {"paired"} else "Welch's t-tests" if kinds == {"welch"}
-           else "t-tests (paired where the seeds are the same)")
+           else "t-tests, paired where the seeds are the same")
     head = (f"verdict{f' for {task}' if task else ''} (final val_acc; {how}, Holm-corrected over {len(tested)} "
-            f"comparison{'s' * (len(tested) != 1)} at {stats.ALPHA:.0%}): the best, {best} (n={n}), ")
+            f"comparison{'s' * (len(tested) != 1)} at {_level(alpha)}): the best, {best} (n={n}), ")
     if not tested:
         head = f"verdict{f' for {task}' if task else ''}: the best, {best} (n={n}), "
         return head + "has no configuration to be tested against: one seed on a side (sweep seed too, seed=0,1,2)"
@@ -262,6 +266,13 @@ def _sentence(task: str, best: str, n: int, comparisons: list[stats.Comparison])
     if single := [k.config for k in comparisons if k.test is None]:
         parts.append(f"is not compared with {_names(single)} (a single seed)")
     return head + "; it ".join(parts)
+
+
+def _level(alpha: float) -> str:
+    if alpha == stats.ALPHA:
+        return f"{alpha:.0%}"
+    looks = round(stats.ALPHA / alpha)
+    return f"{alpha * 100:.3g}%, the race's {stats.ALPHA:.0%} shared out over the {looks} verdicts it may take"
 
 
 def _effects(rows: list[dict[str, Any]], configs: list[dict[str, Any]], layout: Layout) -> list[dict[str, Any]]:
@@ -378,7 +389,7 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
         return rows, f"\nsweep {sweep_dir.name}: no job recorded a run"
     layout = Layout.of(client, parent, sweep_dir)
     configs = configurations(rows, layout)
-    verdicts = _judge(rows, configs)
+    verdicts = _judge(rows, configs, layout.alpha)
     bests = _best(rows, configs)
     effects = _effects(rows, configs, layout)
     finished = [r for r in rows if _finished(r)]
@@ -395,10 +406,11 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
     _pictures(client, parent, rows, configs, [job for _, job in bests], layout, effects)
     (sweep_dir / "summary.md").write_text(table)
     _record_search(client, parent, sweep_dir / "optimization_results.yaml")
+    raced = _record_race(client, parent, sweep_dir / RACE_FILE)
     pruned = sum(r["status"] == "PRUNED" for r in rows)
     text = (f"\nsweep {sweep_dir.name}: {len(finished)} of {len(rows)} jobs finished in {len(configs)} "
             f"configuration{'s' * (len(configs) != 1)}"
-            f"{f', {pruned} pruned' if pruned else ''}\n{table}{registered}\n"
+            f"{f', {pruned} pruned' if pruned else ''}\n{table}{registered}{raced}\n"
             f"summary: {sweep_dir}/summary.md and the parent run {parent}")
     return rows, text
 
@@ -483,3 +495,17 @@ def _record_search(client: MlflowClient, parent: str, search: Path) -> None:
         if key in results:
             client.set_tag(parent, f"search.{key}", json.dumps(results[key]))
     client.set_tag(parent, "search.study", results["study"])
+
+
+def _record_race(client: MlflowClient, parent: str, race: Path) -> str:
+    """hydra/sweeper=race's rounds (its race.yaml) on the parent, if it is one; the line that says
+    what the race spent against every configuration at its max_seeds, else ""."""
+    if not race.exists():
+        return ""
+    results = yaml.safe_load(race.read_text())
+    client.log_artifact(parent, str(race))
+    rounds, jobs, full = len(results["rounds"]), results["jobs"], results["full_grid"]
+    client.log_batch(parent, tags=[RunTag(k, str(v)) for k, v in
+                                   {"race.rounds": rounds, "race.jobs": jobs, "race.full_grid": full}.items()])
+    return (f"\nrace: {jobs} jobs in {rounds} round{'s' * (rounds != 1)}, against {full} for every configuration "
+            f"at hydra.sweeper.max_seeds={results['settings']['max_seeds']}")

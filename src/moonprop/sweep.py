@@ -147,8 +147,8 @@ class SweepCallback(Callback):
             import moonprop.train  # noqa: F401
         answer = recorder.answer(ticket)
         parent, jobs = (earlier, answer) if earlier else (answer, {})
-        # Hydra's grid gives every job its own values; a search may give two trials the same ones
-        numbered = Sweeper.of(config.hydra.sweeper) is not Sweeper.GRID
+        # Hydra's grid and a race give every job its own values; a search may give two trials the same ones
+        numbered = Sweeper.of(config.hydra.sweeper) not in (Sweeper.GRID, Sweeper.RACE)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent": parent, "keys": keys, "numbered": numbered,
                                                         "within": list(config.sweep.within), "overrides": overrides,
                                                         **jobs}))
