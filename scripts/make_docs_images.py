@@ -36,10 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SOURCES = ["src/moonprop/plot.py", "src/moonprop/callbacks.py", "src/moonprop/summary.py",
            "src/moonprop/conf/experiment/schedules.yaml", "src/moonprop/conf/experiment/features.yaml",
-           "src/moonprop/conf/experiment/overfit.yaml", "scripts/make_docs_images.py"]
+           "src/moonprop/conf/experiment/overfit.yaml", "src/moonprop/conf/experiment/penalty.yaml",
+           "src/moonprop/stats.py", "scripts/make_docs_images.py"]
 ALL_FEATURES = "model.features=[x1,x2,sq_x1,sq_x2,x1x2,sin_x1,sin_x2]"
 PICTURES = ("training.gif", "sweep-boundaries.png", "sweep-curves.png", "ui-card.png", "ui-groups.png",
-            "features-boundaries.png", "features-inputs.png", "overfit-curves.png", "ui-overfit.png")
+            "features-boundaries.png", "features-inputs.png", "overfit-curves.png", "ui-overfit.png",
+            "sweep-effects.png")
 KEY = "moonprop-sources"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # as root in a container, without the machine's closed network getting in the way
@@ -231,6 +233,9 @@ def main() -> None:
                          "tracking.run_name=overfit")
         _, experiment, run_id = artifact(store, "overfit", "boundary.png", work)
         overfit_screenshot(store, experiment, run_id, DOCS / "ui-overfit.png")
+
+        store = moonprop(work / "penalty", "experiment=penalty", "seed=range(0,10)", "hydra/launcher=batched")
+        sweep_picture(store, "effects.png", work, DOCS / "sweep-effects.png")
     for name in PICTURES:
         print(f"written: docs/{name} ({(DOCS / name).stat().st_size // 1024} KB)")
 

@@ -585,20 +585,24 @@ def effects(rows: Sequence[dict[str, Any]], panel: tuple[int, int] = (340, 300))
             if v is not None]
     lo, hi = min(ends), max(ends)
     step = next(s for s in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2) if (hi - lo) / s <= 6)
-    lo, hi = math.floor(lo / step - 0.3) * step, math.ceil(hi / step + 0.3) * step
+    lo, hi = math.floor(lo / step - 0.3) * step, min(1.0, math.ceil(hi / step + 0.3) * step)  # no accuracy above 1
     width, height = panel
     task_w = max((text_size(t, size)[0] for t in tasks), default=0) + gap if tasks != [""] else 0
-    legend_h = 2 * line + gap
-    note = "mean over the other keys' values and the seeds; bars: its 95% interval"
-    canvas = Image.new("RGB", (max(gap + task_w + len(keys) * (width + gap), 2 * gap + text_size(note, size)[0]),
-                               legend_h + len(tasks) * (height + gap) + gap), "white")
+    note = ("mean over the other keys' values and the seeds, bars its 95% interval; in each title the key's "
+            "share of the variation across configurations (val_acc), the rest being the keys' interactions and the "
+            "seeds' noise")
+    total_w = max(gap + task_w + len(keys) * (width + gap), 720)
+    notes = wrap(note, size, total_w - 2 * gap - task_w)
+    legend_h = (1 + len(notes)) * line + gap
+    canvas = Image.new("RGB", (total_w, legend_h + len(tasks) * (height + gap) + gap), "white")
     draw = ImageDraw.Draw(canvas)
     x = gap + task_w
     for m, label in enumerate(("val_acc (chooses)", "test_acc (reports)")):
         (draw.ellipse if m == 0 else draw.rectangle)((x, 10, x + 9, 19), fill=SERIES[m])
         draw.text((x + 16, 14), label, fill=TEXT, font=font(size), anchor="lm")
         x += text_size(label, size)[0] + 40
-    draw.text((gap + task_w, 14 + line), note, fill=MUTED, font=font(size), anchor="lm")
+    for k, text in enumerate(notes):
+        draw.text((gap + task_w, 14 + (k + 1) * line), text, fill=MUTED, font=font(size), anchor="lm")
     for t, task in enumerate(tasks):
         top = legend_h + t * (height + gap)
         if task:
@@ -621,8 +625,8 @@ def _effect_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], row
     left, right, y0, y1 = x0 + 52, x0 + width - 8, top + 30, top + height - 48
     draw.rectangle((left, y0, right, y1), outline=FRAME)
 
-    def y(value: float) -> float:
-        return y1 - (y1 - y0) * (value - lo) / (hi - lo)
+    def y(value: float) -> float:  # the top value 8 px under the frame, never on it
+        return y1 - (y1 - y0 - 8) * (value - lo) / (hi - lo)
 
     for k in range(int(round((hi - lo) / step)) + 1):
         value = lo + k * step
