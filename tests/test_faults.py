@@ -179,13 +179,17 @@ def test_a_run_is_written_once(workdir):
     assert len(list(workdir.glob("outputs/runs/*"))) == 3  # the refusals made no run folder
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
-                         ids=["in-process", "joblib"])
-def test_the_printed_line_continues_the_sweep_keeping_what_finished(workdir, launcher):
+@pytest.mark.parametrize("launcher, then", [([], []), (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], []),
+                                             ([], ["hydra/launcher=slurm"])],
+                         ids=["in-process", "joblib", "in-process-then-slurm"])
+def test_the_printed_line_continues_the_sweep_keeping_what_finished(workdir, launcher, then):
     """Ctrl-C in a sweep, a job finished and one under way: the printed line continues the sweep
-    in its folder, under the same parent. The finished job is kept, not run again; the stopped
-    one continues into its own run from its checkpoint, or (a joblib worker killed before it could
-    write one) runs again in a new run, its old one kept and tagged; the summary counts each once."""
+    in its folder, under the same parent, with its launcher or another (`then`). The finished job
+    is kept, not run again; the stopped one continues into its own run from its checkpoint, or (a
+    joblib worker killed before it could write one) runs again in a new run, its old one kept and
+    tagged; the summary counts each once."""
+    if then:
+        require(slurm_is_up(), "no SLURM cluster with an idle node: run `scripts/slurm-cluster start` as root")
     args = ["-m", "data.num_batches=3000", "plot.every_n_epochs=1000", "seed=0,1", "data.batch_size=40,50", *launcher]
     proc = start(*args, cwd=workdir)
     client = default_store(workdir)
@@ -204,8 +208,9 @@ def test_the_printed_line_continues_the_sweep_keeping_what_finished(workdir, lau
     assert parent.info.status == "KILLED"
     finished = {r.data.tags["sweep.job"]: r.info.run_id for r in before if r.info.status == "FINISHED"}
     stopped = {r.data.tags["sweep.job"]: r for r in before if r.info.status == "KILLED"}
-    proc = moonprop(*again, cwd=workdir)
-    assert all(f"job {job} (" in proc.stderr and "had FINISHED" in proc.stderr for job in finished)
+    proc = moonprop(*again, *then, cwd=workdir, timeout=600)
+    if not then:  # a SLURM job's lines are in its own log
+        assert all(f"job {job} (" in proc.stderr and "had FINISHED" in proc.stderr for job in finished)
     parent_after, runs = sweep_runs(client)
     assert parent_after.info.run_id == parent.info.run_id and parent_after.info.status == "FINISHED"
     after = [r for r in runs if "sweep.superseded" not in r.data.tags]
