@@ -34,14 +34,14 @@ from mlflow_server import serving  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-SOURCES = ["src/moonprop/plot.py", "src/moonprop/callbacks.py", "src/moonprop/summary.py",
+SOURCES = ["src/moonprop/plot.py", "src/moonprop/callbacks.py", "src/moonprop/summary.py", "src/moonprop/report.py",
            "src/moonprop/conf/experiment/schedules.yaml", "src/moonprop/conf/experiment/features.yaml",
            "src/moonprop/conf/experiment/overfit.yaml", "src/moonprop/conf/experiment/penalty.yaml",
            "src/moonprop/stats.py", "scripts/make_docs_images.py"]
 ALL_FEATURES = "model.features=[x1,x2,sq_x1,sq_x2,x1x2,sin_x1,sin_x2]"
 PICTURES = ("training.gif", "sweep-boundaries.png", "sweep-curves.png", "ui-card.png", "ui-groups.png",
             "features-boundaries.png", "features-inputs.png", "overfit-curves.png", "ui-overfit.png",
-            "sweep-effects.png")
+            "sweep-effects.png", "ui-report.png")
 KEY = "moonprop-sources"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # as root in a container, without the machine's closed network getting in the way
@@ -171,6 +171,31 @@ def overfit_screenshot(store: Path, experiment: str, run_id: str, path: Path) ->
         save_png(Image.open(file), path)
 
 
+def open_report(page: Any, url: str, experiment: str, parent_id: str) -> Any:
+    """A sweep's parent run's Artifacts tab, report.html opened in MLflow's viewer (a sandboxed
+    frame): the frame, its panels' pictures loaded."""
+    page.goto(f"{url}/#/experiments/{experiment}/runs/{parent_id}/artifacts?workflowType=machine_learning",
+              wait_until="load")
+    page.get_by_text("report.html", exact=True).first.click()
+    frame = page.frame_locator("iframe").first
+    frame.locator("table.grid img").first.wait_for(timeout=30_000)
+    frame.locator("body").evaluate("() => Promise.all([...document.images].map(i => i.decode()))")
+    return frame
+
+
+def report_screenshot(store: Path, experiment: str, parent_id: str, path: Path, epoch_index: int) -> None:
+    """The page as MLflow shows it at 1400 x 1000, its slider moved to an early epoch, as a user
+    moves it, while the boundaries still differ."""
+    with ui_page(store) as (page, url):
+        frame = open_report(page, url, experiment, parent_id)
+        page.get_by_role("button", name="Close").last.click()  # MLflow's assistant: the page's width back
+        frame.locator("#slider").fill(str(epoch_index))
+        page.wait_for_timeout(500)
+        file = Path(tempfile.mkstemp(suffix=".png")[1])
+        page.screenshot(path=str(file))
+        save_png(Image.open(file).quantize(256, dither=Image.Dither.NONE), path)
+
+
 def group_by_config(page: Any, url: str, experiment: str) -> Any:
     """The runs view grouped by the tag moonprop.config, in its chart view, test/acc's chart
     expanded: MLflow's own mean curve and band per configuration. The expanded dialog."""
@@ -220,6 +245,8 @@ def main() -> None:
             sweep_picture(store, f"{name}.png", work, DOCS / f"sweep-{name}.png")
         card_screenshot(store, experiment, run_id, DOCS / "ui-card.png")
         groups_screenshot(store, experiment, DOCS / "ui-groups.png")
+        _, _, parent_id = artifact(store, "sweep %", "report.html", work)
+        report_screenshot(store, experiment, parent_id, DOCS / "ui-report.png", 2)
 
         store = moonprop(work / "features", "experiment=features")
         sweep_picture(store, "boundaries.png", work, DOCS / "features-boundaries.png")

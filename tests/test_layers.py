@@ -17,7 +17,7 @@ LAYERS = [
     ("vocabulary", ["moonprop.config", "moonprop.jobs", "moonprop.hydra_internals"]),
     ("ML core", ["moonprop.schedule", "moonprop.model", "moonprop.data", "moonprop.module", "moonprop.batched"]),
     ("record", ["moonprop.stats", "moonprop.plot", "moonprop.mlflow_internals", "moonprop.logged_model",
-                "moonprop.tracking", "moonprop.summary", "moonprop.recorder"]),
+                "moonprop.tracking", "moonprop.report", "moonprop.summary", "moonprop.recorder"]),
     ("training", ["moonprop.loggers", "moonprop.callbacks", "moonprop.train", "moonprop.evaluation"]),
     ("orchestration", ["moonprop.sweep", "moonprop.preflight"]),
     ("CLI", ["moonprop.cli", "moonprop.api", "moonprop.__main__", "moonprop"]),

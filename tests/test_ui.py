@@ -179,3 +179,29 @@ def test_animation_is_among_the_artifacts(ui, page):
     page.wait_for_function("() => [...document.images].some(i => i.complete && i.naturalWidth === 480"
                            " && i.naturalHeight > 450)", timeout=30_000)
     page.screenshot(path=str(SHOTS / "artifact-gif.png"))
+
+
+def test_the_sweeps_report_moves_every_panel_with_one_slider(ui, page):
+    """report.html from the parent's Artifacts tab, in MLflow's own viewer: every configuration's
+    panel on screen, and the slider moves each one's picture and val/acc to the same epoch."""
+    url, experiment, _, store = ui
+    client = default_store(store.parent.parent)
+    (parent,) = client.search_runs([experiment], "attributes.run_name = 'sweep hidden x2, schedule x2'")
+    frame = make_docs_images.open_report(page, url, experiment, parent.info.run_id)
+    page.screenshot(path=str(SHOTS / "report.png"))
+    panels = frame.locator("table.grid img")
+    assert panels.count() == 4 and frame.locator("#epoch").text_content() == "epoch 3"  # opens at the end
+    viewport = page.viewport_size
+    for i in range(4):
+        box = panels.nth(i).bounding_box()
+        assert box and box["width"] >= 150 and 0 <= box["x"] and box["x"] + box["width"] <= viewport["width"]
+    before = [(panels.nth(i).get_attribute("src"), frame.locator(f"#a{i}").text_content()) for i in range(4)]
+    frame.locator("#slider").fill("0")
+    assert frame.locator("#epoch").text_content() == "epoch 0"
+    after = [(panels.nth(i).get_attribute("src"), frame.locator(f"#a{i}").text_content()) for i in range(4)]
+    assert all(b[0] != a[0] for b, a in zip(before, after, strict=True))  # every panel's picture moved
+    history = {r.info.run_name: client.get_metric_history(r.info.run_id, "val/acc")
+               for r in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    shown = {f"val/acc {m.value:.3f}" for h in history.values() for m in h if m.step == 0}
+    assert {text for _, text in after} <= shown  # each panel's val/acc at epoch 0
+    assert frame.get_by_text("verdict", exact=True).count() == 1 and frame.locator("img.figure").count() >= 1

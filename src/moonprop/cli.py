@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -28,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from moonprop import preflight, sweep
 from moonprop.config import ConfigError, first_line, one_line, recorded, redact, resolve_uri, validate
-from moonprop.jobs import CONFIG_TAG, Interrupted, Launcher, Task, config_name, given_values, this_job
+from moonprop.jobs import CONFIG_TAG, SWEEP_FILE, Interrupted, Launcher, Task, config_name, given_values, this_job
 from moonprop.recorder import close_shared, shared
 
 if TYPE_CHECKING:
@@ -192,6 +193,8 @@ APP = preflight.App(app, CONFIG_PATH, CONFIG_NAME)
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["report"]:
+        report_main(sys.argv[2:])
     try:
         preflight.check(sys.argv[1:], APP)
     except ConfigError as e:
@@ -231,6 +234,36 @@ def main() -> None:
         ended = sweep.end_failed(reason)
         print(f"moonprop: {ended + ' FAILED: ' if ended else ''}{reason}", file=sys.stderr)
         exit_now(EXIT_BAD_INPUT if isinstance(e, ConfigError) else 1)
+    exit_now(0)
+
+
+REPORT_USAGE = """usage: moonprop report SWEEP_FOLDER | PARENT_RUN_ID [tracking.uri=URI]
+
+Write an existing sweep's summary again on its parent run, with report.html (every configuration's
+boundary on one slider, the sweep's answer under it), from its folder or its parent run's id:
+
+  moonprop report outputs/sweeps/2026-12-06_10-00-00
+  moonprop report 0123456789abcdef0123456789abcdef tracking.uri=http://127.0.0.1:5000"""
+
+
+def report_main(argv: list[str]) -> None:
+    """`moonprop report`: a sweep's summary and report.html drawn again (summary.redraw)."""
+    given = dict(a.partition("=")[::2] for a in argv if "=" in a)
+    targets = [a for a in argv if "=" not in a]
+    if any(a in ("-h", "--help") for a in argv) or len(targets) != 1 or set(given) - {"tracking.uri"}:
+        print(REPORT_USAGE, file=sys.stderr if len(targets) != 1 else sys.stdout)
+        exit_now(0 if any(a in ("-h", "--help") for a in argv) else EXIT_BAD_INPUT)
+    target = targets[0]
+    if not (Path(target) / SWEEP_FILE).is_file() and not re.fullmatch(r"[0-9a-f]{32}", target):
+        print(f"moonprop report: {target}: a sweep's folder (it holds {SWEEP_FILE}) or its parent run's id",
+              file=sys.stderr)
+        exit_now(EXIT_BAD_INPUT)
+    try:
+        said = shared().call("redraw", uri=resolve_uri(given.get("tracking.uri")), target=target)
+    except Exception as e:
+        print(f"moonprop report: {first_line(e)}", file=sys.stderr)
+        exit_now(1)
+    print(f"moonprop report: {said}", file=sys.stderr)
     exit_now(0)
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, Literal
 
 # What a recorder does for a sweep's parent run (summary.py's functions of these names)
-SummaryCall = Literal["open_parent", "reopen_parent", "close_parent", "end_parent"]
+SummaryCall = Literal["open_parent", "reopen_parent", "close_parent", "end_parent", "redraw"]
 
 
 class RecorderError(RuntimeError):
@@ -288,7 +288,8 @@ def serve(inbox: BinaryIO, replies: BinaryIO) -> None:
                 reply(ticket, op, "ok", _summary_calls()[function](**kwargs))
             except Exception as e:
                 reply(ticket, op, "error", f"MLflow: {type(e).__name__}: {_first_line(e)}")
-                traceback.print_exc(file=sys.stderr)
+                if not isinstance(e, LookupError):  # a run that is not there is said in the reply
+                    traceback.print_exc(file=sys.stderr)
         elif op == "prepare":  # a run is coming: open its store now, while the trainer imports Lightning
             with contextlib.suppress(Exception):  # the run's start reports whatever is wrong
                 prepare(*args)
@@ -382,7 +383,7 @@ def _summary_calls() -> dict[str, Callable[..., Any]]:
     from moonprop import summary  # a sweep's first call: MLflow is imported by then
 
     return {"open_parent": summary.open_parent, "reopen_parent": summary.reopen_parent,
-            "close_parent": summary.close_parent, "end_parent": summary.end_parent}
+            "close_parent": summary.close_parent, "end_parent": summary.end_parent, "redraw": summary.redraw}
 
 
 def _first_line(e: Exception) -> str:  # config.first_line's twin: config would import Hydra here

@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from moonprop import logged_model, plot, stats
+from moonprop import logged_model, plot, report, stats
 from moonprop.jobs import (
     CHECKPOINT_TAG,
     CONFIG_TAG,
@@ -96,6 +96,30 @@ def close_parent(uri: str, parent: str, sweep_dir: str, registered_model: str | 
     failed = sum(map(_failed, jobs))
     client.set_terminated(parent, "FAILED" if failed or not jobs else "FINISHED")
     return text, failed
+
+
+def redraw(uri: str, target: str) -> str:
+    """`moonprop report`: the summary of an existing sweep written again, report.html with it, from
+    its folder (`target`, holding the sweep file) or its parent run's id; the line that says where."""
+    client = MlflowClient(uri)
+    folder = Path(target)
+    if (folder / SWEEP_FILE).is_file():
+        parent = json.loads((folder / SWEEP_FILE).read_text())["parent"]
+    else:
+        parent = target
+        try:
+            client.get_run(parent)
+        except MlflowException:
+            raise LookupError(f"{target}: neither a sweep's folder nor a run in {uri}") from None
+        # the jobs ran in the sweep's folder: it holds what the sweep said of itself (sweep.within, a race)
+        children = _children(client, parent)
+        folder = Path(children[0].data.tags.get("hydra.output_dir", ".")).parent if children else Path(".")
+    with tempfile.TemporaryDirectory() as tmp:
+        here = folder if folder.is_dir() else Path(tmp)
+        rows, _ = summarise(client, parent, here)
+    if not rows:
+        raise LookupError(f"{target}: its parent run {parent} has no job's run to show")
+    return f"report.html on the parent run {parent}" + (f" and in {here}" if here == folder else "")
 
 
 def end_parent(uri: str, parent: str, status: str, reason: str, orphans: bool, sweep_dir: str | None = None) -> str:
@@ -403,8 +427,11 @@ def summarise(client: MlflowClient, parent: str, sweep_dir: Path,
     if verdicts:
         client.set_tag(parent, "verdict", "\n".join(verdicts)[:5000])
     registered = _record_best(client, parent, rows, bests, sweep_dir.name, registered_model)
-    _pictures(client, parent, rows, configs, [job for _, job in bests], layout, effects)
+    pictures = _pictures(client, parent, rows, configs, [job for _, job in bests], layout, effects)
     (sweep_dir / "summary.md").write_text(table)
+    page = _report(client, parent, rows, configs, layout, pictures, verdicts, table)
+    client.log_text(parent, page, "report.html")
+    (sweep_dir / "report.html").write_text(page)
     _record_search(client, parent, sweep_dir / "optimization_results.yaml")
     raced = _record_race(client, parent, sweep_dir / RACE_FILE)
     pruned = sum(r["status"] == "PRUNED" for r in rows)
@@ -450,10 +477,11 @@ def _record_best(client: MlflowClient, parent: str, rows: list[dict[str, Any]], 
 
 
 def _pictures(client: MlflowClient, parent: str, rows: list[dict[str, Any]], configs: list[dict[str, Any]],
-              best_jobs: list[dict[str, Any]], layout: Layout, effects: list[dict[str, Any]]) -> None:
+              best_jobs: list[dict[str, Any]], layout: Layout, effects: list[dict[str, Any]]) -> dict[str, Image.Image]:
     """boundaries.png (every job's final boundary, laid out by the swept values, each task's best
     framed), curves.png (each configuration's mean test/acc curve with its spread, and its train/acc
-    where the jobs have a finite training set) and effects.png (stats.effects, if any) on the parent."""
+    where the jobs have a finite training set) and effects.png (stats.effects, if any) on the parent;
+    the last two, by what they show, for the report."""
     keys = layout.keys
     finished = [r for r in rows if _finished(r)]
     boundaries: dict[int, Image.Image | None] = {}
@@ -479,10 +507,34 @@ def _pictures(client: MlflowClient, parent: str, rows: list[dict[str, Any]], con
         train = [[curves.get((job, "train/acc"), []) for job in jobs] for jobs in by_config.values()]
         plot.curves([(config, [curves[job, "test/acc"] for job in jobs]) for config, jobs in by_config.items()],
                     train=train if all(all(runs) for runs in train) else None).save(Path(tmp) / "curves.png")
+        shown = {"test accuracy per epoch": Image.open(Path(tmp) / "curves.png").copy()}
         if effects:
-            plot.effects(effects).save(Path(tmp) / "effects.png")
+            shown["effects"] = plot.effects(effects)
+            shown["effects"].save(Path(tmp) / "effects.png")
         for name in ("boundaries.png", "curves.png", "effects.png")[:3 if effects else 2]:
             client.log_artifact(parent, str(Path(tmp) / name))
+    return shown
+
+
+def _report(client: MlflowClient, parent: str, rows: list[dict[str, Any]], configs: list[dict[str, Any]],
+            layout: Layout, pictures: dict[str, Image.Image], verdicts: list[str], table: str) -> str:
+    """report.html (report.build): each configuration by its median seed, laid out by the swept keys
+    but the seed; a search's trials in the order of their final val/acc, best first."""
+    keys = [k for k in layout.keys if k != "seed"]
+    panels = []
+    for c in configs:
+        jobs = [r for r in rows if r["config"] == c["config"] and _finished(r) and r["val_acc"] is not None]
+        if jobs:
+            shown = report.representative(jobs)
+            title = shown["name"] if not layout.grid else c["config"]
+            panels.append(report.Panel(title, shown["run_id"], shown["name"], shown["seed"], len(jobs),
+                                       _values(shown, keys)))
+    if not layout.grid:
+        by_acc = {r["run_id"]: r["val_acc"] for r in rows}
+        panels.sort(key=lambda p: -by_acc[p.run_id])
+    name = client.get_run(parent).info.run_name
+    return report.build(client, name, panels, list(short_names(keys).values()) if layout.grid else [], pictures,
+                        verdicts, table)
 
 
 def _record_search(client: MlflowClient, parent: str, search: Path) -> None:
