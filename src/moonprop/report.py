@@ -17,6 +17,7 @@ import base64
 import html
 import io
 import json
+import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,7 +100,7 @@ def grid(panels: Sequence[Panel], keys: list[str]) -> tuple[list[str], list[str]
         return rows, columns, [(rows.index(f"{keys[0]}={p.values.get(keys[0], '-')}"),
                                 columns.index(" ".join(f"{k}={p.values.get(k, '-')}" for k in keys[1:])))
                                for p in panels]
-    width = min(len(panels), 6)
+    width = min(len(panels), max(1, math.ceil(math.sqrt(len(panels) * 1.5))))  # boundaries.png's wrap
     return [""] * -(-len(panels) // width), [""] * width, [divmod(i, width) for i in range(len(panels))]
 
 
@@ -148,7 +149,8 @@ def build(client: MlflowClient, title: str, panels: Sequence[Panel], keys: list[
     verdict = "".join(f"<p class=verdict>{html.escape(v)}</p>" for v in verdicts)
     return PAGE.format(title=html.escape(title), sparse=sparse, last=len(steps) - 1, head=head, body="".join(body),
                        figures=figures, verdict=verdict, table=html.escape(table),
-                       data=json.dumps({"steps": steps, "panels": data}), count=len(panels), across=len(columns))
+                       data=json.dumps({"steps": steps, "panels": data}), count=len(panels), across=len(columns),
+                       aside=170 if any(rows) else 40)
 
 
 PAGE = """<!doctype html>
@@ -166,7 +168,7 @@ table.grid th {{ font-weight: 500; text-align: left; }} th.row {{ white-space: n
 .panels {{ overflow-x: auto; }}
 table.grid td {{ vertical-align: top; }}
 /* as many panels across as the frame holds, 150 to 240 px each; narrower frames scroll */
-table.grid img {{ width: min(240px, max(150px, calc((100vw - 190px) / {across} - 24px))); display: block;
+table.grid img {{ width: min(240px, max(150px, calc((100vw - {aside}px) / {across} - 14px))); display: block;
                   border: 1px solid #ddd; }}
 .name {{ max-width: 240px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }}
 .acc {{ font-variant-numeric: tabular-nums; }} .seed {{ color: #6e6e6e; font-size: 12px; }}
