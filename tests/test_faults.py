@@ -233,7 +233,8 @@ def test_a_sweep_folder_continues_only_the_same_sweep(workdir):
     parent, jobs = sweep_runs(client)
     proc = moonprop("-m", "seed=0,1,2", "data.num_batches=2", "hydra.sweep.dir=outputs/s", cwd=workdir, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert proc.stderr.startswith("moonprop: hydra.sweep.dir=outputs/s: ") and "seed=0,1 data" in proc.stderr
+    assert proc.stderr.startswith("moonprop: invalid config: hydra.sweep.dir=outputs/s: ")
+    assert "it holds `seed=0,1 data.num_batches=2`, this command gives `seed=0,1,2" in proc.stderr
     assert sweep_runs(client)[0].info.status == "FINISHED"  # nothing touched
     proc = moonprop("-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=1", "hydra.sweep.dir=outputs/s",
                     cwd=workdir, check=False)

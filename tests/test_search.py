@@ -146,5 +146,5 @@ def test_every_value_of_the_space_is_checked_before_the_search_starts(workdir):
     proc = moonprop("-m", "hydra/sweeper=search", "hydra.sweeper.direction=minimize", cwd=workdir, check=False)
     assert proc.returncode == 2 and "hydra.sweeper.direction=minimize: maximize" in proc.stderr
     proc = moonprop("-m", "hydra/sweeper=optuna", cwd=workdir, check=False)  # one search, not two
-    assert proc.returncode == 2 and "one of basic, search" in proc.stderr
+    assert proc.returncode == 2 and "one of basic, race, search" in proc.stderr
     assert list(workdir.iterdir()) == []
