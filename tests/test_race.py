@@ -102,6 +102,7 @@ def test_a_race_is_a_sweep_whose_parent_records_its_rounds(workdir):
     (["seed=0,1"], "seed=0,1: left to the race"),
     (["hydra.sweeper.seeds=1"], "hydra.sweeper.seeds=1: from 2"),
     (["hydra.sweeper.budget=0"], "hydra.sweeper.budget=0"),
+    (["hydra.sweeper.budget=5"], "hydra.sweeper.budget=5: at least the first round's 6 jobs"),
 ])
 def test_a_race_refuses_what_it_cannot_run(workdir, args, says):
     proc = moonprop("-m", "hydra/sweeper=race", "model.hidden=[1],[16,16]", *args, cwd=workdir, check=False)

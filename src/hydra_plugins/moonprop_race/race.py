@@ -117,9 +117,14 @@ class RaceSweeper(Sweeper):
         if self.seeds < 2 or self.seeds > self.max_seeds:
             raise ConfigError("hydra.sweeper.seeds", self.seeds, f"from 2 (a test needs two seeds a side) to "
                               f"hydra.sweeper.max_seeds ({self.max_seeds})")
+        configs = self.configurations(arguments)
         if self.budget is not None:
             check_positive_int("hydra.sweeper.budget", self.budget)
-        return [[*job, "seed=0"] for job in self.configurations(arguments).values()]
+            if self.budget < len(configs) * self.seeds:
+                raise ConfigError("hydra.sweeper.budget", self.budget, f"at least the first round's "
+                                  f"{len(configs) * self.seeds} jobs ({len(configs)} configurations x "
+                                  f"hydra.sweeper.seeds={self.seeds}), or null")
+        return [[*job, "seed=0"] for job in configs.values()]
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None
@@ -132,9 +137,6 @@ class RaceSweeper(Sweeper):
         planned: dict[str, list[int]] = {c: list(range(self.seeds)) for c in configs}
         rounds: list[dict[str, Any]] = []
         jobs = 0
-        if self.budget is not None and self.budget < len(configs) * self.seeds:
-            log.warning(f"hydra.sweeper.budget={self.budget} is less than a first round ({len(configs)} "
-                        f"configurations x {self.seeds} seeds): the race runs its first round only")
         while planned:
             batch = [[*configs[c], f"seed={s}"] for c, seeds in planned.items() for s in seeds]
             self.validate_batch_is_legal(batch)
