@@ -52,8 +52,11 @@ def test_every_sweep_has_its_report_and_moonprop_report_draws_it_again(workdir):
     assert (folder / "report.html").is_file() and f"report.html on the parent run {parent.info.run_id}" in proc.stderr
     proc = moonprop("report", parent.info.run_id, cwd=workdir)  # by its parent run, as the UI names it
     assert proc.returncode == 0
-    proc = moonprop("report", "outputs", cwd=workdir, check=False)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "a sweep's folder" in proc.stderr
+    for wrong in (["outputs"], [], ["a", "b"], [str(folder), "seed=1"]):
+        proc = moonprop("report", *wrong, cwd=workdir, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "a sweep's folder" in proc.stderr
+    assert "usage: moonprop report" in moonprop("report", "--help", cwd=workdir).stdout
 
 
 def test_a_searchs_report_shows_its_trials_best_first(workdir):

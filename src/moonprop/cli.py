@@ -248,11 +248,15 @@ boundary on one slider, the sweep's answer under it), from its folder or its par
 
 def report_main(argv: list[str]) -> None:
     """`moonprop report`: a sweep's summary and report.html drawn again (summary.redraw)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(REPORT_USAGE)
+        exit_now(0)
     given = dict(a.partition("=")[::2] for a in argv if "=" in a)
     targets = [a for a in argv if "=" not in a]
-    if any(a in ("-h", "--help") for a in argv) or len(targets) != 1 or set(given) - {"tracking.uri"}:
-        print(REPORT_USAGE, file=sys.stderr if len(targets) != 1 else sys.stdout)
-        exit_now(0 if any(a in ("-h", "--help") for a in argv) else EXIT_BAD_INPUT)
+    if len(targets) != 1 or set(given) - {"tracking.uri"}:
+        print(f"moonprop report: {shlex.join(argv) or '(nothing)'}: a sweep's folder or its parent run's id, and "
+              f"at most tracking.uri=URI (moonprop report --help)", file=sys.stderr)
+        exit_now(EXIT_BAD_INPUT)
     target = targets[0]
     if not (Path(target) / SWEEP_FILE).is_file() and not re.fullmatch(r"[0-9a-f]{32}", target):
         print(f"moonprop report: {target}: a sweep's folder (it holds {SWEEP_FILE}) or its parent run's id",
