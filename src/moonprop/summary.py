@@ -233,9 +233,13 @@ def configurations(rows: list[dict[str, Any]], layout: Layout) -> list[dict[str,
     return out
 
 
+def _scored(rows: list[dict[str, Any]], config: str) -> list[dict[str, Any]]:
+    """A configuration's finished jobs with a final val_acc: what the verdict, effects, best and report read."""
+    return [r for r in rows if r["config"] == config and _finished(r) and r["val_acc"] is not None]
+
+
 def _by_seed(rows: list[dict[str, Any]], config: str) -> dict[int, float]:
-    return {r["seed"]: r["val_acc"] for r in rows
-            if r["config"] == config and _finished(r) and r["val_acc"] is not None}
+    return {r["seed"]: r["val_acc"] for r in _scored(rows, config)}
 
 
 def _judge(rows: list[dict[str, Any]], configs: list[dict[str, Any]], alpha: float) -> list[str]:
@@ -310,7 +314,7 @@ def _effects(rows: list[dict[str, Any]], configs: list[dict[str, Any]], layout: 
     for task in dict.fromkeys(c.get("task", "") for c in configs):
         given = {}
         for c in configs:
-            jobs = [r for r in rows if r["config"] == c["config"] and _finished(r) and r["val_acc"] is not None]
+            jobs = _scored(rows, c["config"])
             if c.get("task", "") == task and jobs:
                 given[c["config"]] = (_values(jobs[0], layout.keys), {r["seed"]: (r["val_acc"], r["test_acc"])
                                                                      for r in jobs})
@@ -327,7 +331,7 @@ def _best(rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> list[tup
         scored = [c for c in configs if c.get("task", "") == task and c["val_acc_mean"] is not None]
         if scored:
             best = next((c for c in scored if c["verdict"] == "best"), scored[0])
-            jobs = [r for r in rows if r["config"] == best["config"] and _finished(r) and r["val_acc"] is not None]
+            jobs = _scored(rows, best["config"])
             out.append((best, max(jobs, key=lambda r: r["val_acc"])))
     return out
 
@@ -523,7 +527,7 @@ def _report(client: MlflowClient, parent: str, rows: list[dict[str, Any]], confi
     keys = [k for k in layout.keys if k != "seed"]
     panels = []
     for c in configs:
-        jobs = [r for r in rows if r["config"] == c["config"] and _finished(r) and r["val_acc"] is not None]
+        jobs = _scored(rows, c["config"])
         if jobs:
             shown = report.representative(jobs)
             title = shown["name"] if not layout.grid else c["config"]
