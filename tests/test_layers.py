@@ -1,6 +1,6 @@
 """Imports run one way: every module imports only from the modules below it, function-local and
 TYPE_CHECKING imports included (a deferred import is a dependency all the same), and Hydra's
-plugins sit on top of the core, never under it. The README's "How it works" diagram is this
+plugins sit on top of the core, never under it. The diagram in docs/internals.md ("How it works") is this
 layering, top layer first."""
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ def test_every_import_runs_down():
     assert upward == []
 
 
-def test_the_readme_diagram_is_the_layering():
-    readme = (REPO / "README.md").read_text()
-    diagram = readme.split("## How it works", 1)[1].split("```", 2)[1]
+def test_the_docs_diagram_is_the_layering():
+    page = (REPO / "docs" / "internals.md").read_text()
+    diagram = page.split("# How it works", 1)[1].split("```", 2)[1]
     # one line a layer, top layer first: "<layer>  module.py, module.py, ..."
     shown = [(match.group(1), re.findall(r"[\w/]+\.py", match.group(2)))
              for line in diagram.splitlines() if (match := re.match(r"([A-Za-z][A-Za-z ]*?)\s{2,}(\S.*)", line))]
