@@ -118,19 +118,43 @@ def app_hydra(app: App, args: Any) -> Iterator[tuple[Hydra, str]]:
 
 def compose(hydra: Hydra, config_name: str | None, overrides: list[str], mode: RunMode) -> DictConfig:
     """Hydra's composition of the primary config, its errors as one line."""
-    with hydra_errors(hydra, config_name, overrides):
-        return hydra_internals.compose(hydra, config_name, overrides, mode)
+    def composed(lines: list[str]) -> DictConfig:
+        return hydra_internals.compose(hydra, config_name, lines, mode)
+
+    with hydra_errors(hydra, config_name, overrides, composed):
+        refuse_sweeps(parse(overrides), mode)
+        return composed(overrides)
 
 
 def compose_job(hydra: Hydra, master: DictConfig, overrides: list[str]) -> DictConfig:
     """A sweep job's config, as Hydra's launchers compose it from the sweep's config."""
-    with hydra_errors(hydra, master.hydra.job.config_name, overrides):
-        return hydra.config_loader.load_sweep_config(master, overrides)
+    def composed(lines: list[str]) -> DictConfig:
+        return hydra.config_loader.load_sweep_config(master, lines)
+
+    with hydra_errors(hydra, master.hydra.job.config_name, overrides, composed):
+        return composed(overrides)
+
+
+def refuse_sweeps(overrides: list[Override], mode: RunMode) -> None:
+    """What Hydra refuses of swept values, said the way to write them: a sweep without -m, a sweep
+    over Hydra's own settings."""
+    for o in overrides:
+        if not o.is_sweep_override():
+            continue
+        key, _, value = (o.input_line or "").partition("=")
+        if mode == RunMode.RUN:
+            raise ConfigError(key, value, f"a sweep needs -m (moonprop -m {o.input_line}); a list is written "
+                                          f"{key}=[{value}]")
+        if o.is_hydra_override():
+            raise ConfigError(key, value, f"Hydra's settings take one value (to sweep, give the app's key: "
+                                          f"{key.rpartition('.')[2]}={value})")
 
 
 @contextlib.contextmanager
-def hydra_errors(hydra: Hydra, config_name: str | None, overrides: list[str]) -> Iterator[None]:
-    """Turn Hydra's and OmegaConf's multi-line composition errors into one ConfigError line."""
+def hydra_errors(hydra: Hydra, config_name: str | None, overrides: list[str],
+                 composed: Callable[[list[str]], DictConfig] | None = None) -> Iterator[None]:
+    """Turn Hydra's and OmegaConf's multi-line composition errors into one ConfigError line;
+    `composed` composes again (with other overrides) to find the override at fault."""
     try:
         yield
     except ConfigError:
@@ -154,7 +178,8 @@ def hydra_errors(hydra: Hydra, config_name: str | None, overrides: list[str]) ->
             raise key_error(hydra, config_name, overrides, key, value, cause) from None
         if key and hasattr(cause, "value"):  # an element of a list: model.hidden[0]
             raise ConfigError(key, cause.value, first_line(cause)) from None
-        raise hydra_message(e, overrides) from None
+        raise added_twice(overrides, composed) or ConfigError("overrides", " ".join(overrides), first_line(e)) \
+            from None
 
 
 def _override_of(key: str, overrides: list[str]) -> str | None:
@@ -166,25 +191,19 @@ def _override_of(key: str, overrides: list[str]) -> str | None:
     return None
 
 
-def hydra_message(e: BaseException, overrides: list[str]) -> ConfigError:
-    """One line for one of Hydra's own errors, naming the override it is about where it can."""
-    text = str(e).strip()
-    quoted = re.search(r"'([^']+=[^']*)'", text)  # Hydra quotes the override line it refuses
-    line = quoted.group(1) if quoted else next((o for o in overrides if o in text), None)
-    if named := re.match(r"Multiple values for (\S+)\.", text):  # +group=x where the config has group
-        line = next((o for o in overrides if o.lstrip("+").startswith(named.group(1) + "=")), line)
-    if not line or "=" not in line:
-        return ConfigError("overrides", " ".join(overrides), first_line(e))
-    key, value = line.split("=", 1)
-    if "Ambiguous value" in text:
-        return ConfigError(key, value, f"a sweep needs -m (moonprop -m {line}); a list is written {key}=[{value}]")
-    if "Sweeping over Hydra's configuration" in text:
-        return ConfigError(key, value, f"Hydra's settings take one value (to sweep, give the app's key: "
-                                       f"{key.rpartition('.')[2]}={value})")
-    if "An item is already at" in text or "Multiple values for" in text:
-        return ConfigError(key, value, f"{key.lstrip('+')} is already in the config: set it without '+', "
-                                       f"{line.lstrip('+')}")
-    return ConfigError(key, value, first_line(e))
+def added_twice(overrides: list[str], composed: Callable[[list[str]], DictConfig] | None) -> ConfigError | None:
+    """The refusal of a `+key=value` (or `+group=option`) whose key the config already has, found
+    by composing it without its `+`: Hydra refuses to add what is there, in words of its own."""
+    for i, line in enumerate(overrides):
+        if composed is None or not line.startswith("+") or line.startswith("++"):
+            continue
+        try:
+            composed([*overrides[:i], line[1:], *overrides[i + 1:]])
+        except Exception:
+            continue
+        key, _, value = line.partition("=")
+        return ConfigError(key, value, f"{key[1:]} is already in the config: set it without '+', {line[1:]}")
+    return None
 
 
 def key_error(hydra: Hydra, config_name: str | None, overrides: list[str], key: str, value: object,
