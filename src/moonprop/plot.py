@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -22,6 +22,7 @@ from PIL import GifImagePlugin, Image, ImageDraw, ImageFont
 # The plane a picture shows, (x0, x1, y0, y1): by default the moons', which span x in [-1, 2] and
 # y in [-0.5, 1] plus noise (each dataset has its own: data.plane).
 Plane = tuple[float, float, float, float]
+Scale = Callable[[float], float]  # a value to its pixel on one axis
 MOONS: Plane = (-1.5, 2.5, -1.0, 1.5)
 SCORE_CLIP = 2.0  # the background saturates beyond |f(x)| = 2: the margin is at 1
 EVAL_STEP = 3  # the network is scored on every 3rd pixel and the scores interpolated (see `grid`)
@@ -509,7 +510,6 @@ def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int =
     configuration's runs' train/acc, a finite training set's), its mean is dotted in the same colour:
     where the two part, the network learns its training points rather than the task."""
     size = 16
-    line = size + 6
     means, spreads, legend = _mean_curves(groups)
     trained = _mean_curves([("", runs) for runs in train])[0] if train else []
     if train:
@@ -518,7 +518,7 @@ def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int =
     settled = [x for m in [*means, *trained] for x in m[max(1, len(m) // 10):]] or [0.5]
     lo = max(0.0, math.floor(min(settled) * 20) / 20 - 0.05)  # a multiple of 0.05 below the lowest
     legend_w = max((text_size(t, size)[0] for t in legend), default=0) + 40
-    height = max(height, 60 + line * len(groups))
+    height = max(height, 60 + (size + 6) * len(groups))
     image = Image.new("RGB", (width + legend_w, height), "white")
     draw = ImageDraw.Draw(image)
     x0, x1, y0, y1 = 64, width - 16, 36, height - 58
@@ -534,6 +534,21 @@ def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int =
     def y(value: float) -> float:  # 1.0 sits 8 px under the frame, never on it
         return y1 - (y1 - y0 - 8) * (min(max(value, lo), 1.0) - lo) / (1.0 - lo)
 
+    _curve_axes(draw, x, y, longest, lo, (x0, x1, y1), size)
+    _bands(image, means, spreads, x, y)
+    draw = ImageDraw.Draw(image)
+    _lines_and_legend(draw, means, legend, x, y, (width, y0), size)
+    for i, mean in enumerate(trained):  # dotted: 3 px drawn every 7, along the curve
+        xs, ys = [x(k) for k in range(len(mean))], [y(v) for v in mean]
+        for px in np.arange(xs[0], xs[-1] - 3, 7.0) if len(mean) > 1 else []:
+            draw.line([(p, float(np.interp(p, xs, ys))) for p in (px, px + 3)], fill=SERIES[i % len(SERIES)], width=2)
+    return image
+
+
+def _curve_axes(draw: ImageDraw.ImageDraw, x: Scale, y: Scale, longest: int, lo: float,
+                frame: tuple[int, int, int], size: int) -> None:
+    """The epoch axis's ticks and name under the frame, the accuracy axis's grid lines and labels."""
+    x0, x1, y1 = frame
     for epoch in nice_ticks(longest - 1, 6):
         draw.line((x(epoch), y1, x(epoch), y1 + 4), fill=MUTED)
         draw.text((x(epoch), y1 + 6), _label(epoch), fill=MUTED, font=font(size), anchor="ma")
@@ -542,7 +557,13 @@ def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int =
     for value in (1.0 - k * step for k in range(int((1 - lo) / step + 1e-9) + 1)):
         draw.line((x0, y(value), x1, y(value)), fill=(240, 240, 240))
         draw.text((x0 - 6, y(value)), f"{value:.2f}", fill=MUTED, font=font(size), anchor="rm")
-    bands = Image.new("RGBA", image.size, (255, 255, 255, 0))  # translucent: overlapping bands stay readable
+
+
+def _bands(image: Image.Image, means: list[np.ndarray], spreads: list[np.ndarray | None], x: Scale,
+           y: Scale) -> None:
+    """Each configuration's band of one standard deviation, translucent, so that overlapping bands
+    stay readable."""
+    bands = Image.new("RGBA", image.size, (255, 255, 255, 0))
     band_draw = ImageDraw.Draw(bands)
     for i, (mean, spread) in enumerate(zip(means, spreads, strict=True)):
         if spread is not None and len(mean) > 1:
@@ -550,7 +571,13 @@ def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int =
             lower = [(x(k), y(v - s)) for k, (v, s) in enumerate(zip(mean, spread, strict=True))]
             band_draw.polygon(upper + lower[::-1], fill=(*SERIES[i % len(SERIES)], 56))
     image.paste(Image.alpha_composite(image.convert("RGBA"), bands).convert("RGB"))
-    draw = ImageDraw.Draw(image)
+
+
+def _lines_and_legend(draw: ImageDraw.ImageDraw, means: list[np.ndarray], legend: list[str], x: Scale, y: Scale,
+                      at: tuple[int, int], size: int) -> None:
+    """Each configuration's mean curve, in its colour (dashed once the colours run out), and its
+    legend line beside the plot, from `at` (the legend's left edge and top)."""
+    left, top = at
     for i, mean in enumerate(means):
         colour, dashed = SERIES[i % len(SERIES)], (i // len(SERIES)) % 2 == 1
         points = [(x(k), y(v)) for k, v in enumerate(mean)]
@@ -558,17 +585,12 @@ def curves(groups: Sequence[tuple[str, Sequence[Sequence[float]]]], width: int =
         for segment in segments:
             if len(segment) > 1:
                 draw.line(segment, fill=colour, width=2)
-        ly = y0 + i * line + line // 2
-        sample = [(width, ly), (width + 12, ly)] if dashed else [(width, ly), (width + 28, ly)]
+        ly = top + i * (size + 6) + (size + 6) // 2
+        sample = [(left, ly), (left + 12, ly)] if dashed else [(left, ly), (left + 28, ly)]
         draw.line(sample, fill=colour, width=3)
         if dashed:
-            draw.line([(width + 18, ly), (width + 28, ly)], fill=colour, width=3)
-        draw.text((width + 36, ly), legend[i], fill=TEXT, font=font(size), anchor="lm")
-    for i, mean in enumerate(trained):  # dotted: 3 px drawn every 7, along the curve
-        xs, ys = [x(k) for k in range(len(mean))], [y(v) for v in mean]
-        for px in np.arange(xs[0], xs[-1] - 3, 7.0) if len(mean) > 1 else []:
-            draw.line([(p, float(np.interp(p, xs, ys))) for p in (px, px + 3)], fill=SERIES[i % len(SERIES)], width=2)
-    return image
+            draw.line([(left + 18, ly), (left + 28, ly)], fill=colour, width=3)
+        draw.text((left + 36, ly), legend[i], fill=TEXT, font=font(size), anchor="lm")
 
 
 def effects(rows: Sequence[dict[str, Any]], panel: tuple[int, int] = (340, 300)) -> Image.Image:
