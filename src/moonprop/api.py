@@ -27,21 +27,11 @@ from omegaconf import DictConfig
 
 from moonprop import cli, hydra_internals, preflight
 from moonprop.config import ConfigError
+from moonprop.jobs import Result
 
 if TYPE_CHECKING:
     from moonprop.data import MoonsDataModule
     from moonprop.module import MoonsClassifier
-
-
-class Result(NamedTuple):
-    """What a run left: its MLflow run, each metric's final value by its logged key (`test/acc`,
-    `test/loss`, `train/loss`, `lr`), its MLflow model (`mlflow.pyfunc.load_model(model_uri)`) and
-    its Hydra run folder."""
-
-    run_id: str
-    metrics: dict[str, float]
-    model_uri: str | None
-    run_dir: Path
 
 
 def run(overrides: Sequence[str] = ()) -> Result:
@@ -56,10 +46,9 @@ def run(overrides: Sequence[str] = ()) -> Result:
 
     def task(cfg: DictConfig) -> None:
         this = cli.task(cfg, argv)
-        trained = cli.train_task(this)
-        assert trained is not None  # a single run raises what stopped it
-        model_uri = f"models:/{trained.model_id}" if trained.model_id else None
-        results.append(Result(trained.run_id, trained.metrics, model_uri, this.run_dir))
+        result = cli.train_task(this)
+        assert result is not None  # a single run raises what stopped it
+        results.append(result)
 
     config_name = args.config_name or cli.CONFIG_NAME  # `-cd myconf --config-name myexp`, as the CLI takes them
     with _as_found(), hydra_internals.app_hydra(task, args.config_path or cli.CONFIG_PATH, args.config_dir) as hydra:

@@ -29,13 +29,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from moonprop import preflight, sweep
 from moonprop.config import ConfigError, first_line, one_line, recorded, redact, resolve_uri, validate
-from moonprop.jobs import CONFIG_TAG, SWEEP_FILE, Interrupted, Launcher, Task, config_name, given_values, this_job
+from moonprop.jobs import (
+    CONFIG_TAG,
+    SWEEP_FILE,
+    Interrupted,
+    Launcher,
+    Result,
+    Task,
+    config_name,
+    given_values,
+    this_job,
+)
 from moonprop.recorder import close_shared, shared
 
 if TYPE_CHECKING:
     from moonprop.config import Config
     from moonprop.evaluation import Evaluated, Network
-    from moonprop.train import Trained
 
 EXIT_BAD_INPUT = 2
 CONFIG_PATH, CONFIG_NAME = "conf", "config"  # the packaged configs
@@ -81,7 +90,7 @@ def run_alone(hc: DictConfig) -> list[str]:
     return flags + overrides + ["hydra.mode=RUN"] * (hc.mode == RunMode.MULTIRUN)
 
 
-def train_task(this: Task) -> Trained | None:
+def train_task(this: Task) -> Result | None:
     """Train and record the run `this`, and say so on stderr; None for a sweep's job that failed
     (recorded FAILED: the other jobs go on, the summary counts it)."""
     if this.cfg.trainer.lightning.get("fast_dev_run"):
@@ -96,49 +105,49 @@ def train_task(this: Task) -> Trained | None:
 
     start = time.perf_counter()
     if this.job is None:
-        trained = train(*this, recorder)
-        print(f"moonprop: run {recorder.last.name} FINISHED: {accuracies(trained)} in "  # type: ignore[union-attr]
-              f"{time.perf_counter() - start:.1f} s (run id {trained.run_id}, folder {this.run_dir})", file=sys.stderr)
-        return trained
+        result = train(*this, recorder)
+        print(f"moonprop: run {recorder.last.name} FINISHED: {accuracies(result)} in "  # type: ignore[union-attr]
+              f"{time.perf_counter() - start:.1f} s (run id {result.run_id}, folder {this.run_dir})", file=sys.stderr)
+        return result
     job = f"job {HydraConfig.get().job.num} ({this.job.name})"
     try:
         # Only the in-process launcher runs the next job in this process, and drains the recorder
         # before the summary: a joblib worker or a SLURM job may be ended as soon as it returns.
         in_process = Launcher.of(HydraConfig.get().launcher) is Launcher.IN_PROCESS
-        trained = train(*this, recorder, close_in_background=in_process)
+        result = train(*this, recorder, close_in_background=in_process)
     except Exception as e:
         print(f"moonprop: {job} FAILED in {time.perf_counter() - start:.1f} s: {one_line(e)}", file=sys.stderr)
         return None
-    print(f"moonprop: {job} FINISHED: {accuracies(trained)} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    return trained
+    print(f"moonprop: {job} FINISHED: {accuracies(result)} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return result
 
 
-def quick_check(this: Task) -> Trained:
+def quick_check(this: Task) -> Result:
     """`+trainer.fast_dev_run=true`: Lightning's quick check of a single run, which records nothing."""
-    from moonprop.train import Trained, dev_run
+    from moonprop.train import dev_run
 
     start = time.perf_counter()
-    trained = Trained("", dev_run(this.cfg, this.run_dir), None)
-    print(f"moonprop: fast_dev_run FINISHED: {accuracies(trained)} after one step in "
+    result = Result("", dev_run(this.cfg, this.run_dir), None, this.run_dir)
+    print(f"moonprop: fast_dev_run FINISHED: {accuracies(result)} after one step in "
           f"{time.perf_counter() - start:.2f} s; nothing recorded (Lightning's fast_dev_run; debug=fdr records "
           f"two epochs in a store of their own)", file=sys.stderr)
-    return trained
+    return result
 
 
-def unrecorded_run(this: Task) -> Trained:
+def unrecorded_run(this: Task) -> Result:
     """`logger=[csv]`: a run that MLflow does not record, written only by the loggers the user chose."""
     from moonprop.train import train
 
     start = time.perf_counter()
-    trained = train(*this, None)
-    print(f"moonprop: run FINISHED: {accuracies(trained)} in {time.perf_counter() - start:.1f} s, not recorded in "
+    result = train(*this, None)
+    print(f"moonprop: run FINISHED: {accuracies(result)} in {time.perf_counter() - start:.1f} s, not recorded in "
           f"MLflow (logger={list(this.cfg.logger)}; folder {this.run_dir})", file=sys.stderr)
-    return trained
+    return result
 
 
-def accuracies(trained: Trained) -> str:
-    val = trained.metrics.get("val/acc")
-    return f"{'' if val is None else f'val acc {val:.3f}, '}test acc {trained.metrics['test/acc']:.3f}"
+def accuracies(result: Result) -> str:
+    val = result.metrics.get("val/acc")
+    return f"{'' if val is None else f'val acc {val:.3f}, '}test acc {result.metrics['test/acc']:.3f}"
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
@@ -149,10 +158,10 @@ def app(cfg: DictConfig) -> float:
     this = task(cfg) if HydraConfig.get().mode != RunMode.MULTIRUN else sweep_task(cfg)
     if isinstance(this, float):  # a continued sweep's job that had finished
         return this
-    trained = train_task(this) if this is not None else None
-    if trained is None:
+    result = train_task(this) if this is not None else None
+    if result is None:
         return float("nan")
-    return trained.metrics.get("val/acc", trained.metrics["test/acc"])
+    return result.metrics.get("val/acc", result.metrics["test/acc"])
 
 
 def sweep_task(cfg: DictConfig) -> Task | float | None:
@@ -209,9 +218,7 @@ def main() -> None:
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        app()
-        if sweep.failed_jobs:
-            exit_now(1)
+        app()  # a sweep with a failed job ends in SystemExit(1), after its summary
     except SystemExit as e:
         if e.code == 128 + signal.SIGTERM and (stopped := sweep.end_interrupted(signal.SIGTERM)):
             print(f"moonprop: {stopped}", file=sys.stderr)

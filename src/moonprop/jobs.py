@@ -247,6 +247,18 @@ class Task(NamedTuple):
     command: list[str]  # the arguments that run it alone (its config folder, its overrides): how to continue it
 
 
+class Result(NamedTuple):
+    """What a run left: its MLflow run ("" for one MLflow does not record), each metric's final value
+    by its logged key (`test/acc`, `val/acc`, `train/loss`, `lr`), its MLflow model (`models:/<id>`,
+    for `mlflow.pyfunc.load_model`; None until the recorder has closed the run, which a sweep's
+    jobs leave to the background) and its Hydra run folder. `moonprop.run` returns it."""
+
+    run_id: str
+    metrics: dict[str, float]
+    model_uri: str | None
+    run_dir: Path
+
+
 class Interrupted(BaseException):
     """Training stopped on a signal (SIGINT, SIGTERM) at an epoch's end, after a checkpoint.
 

@@ -25,8 +25,6 @@ from moonprop.config import ConfigError, first_line, redact, resolve_uri
 from moonprop.jobs import SWEEP_FILE, Launcher, Sweeper, sweep_name, swept_keys
 from moonprop.recorder import drain_shared, shared
 
-failed_jobs = 0  # set by on_multirun_end; the CLI exits non-zero when it is not 0
-
 
 class _Sweep(NamedTuple):
     """The sweep under way in this process, from its start to its end."""
@@ -156,7 +154,9 @@ class SweepCallback(Callback):
         _under_way = _Sweep(uri, parent, sweep_dir, launcher, slurm_jobs)  # submitit_folder: .../%j
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global failed_jobs, _under_way
+        """The sweep's summary; a sweep with a failed job exits 1 (SystemExit passes through Hydra's
+        callbacks, which only warn of an Exception)."""
+        global _under_way
         if _under_way is None:
             return
         if _under_way.launcher is Launcher.JOBLIB:
@@ -176,10 +176,11 @@ class SweepCallback(Callback):
                                               sweep_dir=str(config.hydra.sweep.dir),
                                               registered_model=config.tracking.registered_model)
         except Exception as e:  # Hydra would only warn, and leave the parent RUNNING
-            failed_jobs = max(failed_jobs, 1)
             print(f"moonprop: the sweep's summary failed: {first_line(e)}", file=sys.stderr)
             with contextlib.suppress(Exception):
                 _end("FAILED", f"summarising the sweep failed: {type(e).__name__}: {first_line(e)}")
-            return
+            raise SystemExit(1) from None
         print(text, file=sys.stderr)
         _under_way = None
+        if failed_jobs:
+            raise SystemExit(1)

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -32,7 +32,7 @@ from moonprop.config import (
     resolve_uri,
 )
 from moonprop.data import MoonsDataModule
-from moonprop.jobs import CHECKPOINT_TAG, Interrupted, Job, Task
+from moonprop.jobs import CHECKPOINT_TAG, Interrupted, Job, Result, Task
 from moonprop.loggers import loggers_of, record_of
 from moonprop.module import MoonsClassifier
 from moonprop.recorder import Recorder, Run
@@ -126,18 +126,11 @@ def dev_run(cfg: Config, run_dir: Path) -> dict[str, float]:
     return {key: shortest(float(value)) for key, value in quick.callback_metrics.items()}
 
 
-class Trained(NamedTuple):
-    """What a run left: its MLflow run ("" for one MLflow does not record), each metric's final
-    value by its key, its MLflow model."""
-
-    run_id: str
-    metrics: dict[str, float]
-    model_id: str | None  # None until the recorder has closed the run (in a sweep, in the background)
 
 
 def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str], job: Job | None,
           launch_dir: str | None, command: list[str], recorder: Recorder | None, close_in_background: bool = False
-          ) -> Trained:
+          ) -> Result:
     """Train and record one run (its final test accuracy is what a sweeper maximises).
 
     Interrupted by Ctrl-C or SIGTERM, it writes `run_dir/checkpoints/last.ckpt` and says how to
@@ -179,7 +172,8 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
             if run:
                 run.send("tags", {CHECKPOINT_TAG: str(checkpoint)})  # the one `resume=` continues from now
             raise
-    return Trained(run.id if run else "", tracker.last, run.model_id if run else None)
+    model_uri = f"models:/{run.model_id}" if run and run.model_id else None
+    return Result(run.id if run else "", tracker.last, model_uri, run_dir)
 
 
 def record_failed_job(recorder: Recorder, uri: str, experiment: str, job: Job, params: dict[str, str],
