@@ -1,6 +1,6 @@
 """The GPU check: a default run and a 1,000-job batched sweep, each on the GPU and on the CPU, every
 job's final accuracy compared between the two, the times and differences written as JSON and as a
-table for the README. On a machine without a CUDA device it says so in one line and exits 0.
+table for docs/team.md. On a machine without a CUDA device it says so in one line and exits 0.
 
     make gpu-check                                    # or: python scripts/gpu_check.py
     python scripts/gpu_check.py --jobs 200 --out outputs/gpu-check

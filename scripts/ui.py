@@ -6,7 +6,7 @@ that open each experiment on its runs.
 MLflow 3.17 opens an experiment in its GenAI view (traces, latency, token usage) unless the address
 says `?workflowType=machine_learning` or the browser was switched to "Model training" once (the
 switch at the top left, which the browser remembers). The choice is the browser's alone: nothing a
-run or an experiment records steers it (see the README), so the addresses below carry it.
+run or an experiment records steers it (see docs/record.md), so the addresses below carry it.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ out of the forward pass, so that its gradient is zero and the padded units stay 
 summed loss is a sum of independent terms: each job's gradient is the one it would have alone, and
 StackedOptimizer steps each job's slice as torch's optimizer steps the job alone. torch's own
 optimizers would need a parameter group per job, so each job's parameters apart and stacked at
-every step: measured, that costs more than it may (README, Speed: "one model for one job and for K").
+every step: measured, that costs more than it may (docs/speed.md: "one model for one job and for K").
 
 What must be the same for a batch (stack_key): the depth, the shape of the data, the device, the
 activation, the kind of optimizer and Lightning's arguments. A job with callbacks or loggers of its

@@ -263,7 +263,7 @@ class BatchedMlflowCallback(pl.Callback):
         undrawn = [job for job in active if self.drawn[job] != step and self.test_acc[job] is not None]
         for chunk in range(0, len(undrawn), self.CHUNK):  # the last picture ends each job's record
             self._pictures(pl_module, undrawn[chunk:chunk + self.CHUNK], step)
-        traced: dict[tuple[int, ...], torch.jit.ScriptModule] = {}  # tracing costs ~15 ms: once per shape
+        traced: dict[tuple[int, ...], torch.jit.ScriptModule] = {}  # tracing is costly: once per shape
         for job in active:
             network = pl_module.net.network(job)
             if (inputs := features_picture(network, self.pictures[job].plane)) is not None:

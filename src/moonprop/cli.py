@@ -98,7 +98,7 @@ def train_task(this: Task) -> Result | None:
     if not recorded(this.cfg):  # a single run (preflight refuses such a sweep)
         return unrecorded_run(this)
     # The recorder starts first: it imports MLflow and opens the store on the other core while
-    # this process imports Lightning (~3 s each on a fresh store).
+    # this process imports Lightning (seconds each on a fresh store).
     recorder = shared()
     recorder.prepare(resolve_uri(this.cfg.tracking.uri, this.launch_dir), this.cfg.tracking.experiment)
     from moonprop.train import train

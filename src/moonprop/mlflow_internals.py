@@ -5,9 +5,9 @@ cost a run too much:
 
 - **Per-epoch images**: MLflow's UI finds a run's image card and its step slider by artifact
   names (`images/<key, / as ~>+step+<step>+timestamp+<ms>+<uuid>` and a `+compressed` twin) and
-  by the run tag `mlflow.loggedImages`. `MlflowClient.log_image(run_id, image, key, step)` costs
-  16-25 ms an image (two uploads and a tag each time: 3 s a default run, in the recorder, which
-  then finishes seconds after the trainer) and makes a 256 px lossy thumbnail that blurs the text.
+  by the run tag `mlflow.loggedImages`. `MlflowClient.log_image(run_id, image, key, step)` makes
+  two uploads and sets a tag for each image (seconds a default run, in the recorder, which then
+  finishes after the trainer: docs/internals.md) and a 256 px lossy thumbnail that blurs the text.
   moonprop writes both files as one lossless WebP, in batches (tracking.RunWriter).
 - **The model folder**: `mlflow.pytorch.save_model` needs torch, which the recorder does not import
   (2.7 s and ~200 MB: on a fresh store the recorder is a run's critical path, and a run's peak
@@ -75,7 +75,7 @@ def save_torchscript(path: Path, torchscript: bytes, torch_version: str, run_id:
                         pickle_module_name="mlflow.pytorch.pickle_module", code=None, conda_env="conda.yaml",
                         python_env="python_env.yaml", model_config={"device": None})
     _save_example(model, input_example, str(path))
-    # given, not inferred: MLflow's inference loads the model in a subprocess (13 s measured)
+    # given, not inferred: MLflow's inference loads the model in a subprocess (seconds)
     requirements = [f"mlflow=={model.mlflow_version}", f"torch=={torch_version.split('+')[0]}"]
     (path / "requirements.txt").write_text("\n".join(requirements))
     (path / "conda.yaml").write_text(yaml.safe_dump(_mlflow_conda_env(additional_pip_deps=requirements[1:]),

@@ -14,7 +14,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "leaky_relu": lambda: nn.LeakyReLU(LEAKY_SLOPE),
 }
 # the same, as functions, in place where torch has it: stacked_forward's K x 1,000 points x 16 units
-# each cost 2 ms more a layer to allocate anew
+# would otherwise be allocated anew at every layer
 STACKED_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "identity": lambda x: x,
     "gelu": nn.functional.gelu, "leaky_relu": lambda x: nn.functional.leaky_relu_(x, LEAKY_SLOPE),
@@ -89,9 +89,9 @@ def stacked_forward(params: list[Tensor], x: Tensor, activation: str = "relu",
                     features: tuple[str, ...] = POINT) -> Tensor:
     """MLP's forward for K networks of one shape at once: `params` are MLP's parameters in its order
     (weight [out, in], bias [out], ...), each with a leading job dimension; points x [K, n, 2] ->
-    scores [K, n]. A batched sweep trains its jobs with it (batched.py). torch.func.vmap over MLP.forward
-    gives the same scores at 2.4x the cost of a validation pass (measured: its linear is a batched
-    matmul and an unfused add, its activations not in place)."""
+    scores [K, n]. A batched sweep trains its jobs with it (batched.py). torch.func.vmap over
+    MLP.forward gives the same scores at more than twice the cost of a validation pass
+    (docs/speed.md: its linear is a batched matmul and an unfused add, its activations not in place)."""
     act = STACKED_ACTIVATIONS[activation]
     x = expand(x, features)
     for i in range(0, len(params), 2):

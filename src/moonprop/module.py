@@ -78,7 +78,7 @@ class MoonsClassifier(pl.LightningModule):
         self.net = MLP(model.hidden, torch.Generator().manual_seed(seed), model.activation, model.init, model.features)
         # Under any Trainer the module logs. moonprop's own runs turn it off where nothing would
         # read what it logs (no callback but moonprop's, no progress bar, logger=False): Lightning's
-        # self.log costs ~0.3 ms a call, 0.2 s of a 150-epoch run, and its record goes through
+        # self.log costs a noticeable share of a 150-epoch run (docs/speed.md), and its record goes through
         # moonprop's callbacks.
         self.log_metrics = True
         # where self.log's values go besides the callbacks: to the loggers, as under any Trainer,

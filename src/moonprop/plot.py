@@ -1,5 +1,5 @@
 """Pictures of a run and of a sweep, drawn with numpy and Pillow: a matplotlib figure per frame
-costs ~100 ms, these a few ms.
+costs tens of times what these do (`make bench` measures a frame).
 
 A run's pictures are in palette mode ("P") with the one palette below, so that GIF frames share it
 and PNGs stay small. They are meant to be read at 100% where MLflow shows them (its image card
@@ -122,7 +122,7 @@ def grid(resolution: int, plane: Plane = MOONS) -> np.ndarray:
 
     A ReLU network is piecewise linear in its input, so its scores interpolated between points
     3 px apart fall on the true ones except within a pixel or two of a kink: the zero level is
-    drawn where the network puts it, and scoring a ninth of the pixels keeps a frame within ~3 ms.
+    drawn where the network puts it, and scoring a ninth of the pixels keeps a frame cheap.
     """
     gw, gh = grid_size(resolution, plane)
     x0, x1, y0, y1 = plane
@@ -158,7 +158,7 @@ _RING = [(dr, dc) for dr in range(-2, 3) for dc in range(-2, 3) if (dr, dc) not 
 
 class Boundary:
     """A run's boundary pictures. What every frame shares, the grid the network is scored on and
-    where the test points fall, is computed once: a frame then costs ~2 ms besides the network.
+    where the test points fall, is computed once: a frame then costs little besides the network.
 
     The background is shaded by the raw score f(x), its zero level drawn as a smooth black line
     2 px wide, the test points coloured by their true class, a caption in the corner. A finite
@@ -328,7 +328,7 @@ def animation_steps(num_epochs: int, every: int) -> set[int]:
 
 
 def webp(image: Image.Image) -> bytes:
-    """A picture as lossless WebP: ~10 KB and ~2 ms for a 480 px frame (PNG: 10-13 KB, 2.4 ms)."""
+    """A picture as lossless WebP: smaller and quicker to write than a PNG of the same frame."""
     buffer = io.BytesIO()
     image.save(buffer, format="WEBP", lossless=True, quality=0, method=0)
     return buffer.getvalue()

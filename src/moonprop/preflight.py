@@ -9,9 +9,9 @@ generates them (command line and `hydra.sweeper.params` alike). Every job is val
 errors become one line.
 
 Checking hundreds of jobs stays cheap: a job's config groups and Hydra keys are composed once per
-distinct combination (~50 ms each), and each plain value is applied to that composed config and
-validated once (~10 ms), however many jobs share it. moonprop's checks are per key, so a job is
-valid when each of its values is.
+distinct combination (composing is the costly part), and each job's plain values are applied to
+that composed config together, and validated, once for each distinct set of them: one value's
+range may depend on another's (data.train_size on data.batch_size).
 """
 
 from __future__ import annotations
@@ -371,7 +371,7 @@ def refuse_targets(overrides: list[str]) -> None:
         if own and "_target_" in override:
             group = "logger" if key.startswith("logger") else "callbacks"
             raise ConfigError(key, value, f"a _target_ comes from a config file, not the command line: put it in "
-                                          f"your config folder's {group}/ (see the README)")
+                                          f"your config folder's {group}/ (docs/lightning.md)")
 
 
 # ---- what the schema cannot know -----------------------------------------------------------------

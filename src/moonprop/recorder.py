@@ -1,8 +1,9 @@
 """The recorder: a child process that writes runs to MLflow while its parent trains.
 
-Why a process: at this project's scale tracking costs more than training. Importing MLflow (~1 s),
-creating a fresh SQLite store (~2 s), encoding images and every write run on the second core while
-the parent imports Lightning and trains; the parent only sends small messages down a pipe.
+Why a process: at this project's scale tracking costs more than training. Importing MLflow,
+creating a fresh SQLite store (each about a second: docs/speed.md), encoding images and every write
+run on the second core while the parent imports Lightning and trains; the parent only sends small
+messages down a pipe.
 
 It also makes runs end honestly. The recorder ignores SIGINT and SIGTERM (they are meant for the
 trainer, which reports how its run ended); if the parent dies without a word (SIGKILL, out of
@@ -326,8 +327,9 @@ class _Writers:
             if op == "start":
                 self.runs[seq] = run = self.open(**args[0])
                 self.reply(seq, op, "ok", (run.id, run.name))
-                # A flush costs ~5 ms besides its rows: a recorder writing 200 runs, each flushed
-                # every second, would do nothing else. Each run is flushed every 50 ms x runs open.
+                # A flush has a cost of its own besides its rows: a recorder writing 200 runs,
+                # each flushed every second, did little else (docs/speed.md). Each run is flushed
+                # every 50 ms x runs open.
                 for run in self.runs.values():
                     run.flush_every = max(self.flush_every, 0.05 * len(self.runs))
             elif op == "end":

@@ -141,7 +141,7 @@ class SweepCallback(Callback):
                                   overrides=" ".join(overrides))
         if launcher.trains_here:
             # The jobs will import Lightning here anyway: do it while the recorder imports MLflow
-            # and opens the store on the other core (~4 s each).
+            # and opens the store on the other core (seconds each).
             import moonprop.train  # noqa: F401
         answer = recorder.answer(ticket)
         parent, jobs = (earlier, answer) if earlier else (answer, {})

@@ -59,7 +59,7 @@ def get_experiment(client: MlflowClient, name: str, uri: str) -> str:
         artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
     try:
         # MLflow's classification of an experiment; its UI reads it where the GenAI / model-training
-        # toggle is off (3.17 shows the toggle: open with ?workflowType=machine_learning, see README)
+        # toggle is off (3.17 shows the toggle: open with ?workflowType=machine_learning, docs/record.md)
         kind = {EXPERIMENT_KIND: "custom_model_development"}
         return client.create_experiment(name, artifact_location=artifacts, tags=kind)
     except MlflowException:
@@ -89,8 +89,8 @@ def git_commit() -> str | None:
 
 
 class RunWriter:
-    """One MLflow run, written in batches: a `log_metric` call costs ~10 ms on SQLite and MLflow's
-    `log_image` 16-25 ms (two uploads and a tag each time), while one `log_batch` a second costs
+    """One MLflow run, written in batches: a `log_metric` call is a transaction on SQLite and MLflow's
+    `log_image` two uploads and a tag, while one `log_batch` a second costs
     about as much as one of those calls. Files go straight into a local artifact store, or are
     uploaded in one `log_artifacts` a second."""
 

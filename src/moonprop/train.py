@@ -143,7 +143,7 @@ def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str]
     (a job may run elsewhere). Without `mlflow` among its loggers (`logger=[csv]`, no `recorder`
     needed), a single run is written by its other loggers only.
     """
-    torch.set_num_threads(cfg.trainer.threads)  # 2 threads made this tiny model 14-56x slower
+    torch.set_num_threads(cfg.trainer.threads)  # more threads make this tiny model slower, many times over
     try:
         module, datamodule = build(cfg)
         spec = run_spec(cfg, datamodule, overrides, tags, job, launch_dir)
@@ -193,7 +193,7 @@ def train_batched(tasks: list[Task], recorders: list[Recorder], checkpoint: Path
     own run, as `train` would record it; for each job its final validation accuracy (what a sweeper
     chooses on; the test accuracy without a validation set), or why it failed (a batch that fails
     before it trains, its data or a callback's constructor, fails each of its jobs, recorded FAILED).
-    The runs are shared out among the `recorders` (processes: a run costs ~0.2 s of recording).
+    The runs are shared out among the `recorders` (processes: recording a run costs more than training it).
 
     Interrupted by Ctrl-C or SIGTERM, every running job's run ends KILLED after a checkpoint of the
     whole batch at `checkpoint`; called again with that checkpoint there, the same jobs continue
