@@ -10,7 +10,7 @@ cost a run too much:
   finishes after the trainer: docs/internals.md) and a 256 px lossy thumbnail that blurs the text.
   moonprop writes both files as one lossless WebP, in batches (tracking.RunWriter).
 - **The model folder**: `mlflow.pytorch.save_model` needs torch, which the recorder does not import
-  (2.7 s and ~200 MB: on a fresh store the recorder is a run's critical path, and a run's peak
+  (seconds and ~200 MB, docs/internals.md: on a fresh store the recorder is a run's critical path, and a run's peak
   memory would pass 800 MB). `save_torchscript` writes the same folder from TorchScript bytes,
   with MLflow's own `Model` and `pyfunc.add_to_model`, and three private helpers for the input
   example and the two environment files.
