@@ -194,8 +194,10 @@ def _override_of(key: str, overrides: list[str]) -> str | None:
 def added_twice(overrides: list[str], composed: Callable[[list[str]], DictConfig] | None) -> ConfigError | None:
     """The refusal of a `+key=value` (or `+group=option`) whose key the config already has, found
     by composing it without its `+`: Hydra refuses to add what is there, in words of its own."""
+    if composed is None:
+        return None
     for i, line in enumerate(overrides):
-        if composed is None or not line.startswith("+") or line.startswith("++"):
+        if not line.startswith("+") or line.startswith("++"):
             continue
         try:
             composed([*overrides[:i], line[1:], *overrides[i + 1:]])

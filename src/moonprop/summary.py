@@ -314,8 +314,8 @@ def _effects(rows: list[dict[str, Any]], configs: list[dict[str, Any]], layout: 
     for task in dict.fromkeys(c.get("task", "") for c in configs):
         given = {}
         for c in configs:
-            jobs = _scored(rows, c["config"])
-            if c.get("task", "") == task and jobs:
+            jobs = _scored(rows, c["config"]) if c.get("task", "") == task else []
+            if jobs:
                 given[c["config"]] = (_values(jobs[0], layout.keys), {r["seed"]: (r["val_acc"], r["test_acc"])
                                                                      for r in jobs})
         if len(given) > 1:

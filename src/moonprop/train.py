@@ -126,8 +126,6 @@ def dev_run(cfg: Config, run_dir: Path) -> dict[str, float]:
     return {key: shortest(float(value)) for key, value in quick.callback_metrics.items()}
 
 
-
-
 def train(cfg: Config, run_dir: Path, overrides: list[str], tags: dict[str, str], job: Job | None,
           launch_dir: str | None, command: list[str], recorder: Recorder | None, close_in_background: bool = False
           ) -> Result:
