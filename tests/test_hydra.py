@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moonprop.config import ConfigError
+from moonprop.config import GROUPS, AdamOptimizer, ConfigError
 
 from .conftest import REPO, check, default_store, moonprop, only_run
 
@@ -119,6 +119,34 @@ def test_schemas_are_not_offered_as_schedules(workdir):
     assert "schedule: constant, cosine, linear, step" in proc.stdout and "_schema" not in proc.stdout
     with pytest.raises(ConfigError, match="one of constant, cosine, linear, step"):
         check(["schedule=linear_schema"])
+
+
+def test_hydra_types_each_option_by_its_schema_as_it_composes_it(workdir):
+    """Each option of the data, optimizer and schedule groups extends its dataclass in Hydra's
+    ConfigStore: Hydra's public compose gives it that type, and plain Hydra refuses a wrong one."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("moonprop.conf", version_base="1.3"):
+        for group, options in GROUPS.items():
+            for name, schema in options.items():
+                assert OmegaConf.get_type(compose("config", [f"{group}={name}"])[group]) is schema
+    proc = plain_hydra("optimizer=adam", "optimizer.eps=abc", "--cfg", "job", cwd=workdir)
+    assert proc.returncode == 1 and "Value 'abc' of type 'str' could not be converted to Float" in proc.stderr
+
+
+def test_an_option_of_ones_own_extends_one_of_moonprops(myconf):
+    (myconf / "optimizer").mkdir()
+    (myconf / "optimizer" / "slow_adam.yaml").write_text("defaults: [adam, _self_]\neps: 1.0e-6\n")
+    (config,) = check(["-cd", str(myconf), "optimizer=slow_adam"])
+    assert type(config.optimizer) is AdamOptimizer and config.optimizer.eps == 1e-6
+    with pytest.raises(ConfigError, match=r"^invalid config: optimizer.eps=abc: Value 'abc'"):
+        check(["-cd", str(myconf), "optimizer=slow_adam", "optimizer.eps=abc"])
+    for untyped in ("name: adam\neps: 1.0e-6\n", "name: sgd\nweight_decay: 0.1\n"):  # keys beyond the base's, or not
+        (myconf / "optimizer" / "untyped.yaml").write_text(untyped)
+        with pytest.raises(ConfigError, match=r"^invalid config: optimizer=\w+: an option that extends one of "
+                                              r"moonprop's \(sgd, momentum, adam, adamw\), as `defaults: \[sgd"):
+            check(["-cd", str(myconf), "optimizer=untyped"])
 
 
 @pytest.mark.parametrize("args, expected", [

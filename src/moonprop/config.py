@@ -14,7 +14,8 @@ import itertools
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -313,11 +314,11 @@ class SweepConfig:
 
 @dataclass
 class Config:
-    data: Any = MISSING  # a DataConfig, chosen by the `data` config group
+    data: DataConfig = MISSING  # chosen by the `data` config group: a MoonsData, a CirclesData ...
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    optimizer: Any = MISSING  # an OptimizerConfig, chosen by the `optimizer` config group
-    schedule: Any = MISSING  # a ScheduleConfig, chosen by the `schedule` config group
+    optimizer: OptimizerConfig = MISSING  # chosen by the `optimizer` config group
+    schedule: ScheduleConfig = MISSING  # chosen by the `schedule` config group
     trainer: Any = field(default_factory=lambda: dict(TRAINER_DEFAULTS))  # see TrainerConfig
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
@@ -426,8 +427,9 @@ DATASETS: dict[str, type[DataConfig]] = {
 OPTIMIZERS: dict[str, type[OptimizerConfig]] = {
     "sgd": SgdOptimizer, "momentum": MomentumOptimizer, "adam": AdamOptimizer, "adamw": AdamWOptimizer,
 }
-# the config groups whose choice is typed by its `name` (conf/<group>/<name>.yaml)
+# the config groups whose options have schemas of their own (conf/<group>/<name>.yaml extends its)
 GROUPS: dict[str, dict[str, Any]] = {"data": DATASETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+GROUP_BASES: dict[str, type] = {"data": DataConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig}
 LOSSES = ("hinge", "logistic", "squared_hinge")  # conf/loss/<name>.yaml: one LossConfig for all
 PENALTIES = ("l2", "l1", "none")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity", "gelu", "leaky_relu")
@@ -435,7 +437,6 @@ FEATURES = ("x1", "x2", "sq_x1", "sq_x2", "x1x2", "sin_x1", "sin_x2")  # model.F
 PLAYGROUND_FEATURES = {"x1^2": "sq_x1", "x2^2": "sq_x2", "x1*x2": "x1x2", "sin(x1)": "sin_x1", "sin(x2)": "sin_x2"}
 INITS = ("uniform", "kaiming", "xavier")
 ACCELERATORS = ("auto", "cpu", "gpu")
-OPEN = ("trainer", "callbacks", "logger", "tracking.tags")  # nodes whose keys are the user's (checked apart)
 # Lightning Trainer arguments that moonprop sets itself, and what to use instead
 OWN_TRAINER_ARGS = {
     **dict.fromkeys(("max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches"),
@@ -537,19 +538,20 @@ def check_positive_int(key: str, value: Any) -> None:
 
 
 def validate(cfg: DictConfig) -> Config:
-    """Check what the types cannot and return the config as dataclasses; raise ConfigError."""
-    names = {group: OmegaConf.select(cfg, f"{group}.name") for group in GROUPS}
-    for group, choices in GROUPS.items():
-        _one_of(group, names[group], choices)
-    schema = _schema(names["data"], names["optimizer"], names["schedule"])
-    _check_known_keys(cfg, schema)  # `+key=value` gets past Hydra's struct flag, not past this
+    """Check what the types cannot and return the config as dataclasses; raise ConfigError.
+
+    Hydra has typed `cfg` as it composed it: each group's option extends its schema (an option's
+    YAML names it in its defaults list), so a wrong type has failed there already."""
+    _check_known_keys(cfg, Config)  # `+key=value` gets past Hydra's struct flag (it adds under open_dict)
     try:
-        typed = OmegaConf.merge(schema, cfg)
+        typed = OmegaConf.merge(_config_schema(), cfg)  # the root's type: Hydra's task config has none
     except Exception as e:  # omegaconf's errors carry the full key on many lines
         key = getattr(e, "full_key", "") or "?"
         value = OmegaConf.select(cfg, re.sub(r"\[(\d+)\]", r".\1", key), default=None)
         raise ConfigError(key, value, first_line(e)) from None
     c: Config = OmegaConf.to_object(typed)  # type: ignore[assignment]
+    for group, base in GROUP_BASES.items():  # an option of the user's that extends no schema has the base
+        _check(type(getattr(c, group)) is not base, group, getattr(c, group).name, extends(group))
     c.trainer = _trainer(c.trainer)
     c.check()
     _check_memory(c)
@@ -604,24 +606,32 @@ def _trainer(node: dict[str, Any]) -> TrainerConfig:
     return TrainerConfig(node.get("accelerator", "auto"), node.get("threads", 1), lightning)
 
 
-@functools.cache  # building it costs more than the rest of a validation; merge does not change it
-def _schema(data: str, optimizer: str, schedule: str) -> DictConfig:
-    return OmegaConf.structured(Config(data=DATASETS[data](), optimizer=OPTIMIZERS[optimizer](),
-                                       schedule=SCHEDULES[schedule]()))
+@functools.cache  # built once: a merge does not change it
+def _config_schema() -> DictConfig:
+    return OmegaConf.structured(Config)
 
 
-def _check_known_keys(cfg: DictConfig, schema: DictConfig, prefix: str = "") -> None:
+def _check_known_keys(cfg: DictConfig, kind: type, prefix: str = "") -> None:
+    """Every key of `cfg` a field of its dataclass `kind`, into the sections typed by one (the
+    trainer's, the callbacks', the loggers' and the tags' keys are the user's)."""
+    known = [f.name for f in fields(kind)]
     for key in cfg:
-        if key not in schema:
-            raise ConfigError(f"{prefix}{key}", cfg[key], unknown_key_message(schema))
-        if f"{prefix}{key}" in OPEN:
-            continue
-        if isinstance(cfg[key], DictConfig) and isinstance(schema[key], DictConfig):
-            _check_known_keys(cfg[key], schema[key], f"{prefix}{key}.")
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}", cfg[key], unknown_key_message(known))
+        child = OmegaConf.get_type(cfg, str(key))
+        if isinstance(cfg[key], DictConfig) and is_dataclass(child):
+            _check_known_keys(cfg[key], child, f"{prefix}{key}.")  # type: ignore[arg-type]
 
 
-def unknown_key_message(parent: DictConfig) -> str:
-    return f"unknown key; the keys here are {', '.join(str(k) for k in parent)}"
+def unknown_key_message(keys: Iterable[Any]) -> str:
+    return f"unknown key; the keys here are {', '.join(str(k) for k in keys)}"
+
+
+def extends(group: str) -> str:
+    """What an option of `group` must be: Hydra types it by the schema its YAML extends."""
+    first = next(iter(GROUPS[group]))
+    return (f"an option that extends one of moonprop's ({', '.join(GROUPS[group])}), as `defaults: [{first}, "
+            f"_self_]` at the top of its YAML does: Hydra types it by that one's schema")
 
 
 def first_line(e: BaseException) -> str:
@@ -634,7 +644,12 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}".rstrip(": ")
 
 
-# The schema that conf/config.yaml extends (`defaults: [config_schema]`). The choices of the data,
-# optimizer and schedule groups are not registered: a ConfigStore entry in a group would be offered
-# as one of its options (in --help, completion, `schedule=`); `validate` types each by its `name`.
+# Hydra's schemas: the one conf/config.yaml extends (`defaults: [config_schema]`), and each option's
+# of the data, optimizer and schedule groups, which its YAML extends (conf/optimizer/adam.yaml:
+# `defaults: [/optimizer_adam_schema@_here_, _self_]`), so that Hydra types every group's choice as
+# it composes it. They are stored outside the groups: an entry in a group would be one of its
+# options (in --help, completion, `optimizer=`), beside the YAML that is.
 ConfigStore.instance().store(name="config_schema", node=Config)
+for _group, _options in GROUPS.items():
+    for _name, _schema in _options.items():
+        ConfigStore.instance().store(name=f"{_group}_{_name}_schema", node=_schema)

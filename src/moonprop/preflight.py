@@ -44,6 +44,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from moonprop import hydra_internals
 from moonprop.config import (
+    GROUP_BASES,
     GROUPS,
     OWN_TRAINER_ARGS,
     RECORD_LOGGER,
@@ -51,6 +52,7 @@ from moonprop.config import (
     Config,
     ConfigError,
     check_same_params,
+    extends,
     first_line,
     habit,
     params,
@@ -173,6 +175,10 @@ def hydra_errors(hydra: Hydra, config_name: str | None, overrides: list[str],
         cause = e.__cause__ or e
         if isinstance(cause, ConfigError):  # a plugin's own one-line refusal (hydra/launcher=batched)
             raise cause from None
+        kind = getattr(e.__cause__ or e.__context__, "object_type", None)  # Hydra raises it in an except
+        if group := next((g for g, base in GROUP_BASES.items() if kind is base), None):
+            # an option of the user's that extends no schema: its keys are not the base's
+            raise ConfigError(group, _override_of(group, overrides) or "", extends(group)) from None
         key = getattr(cause, "full_key", None) or getattr(e, "full_key", None)
         if key and (value := _override_of(key, overrides)) is not None:
             raise key_error(hydra, config_name, overrides, key, value, cause) from None
