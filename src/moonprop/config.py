@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -152,8 +152,10 @@ class LossConfig:
 
 @dataclass
 class OptimizerConfig:
-    """How a step follows the gradient; `name` picks it. The schedule sets the rate of every step."""
+    """How a step follows the gradient; `name` picks it. The schedule sets the rate of every step;
+    every other field is an argument of torch's optimizer `torch_class` (module.optimizer)."""
 
+    torch_class: ClassVar[str]
     name: str = MISSING
     weight_decay: float = option(0.0, "torch's weight_decay (on top of the loss's penalty)")
 
@@ -164,11 +166,13 @@ class OptimizerConfig:
 
 @dataclass
 class SgdOptimizer(OptimizerConfig):
+    torch_class = "SGD"
     name: str = option("sgd", "plain SGD, the seed's: p -= lr * grad")
 
 
 @dataclass
 class MomentumOptimizer(OptimizerConfig):
+    torch_class = "SGD"
     name: str = option("momentum", "SGD with momentum (torch.optim.SGD)")
     momentum: float = option(0.9, "the momentum factor, 0 <= momentum < 1")
     dampening: float = option(0.0, "dampening of the momentum, 0 <= dampening <= 1")
@@ -186,6 +190,7 @@ class MomentumOptimizer(OptimizerConfig):
 
 @dataclass
 class AdamOptimizer(OptimizerConfig):
+    torch_class = "Adam"
     name: str = option("adam", "Adam (torch.optim.Adam); its weight_decay adds to the gradient")
     betas: list[float] = option([0.9, 0.999], "decay rates of the gradient's running averages, each in [0, 1)")
     eps: float = option(1e-8, "added to the denominator, > 0")
@@ -200,6 +205,7 @@ class AdamOptimizer(OptimizerConfig):
 
 @dataclass
 class AdamWOptimizer(AdamOptimizer):
+    torch_class = "AdamW"
     name: str = option("adamw", "AdamW (torch.optim.AdamW): weight decay decoupled from the gradient")
     weight_decay: float = option(0.01, "decoupled weight decay, p -= lr * weight_decay * p")
 

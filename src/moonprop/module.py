@@ -23,14 +23,10 @@ from torch import Tensor
 from moonprop.config import (
     OPTIMIZERS,
     SCHEDULES,
-    AdamOptimizer,
-    AdamWOptimizer,
     LossConfig,
     ModelConfig,
-    MomentumOptimizer,
     OptimizerConfig,
     ScheduleConfig,
-    SgdOptimizer,
 )
 from moonprop.model import MLP, accuracy, loss
 from moonprop.schedule import schedule_fn
@@ -41,19 +37,10 @@ class NonFiniteLoss(ArithmeticError):
 
 
 def optimizer(cfg: OptimizerConfig, params: Any) -> torch.optim.Optimizer:
-    """torch's optimizer of `cfg` at base rate 1.0: the schedule (LambdaLR) sets each step's rate."""
-    if isinstance(cfg, AdamWOptimizer):
-        return torch.optim.AdamW(params, lr=1.0, betas=tuple(cfg.betas), eps=cfg.eps,  # type: ignore[arg-type]
-                                 weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
-    if isinstance(cfg, AdamOptimizer):
-        return torch.optim.Adam(params, lr=1.0, betas=tuple(cfg.betas), eps=cfg.eps,  # type: ignore[arg-type]
-                                weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
-    if isinstance(cfg, MomentumOptimizer):
-        return torch.optim.SGD(params, lr=1.0, momentum=cfg.momentum, dampening=cfg.dampening,
-                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-    if isinstance(cfg, SgdOptimizer):
-        return torch.optim.SGD(params, lr=1.0, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg!r}")
+    """torch's optimizer of `cfg` at base rate 1.0 (the schedule, LambdaLR, sets each step's rate):
+    the class its `torch_class` names, each other field the argument of that name."""
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in asdict(cfg).items() if k != "name"}
+    return getattr(torch.optim, cfg.torch_class)(params, lr=1.0, **args)
 
 
 def _typed(value: Any, kind: type | dict[str, type]) -> Any:
