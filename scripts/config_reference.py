@@ -49,7 +49,9 @@ def _rows(cls: type, prefix: str, skip: tuple[str, ...] = ()) -> list[str]:
 def _group(group: str, choices: dict[str, type], default: str, intro: str, shared: tuple[str, ...] = ()) -> list[str]:
     """A config group's section: a table of each choice's own keys (the `shared` ones are above)."""
     lines = ["", f"## `{group}`: {intro}", "",
-             f"Pick one with `{group}=NAME` (default `{default}`), then set its values with `{group}.KEY=...`."]
+             f"Pick one with `{group}=NAME` (default `{default}`), then set its values with `{group}.KEY=...`. Each is "
+             f"a dataclass of `config.py` in Hydra's ConfigStore, which types it as it composes it; an option of your "
+             f"own extends one (`{group}/NAME.yaml` starting `defaults: [{default}, _self_]`)."]
     for name, cls in choices.items():
         what = next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == "name")
         lines += ["", f"### `{group}={name}`: {what}", "", "| key | default | meaning |", "|---|---|---|"]

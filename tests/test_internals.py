@@ -125,9 +125,9 @@ def test_the_supported_releases_are_the_installed_ones():
 
 
 def test_the_schema_check_knows_the_revision_a_fresh_store_is_at(tmp_path):
-    """preflight.check_schema reads MLflow's migration folder: a release that moved it would make
+    """environment.check_schema reads MLflow's migration folder: a release that moved it would make
     every store look newer, and a release whose store it takes for newer would be refused."""
-    from moonprop.preflight import check_schema
+    from moonprop.environment import check_schema
 
     store = tmp_path / "mlflow.db"
     MlflowClient(f"sqlite:///{store}").search_experiments()

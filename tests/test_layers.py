@@ -19,7 +19,7 @@ LAYERS = [
     ("record", ["moonprop.stats", "moonprop.plot", "moonprop.mlflow_internals", "moonprop.logged_model",
                 "moonprop.tracking", "moonprop.report", "moonprop.summary", "moonprop.recorder"]),
     ("training", ["moonprop.loggers", "moonprop.callbacks", "moonprop.train", "moonprop.evaluation"]),
-    ("orchestration", ["moonprop.sweep", "moonprop.preflight"]),
+    ("orchestration", ["moonprop.sweep", "moonprop.environment", "moonprop.preflight"]),
     ("CLI", ["moonprop.cli", "moonprop.api", "moonprop.__main__", "moonprop"]),
     ("plugins", ["hydra_plugins.moonprop_batched.launcher", "hydra_plugins.moonprop_search.search",
                  "hydra_plugins.moonprop_search._trial", "hydra_plugins.moonprop_race.race"]),

@@ -265,7 +265,7 @@ class TrainerConfig:
     threads: int = option(1, "torch threads per job, capped so that parallel workers x threads fit the cores")
     lightning: dict[str, Any] = field(default_factory=dict, metadata={"help": "Lightning's own arguments"})
 
-    def check(self) -> None:  # Lightning's own arguments are Lightning's to check (preflight.check_trainer)
+    def check(self) -> None:  # Lightning's own arguments are Lightning's to check (environment.check_trainer)
         _one_of("trainer.accelerator", self.accelerator, ACCELERATORS)
         check_positive_int("trainer.threads", self.threads)
 
