@@ -123,14 +123,17 @@ def test_schemas_are_not_offered_as_schedules(workdir):
 
 def test_hydra_types_each_option_by_its_schema_as_it_composes_it(workdir):
     """Each option of the data, optimizer and schedule groups extends its dataclass in Hydra's
-    ConfigStore: Hydra's public compose gives it that type, and plain Hydra refuses a wrong one."""
+    ConfigStore: Hydra's public compose gives it that type and the dataclass's defaults, and plain
+    Hydra refuses a wrong type."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
     with initialize_config_module("moonprop.conf", version_base="1.3"):
         for group, options in GROUPS.items():
             for name, schema in options.items():
-                assert OmegaConf.get_type(compose("config", [f"{group}={name}"])[group]) is schema
+                node = compose("config", [f"{group}={name}"])[group]
+                assert OmegaConf.get_type(node) is schema
+                assert OmegaConf.to_object(node) == schema()  # the YAML's values are the dataclass's defaults
     proc = plain_hydra("optimizer=adam", "optimizer.eps=abc", "--cfg", "job", cwd=workdir)
     assert proc.returncode == 1 and "Value 'abc' of type 'str' could not be converted to Float" in proc.stderr
 
