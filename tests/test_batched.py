@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from moonprop.batched import BatchedMoonsClassifier, BatchedMoonsData, StackedMLP, stack_key
 from moonprop.callbacks import BatchedMlflowCallback, torchscript
-from moonprop.config import ConfigError
+from moonprop.config import OPTIMIZERS, ConfigError
 from moonprop.model import MLP, loss
 from moonprop.module import optimizer as optimizer_of
 from moonprop.schedule import learning_rate
@@ -77,14 +77,23 @@ def test_padded_units_stay_zero_and_each_job_steps_as_alone():
     assert torch.all(stacked["2.weight"][1][8:, :] == 0) and torch.all(stacked["2.weight"][1][:, 4:] == 0)
 
 
-@pytest.mark.parametrize("kind, settings", [
-    ("sgd", ["optimizer.weight_decay=0", "optimizer.weight_decay=0.05"]),
-    ("momentum", ["optimizer.momentum=0.9", "optimizer.momentum=0.5 optimizer.dampening=0.3",
-                  "optimizer.momentum=0.8 optimizer.nesterov=true optimizer.weight_decay=0.01"]),
-    ("adam", ["optimizer.betas=[0.9,0.999]", "optimizer.betas=[0.5,0.9] optimizer.amsgrad=true",
-              "optimizer.eps=1e-3 optimizer.weight_decay=0.1"]),
-    ("adamw", ["optimizer.weight_decay=0.01", "optimizer.weight_decay=0.3 optimizer.amsgrad=true"]),
-])
+STEPS = {
+    "sgd": ["optimizer.weight_decay=0", "optimizer.weight_decay=0.05"],
+    "momentum": ["optimizer.momentum=0.9", "optimizer.momentum=0.5 optimizer.dampening=0.3",
+                 "optimizer.momentum=0.8 optimizer.nesterov=true optimizer.weight_decay=0.01"],
+    "adam": ["optimizer.betas=[0.9,0.999]", "optimizer.betas=[0.5,0.9] optimizer.amsgrad=true",
+             "optimizer.eps=1e-3 optimizer.weight_decay=0.1"],
+    "adamw": ["optimizer.weight_decay=0.01", "optimizer.weight_decay=0.3 optimizer.amsgrad=true"],
+}
+
+
+def test_every_optimizer_has_a_stacked_step_tested_against_torchs():
+    """An optimizer added to config.py trains alone through torch; a batched sweep needs its step
+    written for stacked jobs, and this test's comparison with torch's below."""
+    assert set(STEPS) == set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("kind, settings", STEPS.items())
 def test_each_job_steps_as_its_own_torch_optimizer_would(kind, settings):
     """Jobs of one kind of optimizer, each with its own values, loss, penalty, init, dataset and
     rate, stack; five steps of the batch are each job's five steps under torch's own optimizer."""

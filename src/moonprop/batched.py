@@ -34,7 +34,14 @@ from torch import Tensor, nn
 from torch.func import vmap
 from torch.utils.data import DataLoader
 
-from moonprop.config import RECORD_LOGGER, AdamOptimizer, AdamWOptimizer, Config, MomentumOptimizer
+from moonprop.config import (
+    RECORD_LOGGER,
+    AdamOptimizer,
+    AdamWOptimizer,
+    Config,
+    MomentumOptimizer,
+    SgdOptimizer,
+)
 from moonprop.data import Batch, MoonsDataModule, _OneBatchPerEpoch, scored
 from moonprop.model import MLP, POINT, loss, stacked_forward
 from moonprop.schedule import learning_rate
@@ -263,6 +270,9 @@ class StackedOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Tensor], cfgs: list[Any], rate: Callable[[], Tensor], active: Tensor) -> None:
         super().__init__(params, {})
         self.kind, self.rate, self.active = type(cfgs[0]), rate, active
+        if not issubclass(self.kind, (SgdOptimizer, MomentumOptimizer, AdamOptimizer)):  # not SGD's step silently
+            raise TypeError(f"no stacked step for {self.kind.__name__}: write it beside these (tests/test_batched.py "
+                            "compares each with torch's own)")
 
         def values(of: Callable[[Any], float]) -> Tensor:  # each job's, in float64 as torch's Python floats
             return torch.tensor([float(of(c)) for c in cfgs], dtype=torch.float64)

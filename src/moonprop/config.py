@@ -421,21 +421,22 @@ def check_same_params(before: dict[str, str], now: dict[str, str], where: str) -
             raise ConfigError(key, now.get(key), f"must be {before[key]}, as in {where}")
 
 
-SCHEDULES: dict[str, type[ScheduleConfig]] = {
-    "linear": LinearSchedule,
-    "constant": ConstantSchedule,
-    "cosine": CosineSchedule,
-    "step": StepSchedule,
-}
-DATASETS: dict[str, type[DataConfig]] = {
-    "moons": MoonsData, "circles": CirclesData, "blobs": BlobsData, "xor": XorData, "spiral": SpiralData,
-}
-OPTIMIZERS: dict[str, type[OptimizerConfig]] = {
-    "sgd": SgdOptimizer, "momentum": MomentumOptimizer, "adam": AdamOptimizer, "adamw": AdamWOptimizer,
-}
+def _options(base: type) -> dict[str, type]:
+    """Every dataclass that extends `base`, by its `name`, in the order they are defined: an option
+    of a group is its dataclass here and its YAML in conf/<group>/, nothing else to register."""
+    found: dict[str, type] = {}
+    for option in base.__subclasses__():
+        found[option.name] = option  # type: ignore[attr-defined]  # the field's default, as a dataclass sets it
+        found.update(_options(option))
+    return found
+
+
 # the config groups whose options have schemas of their own (conf/<group>/<name>.yaml extends its)
-GROUPS: dict[str, dict[str, Any]] = {"data": DATASETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 GROUP_BASES: dict[str, type] = {"data": DataConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig}
+GROUPS: dict[str, dict[str, Any]] = {group: _options(base) for group, base in GROUP_BASES.items()}
+DATASETS: dict[str, type[DataConfig]] = GROUPS["data"]
+OPTIMIZERS: dict[str, type[OptimizerConfig]] = GROUPS["optimizer"]
+SCHEDULES: dict[str, type[ScheduleConfig]] = GROUPS["schedule"]
 LOSSES = ("hinge", "logistic", "squared_hinge")  # conf/loss/<name>.yaml: one LossConfig for all
 PENALTIES = ("l2", "l1", "none")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity", "gelu", "leaky_relu")
