@@ -304,7 +304,8 @@ def plain(master: DictConfig, override: Override) -> bool:
     key = override.key_or_group
     if override.is_delete() or override.package is not None or "/" in key or key.startswith("hydra"):
         return False
-    node = OmegaConf.select(master, key, default=None)
+    # a value is not resolved here: the sweep's `${hydra:job.num}` is None until a job has its number
+    node = OmegaConf.select(master, key, default=None, throw_on_resolution_failure=False)
     if isinstance(node, DictConfig) or key in OmegaConf.select(master, "hydra.runtime.choices", default={}):
         return False
     return "." in key or key in master  # a top-level name that is not a key may be a group
