@@ -657,6 +657,6 @@ def one_line(e: BaseException) -> str:
 # it composes it. They are stored outside the groups: an entry in a group would be one of its
 # options (in --help, completion, `optimizer=`), beside the YAML that is.
 ConfigStore.instance().store(name="config_schema", node=Config)
-for _group, _options in GROUPS.items():
-    for _name, _schema in _options.items():
+for _group, _choices in GROUPS.items():
+    for _name, _schema in _choices.items():
         ConfigStore.instance().store(name=f"{_group}_{_name}_schema", node=_schema)
